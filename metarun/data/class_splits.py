@@ -1,0 +1,63 @@
+"""Class splits: which classes are for training, validation and test.
+
+Published splits ship as JSON files in `configs/class_splits/` ({"splits": {"1": {"train": [...],
+"val": [...], "test": [...]}}}); a data config names one by file stem or path, or lists classes inline.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from metarun.errors import ConfigError
+from metarun.paths import config_dir
+
+
+@dataclass(frozen=True)
+class ClassSplit:
+    train: list[str]
+    val: list[str]
+    test: list[str]
+    where: str  # for error messages
+
+
+def available_split_files() -> list[str]:
+    return sorted(p.stem for p in (config_dir() / "class_splits").glob("*.json"))
+
+
+def load_split_file(split_file: str, split: int | str) -> ClassSplit:
+    path = Path(split_file).expanduser()
+    if not path.suffix:
+        path = config_dir() / "class_splits" / f"{split_file}.json"
+    if not path.is_file():
+        raise ConfigError(
+            f"class-split file {path} does not exist. Use a path to a JSON file or one of the shipped "
+            f"splits: {', '.join(available_split_files())}."
+        )
+    try:
+        splits = json.loads(path.read_text())["splits"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path} is not a class-split file ({e}); expected {{'splits': {{'1': {{'train': [...], ...}}}}}}.") from None
+    key = str(split)
+    if key not in splits:
+        raise ConfigError(f"data.split={split!r} is not valid for {path.name}; choose one of: {', '.join(splits)}.")
+    return _from_dict(splits[key], f"{path} (split {key})")
+
+
+def _from_dict(d: dict, where: str) -> ClassSplit:
+    missing = [k for k in ("train", "val", "test") if k not in d]
+    if missing:
+        raise ConfigError(f"the class split in {where} lacks {missing}; give train, val and test class lists.")
+    return ClassSplit([str(c) for c in d["train"]], [str(c) for c in d["val"]], [str(c) for c in d["test"]], where)
+
+
+def resolve_class_split(name: str, classes: dict | None, split_file: str | None, split: int | str) -> ClassSplit:
+    if classes is not None:
+        return _from_dict(dict(classes), f"data.classes of data={name}")
+    if split_file is not None:
+        return load_split_file(split_file, split)
+    raise ConfigError(
+        f"data={name} needs a class split: set data.split_file (one of {', '.join(available_split_files())}, "
+        f"or a JSON path) or data.classes={{train: [...], val: [...], test: [...]}}."
+    )

