@@ -1,0 +1,59 @@
+"""Shared helpers: compose configs in-process, and run the `metarun` CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from metarun.paths import config_dir
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+FEWREL_VAL = SHARED / "data" / "fewrel" / "val_wiki.json"
+
+
+def compose_cfg(overrides: list[str] | None = None):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("run", overrides=list(overrides or []))
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR") if full_env["HYDRA_FULL_ERROR"] == "0" else None
+    return subprocess.run([sys.executable, "-m", "metarun", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+FAST = ["debug=fast", "trainer.progress=false", "logger=jsonl"]
+
+
+@pytest.fixture
+def fewrel_file(tmp_path: Path) -> Path:
+    """A small FewRel-format file written by the test: 6 relations x 12 instances."""
+    import random
+
+    rng = random.Random(0)
+    words = "the river bridge city company founded by in located near born player team of a and was".split()
+    data = {}
+    for r in range(6):
+        rel = f"P{100 + r}"
+        data[rel] = []
+        for _ in range(12):
+            tokens = [rng.choice(words) for _ in range(rng.randint(6, 14))]
+            h, t = sorted(rng.sample(range(len(tokens)), 2))
+            data[rel].append({"tokens": tokens, "h": ["x", "Q1", [[h]]], "t": ["y", "Q2", [[t]]]})
+    path = tmp_path / "fewrel" / "val_wiki.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(data))
+    return path

@@ -1,0 +1,99 @@
+"""The `metarun` command end to end on a tiny encoder, and every bad-input case."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, read_json, run_cli
+
+
+def test_end_to_end_run_writes_every_file(tmp_path):
+    run_dir = tmp_path / "run"
+    res = run_cli(["debug=fast", "trainer.progress=false", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for f in [".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.jsonl", "checkpoints/last.pt",
+              "checkpoints/best.pt", "run_info.json", "results.json"]:
+        assert (run_dir / f).is_file(), f
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    results = read_json(run_dir / "results.json")
+    assert {k: results[k] for k in ("learner", "data", "encoder", "seed")} == {
+        "learner": "protonet", "data": "banking77", "encoder": "tiny", "seed": 0}
+    assert set(results["results"]) == {"test/5way_1shot", "test/5way_5shot", "val/5way_5shot"}
+    for v in results["results"].values():
+        assert set(v) >= {"acc", "ci95", "episodes"} and 0 <= v["acc"] <= 100 and v["ci95"] >= 0
+    assert results["results"]["test/5way_1shot"]["episodes"] == 20
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, 7))
+    assert any("val/5way_5shot/acc" in r for r in rows) and any("test/5way_1shot/acc" in r for r in rows)
+    info = read_json(run_dir / "run_info.json")
+    assert {"git", "command", "host", "device", "versions"} <= set(info)
+    assert set(info["git"]) == {"commit", "dirty"} and info["versions"]["torch"]
+    assert "test/5way_5shot" in res.stdout + res.stderr  # the summary is printed
+
+
+def test_help_lists_groups_and_their_options(tmp_path):
+    res = run_cli(["--help"], cwd=tmp_path)
+    assert res.returncode == 0
+    for line in ["learner: protonet", "debug: fast", "trainer: default, gpu", "encoder: minilm, minilm_markers, tiny"]:
+        assert line in res.stdout, res.stdout
+    assert "data: 20newsgroups, banking77, clinc150, fewrel, hwu64, table" in res.stdout
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path):
+    res = run_cli(["--cfg", "job", "sampler.k_shot=1"], cwd=tmp_path)
+    assert res.returncode == 0
+    assert "k_shot: 1" in res.stdout and "_target_: metarun.learners.protonet.ProtoNet" in res.stdout
+
+
+def bad_input_cases(tmp_path: Path) -> dict:
+    bad_fewrel = tmp_path / "badrel"
+    bad_fewrel.mkdir()
+    (bad_fewrel / "train_wiki.json").write_text('{"P1": [{"tokens": ["a"], "h": ["a", "Q", [[3]]], "t": ["a", "Q", [[0]]]}]}')
+    return {
+        "unknown choice": (["learner=protonett"], ["Could not find 'learner/protonett'", "protonet"]),
+        "misspelt key": (["trainer.max_stepz=5"], ["max_stepz"]),
+        "missing table file": (["data=table", f"data.path={tmp_path}/none.tsv"], ["none.tsv does not exist", "data.path"]),
+        "missing fewrel file": (["data=fewrel", f"data.root={tmp_path}/nowhere"], ["train_wiki.json does not exist", "data.root"]),
+        "malformed fewrel": (["data=fewrel", f"data.root={bad_fewrel}"], ["train_wiki.json, relation P1, instance 0", "outside"]),
+        "too few examples": (["sampler.k_shot=300"], ["K+Q = 300+5", "has "]),
+        "n larger than classes": (["eval.test.n_way=30"], ["30-way", "only 27 classes"]),
+        "bad option value": (["learner.distance=manhattan"], ["learner.distance='manhattan'", "euclidean, cosine"]),
+        "unknown split": (["data.split=7"], ["data.split=7", "1, 2, 3, 4, 5"]),
+    }
+
+
+CASES = ["unknown choice", "misspelt key", "missing table file", "missing fewrel file", "malformed fewrel",
+         "too few examples", "n larger than classes", "bad option value", "unknown split"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_clear_message(tmp_path, case):
+    args, expected = bad_input_cases(tmp_path)[case]
+    run_dir = tmp_path / "run"
+    res = run_cli([*FAST, f"hydra.run.dir={run_dir}", *args], cwd=tmp_path)
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr + res.stdout
+    for text in expected:
+        assert text in res.stderr, res.stderr[-2000:]
+    assert not (run_dir / "results.json").exists()
+
+
+def test_corrupt_checkpoint_is_kept_and_explained(tmp_path):
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    res = run_cli([*FAST, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "last.pt cannot be read" in res.stderr and "kept" in res.stderr
+    assert last.read_bytes() == b"PK\x03\x04 this is not a checkpoint"
+    assert not (run_dir / "results.json").exists()
+
+
+def test_incompatible_checkpoint_names_the_difference(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_cli([*FAST, f"hydra.run.dir={run_dir}", "trainer.max_steps=2"], cwd=tmp_path).returncode == 0
+    res = run_cli([*FAST, f"hydra.run.dir={run_dir}", "sampler.k_shot=1"], cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "different config" in res.stderr and "sampler" in res.stderr

