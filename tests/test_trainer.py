@@ -35,9 +35,12 @@ class Episodes(torch.utils.data.Dataset):
         return Episode(t, t.long(), t, t.long(), 1, {"index": i})
 
 
-def fit(tmp_path, learner, **kw):
+def distance_to_optimum(learner):
+    return {"val/x": {"acc": -abs(learner.w.item() - 3), "ci95": 0.0, "episodes": 1}}
+
+
+def fit(tmp_path, learner, val=distance_to_optimum, **kw):
     trainer = Trainer(device="cpu", progress=False, warmup_steps=0, schedule="constant", grad_clip=None, **kw)
-    val = lambda lr: {"val/x": {"acc": -abs(lr.w.item() - 3), "ci95": 0.0, "episodes": 1}}  # noqa: E731
     return trainer.fit(learner, Episodes(), val, Checkpointer(tmp_path), MetricsWriter(tmp_path, tensorboard=False),
                        {}, lambda saved: None)
 
@@ -46,7 +49,9 @@ def test_trainer_optimises_and_keeps_best(tmp_path):
     learner = Quadratic()
     state = fit(tmp_path, learner, max_steps=60, lr=0.1, eval_every=10, weight_decay=0.0)
     assert abs(learner.w.item() - 3) < 0.3
-    assert state.best_step == 60 and (tmp_path / "checkpoints" / "best.pt").exists()
+    best = Checkpointer(tmp_path).load(tmp_path / "checkpoints" / "best.pt")
+    assert best["step"] == state.best_step > 10 and best["score"] == state.best_score
+    assert abs(best["model"]["w"].item() - 3) == pytest.approx(-state.best_score)
 
 
 def test_non_finite_loss_stops_with_the_step(tmp_path):
@@ -56,7 +61,8 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
 
 def test_early_stopping(tmp_path):
     learner = Quadratic()
-    state = fit(tmp_path, learner, max_steps=100, lr=1e-9, eval_every=1, patience=2)
+    flat = lambda lr: {"val/x": {"acc": 50.0, "ci95": 0.0, "episodes": 1}}  # noqa: E731
+    state = fit(tmp_path, learner, val=flat, max_steps=100, lr=0.1, eval_every=1, patience=2)
     assert state.step == 3 and state.finished
 
 
