@@ -125,17 +125,19 @@ class Trainer:
 
     def _train_step(self, learner, loader, opt, sched, scaler, step: int) -> dict[str, float]:
         losses, accs = [], []
-        for _ in range(self.meta_batch):
-            episode = next(loader).to(self.device, non_blocking=True)
+        episodes = [next(loader).to(self.device, non_blocking=True) for _ in range(self.meta_batch)]
+        # One backward per task bounds memory; learners that batch tasks (vmap) take them all at once.
+        batched = getattr(learner, "vmap_tasks", False)
+        for group in [episodes] if batched else [[e] for e in episodes]:
             with self.autocast():
-                out = learner.training_loss(episode)
+                out = learner.training_loss_tasks(group) if batched else learner.training_loss(group[0])
             if not torch.isfinite(out.loss):
                 raise NonFiniteLossError(
-                    f"training loss became {out.loss.item()} at step {step + 1} (episode "
-                    f"{episode.meta.get('index')}); the run stopped. Lower trainer.lr, keep trainer.grad_clip, "
-                    f"or use trainer.precision=fp32. Checkpoints from before this step are kept."
+                    f"training loss became {out.loss.item()} at step {step + 1} (episodes "
+                    f"{[e.meta.get('index') for e in group]}); the run stopped. Lower trainer.lr or the learner's "
+                    f"inner_lr, keep trainer.grad_clip, or use trainer.precision=fp32. Earlier checkpoints are kept."
                 )
-            scaler.scale(out.loss / self.meta_batch).backward()
+            scaler.scale(out.loss * len(group) / self.meta_batch).backward()
             losses.append(out.loss.item())
             accs.append(out.metrics.get("acc", float("nan")))
         if opt is not None:

@@ -55,7 +55,7 @@ def test_trainer_optimises_and_keeps_best(tmp_path):
 
 
 def test_non_finite_loss_stops_with_the_step(tmp_path):
-    with pytest.raises(NonFiniteLossError, match=r"at step 3 \(episode 2\)"):
+    with pytest.raises(NonFiniteLossError, match=r"at step 3 \(episodes \[2\]\)"):
         fit(tmp_path, Quadratic(nan_at=3), max_steps=10, lr=0.1)
 
 

@@ -20,3 +20,41 @@ def squared_euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def cosine_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(M, D), (N, D) -> (M, N)."""
     return F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).T
+
+
+def linear_head(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(M, D), (N, D), (N,) -> (M, N) logits."""
+    return features @ weight.T + bias
+
+
+def proto_head(support: torch.Tensor, labels: torch.Tensor, n_way: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Proto-MAML head (Triantafillou et al. 2020): W = 2c, b = -|c|^2, so that the linear logits equal
+    ProtoNet's -|x - c|^2 up to a per-query constant. (N*K, D) -> (N, D), (N,)."""
+    c = prototypes(support, labels, n_way)
+    return 2 * c, -c.pow(2).sum(-1)
+
+
+def sgd_update(params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
+               lrs: dict[str, torch.Tensor | float]) -> dict[str, torch.Tensor]:
+    """One inner step: p - lr * g for the parameters in `grads`; others pass through unchanged."""
+    return {n: (p - lrs[n] * grads[n]) if n in grads else p for n, p in params.items()}
+
+
+def adapt(loss_fn, params: dict[str, torch.Tensor], names: list[str], steps: int, lr_at,
+          first_order: bool) -> dict[str, torch.Tensor]:
+    """The MAML inner loop as a pure function of a parameter dict.
+
+    `loss_fn(params) -> scalar` is the support loss; only `names` are adapted (and differentiated);
+    `lr_at(step) -> {name: lr}`. With `first_order` the inner gradients are constants (FOMAML);
+    otherwise the graph is kept so the meta-gradient includes second-order terms.
+    """
+    for step in range(steps):
+        loss = loss_fn(params)
+        # retain_graph: the outer loss may reuse this graph (e.g. support features behind a Proto-MAML head)
+        grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=not first_order,
+                                    retain_graph=True, allow_unused=True)
+        grads = {n: (g if g is not None else torch.zeros_like(params[n])) for n, g in zip(names, grads)}
+        if first_order:
+            grads = {n: g.detach() for n, g in grads.items()}
+        params = sgd_update(params, grads, lr_at(step))
+    return params
