@@ -45,15 +45,14 @@ def adapt(loss_fn, params: dict[str, torch.Tensor], names: list[str], steps: int
     """The MAML inner loop as a pure function of a parameter dict.
 
     `loss_fn(params) -> scalar` is the support loss; only `names` are adapted (and differentiated);
-    `lr_at(step) -> {name: lr}`. With `first_order` the inner gradients are constants (FOMAML);
-    otherwise the graph is kept so the meta-gradient includes second-order terms.
+    `lr_at(step) -> {name: lr}`. Inner gradients are partial derivatives w.r.t. the adapted tensors
+    (`torch.func.grad`), while the outer backward differentiates through everything, including how
+    the starting values were computed (e.g. a Proto-MAML head). With `first_order` the inner
+    gradients are constants (FOMAML); otherwise the meta-gradient has the second-order terms.
+    Works unchanged inside `torch.func.vmap`.
     """
     for step in range(steps):
-        loss = loss_fn(params)
-        # retain_graph: the outer loss may reuse this graph (e.g. support features behind a Proto-MAML head)
-        grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=not first_order,
-                                    retain_graph=True, allow_unused=True)
-        grads = {n: (g if g is not None else torch.zeros_like(params[n])) for n, g in zip(names, grads)}
+        grads = torch.func.grad(lambda a: loss_fn({**params, **a}))({n: params[n] for n in names})
         if first_order:
             grads = {n: g.detach() for n, g in grads.items()}
         params = sgd_update(params, grads, lr_at(step))

@@ -152,14 +152,11 @@ class MAML(Learner):
         params = {n: p for n, p in self.named_parameters() if n in self.names}
         s_feats = precomputed[0] if precomputed else self._features(params, support)
         w, b = self._init_head(s_feats, support_labels, n_way)
-        if not w.requires_grad:  # fixed features (evaluation, frozen encoder): the head still adapts
-            w, b = w.detach().requires_grad_(), b.detach().requires_grad_()
         params.update({"head.weight": w, "head.bias": b})
 
         def support_loss(p):
-            # Features change with the adapted encoder weights, except at step 0 (p is params) or when
-            # only the head adapts: then the support features computed above are reused.
-            feats = s_feats if (not self.enc_names or p is params) else self._features(p, support)
+            # (N*K, D) features: recomputed from the adapted encoder weights, or fixed (head-only)
+            feats = self._features(p, support) if self.enc_names else s_feats
             return F.cross_entropy(linear_head(feats, p["head.weight"], p["head.bias"]), support_labels)
 
         fast = adapt(support_loss, params, self.names, steps, self._lr_at, first_order)
@@ -174,37 +171,19 @@ class MAML(Learner):
         return StepOutput(loss, {"acc": accuracy(logits.detach(), episode.query_labels)})
 
     def training_loss_tasks(self, episodes: list[Episode]) -> StepOutput:
-        """All tasks of a meta-batch at once with torch.func.vmap (inputs must be same-shaped tensors)."""
-        from torch.func import grad, vmap
-
+        """All tasks of a meta-batch at once with torch.func.vmap (inputs must be same-shaped tensors);
+        the meta-gradient equals that of the sequential path."""
         if not all(isinstance(e.support, torch.Tensor) for e in episodes):
             raise ConfigError("learner.vmap_tasks=true needs feature tensors as inputs; use learner.vmap_tasks=false.")
         n_way = episodes[0].n_way
-        meta = {n: p for n, p in self.named_parameters() if n in self.names}
-        lrs = [self._lr_at(s) for s in range(self.inner_steps)]
-        first_order = self.first_order
 
-        def task_loss(meta, xs, ys, xq, yq):
-            params = dict(meta)
-            w, b = self._init_head(self._features(params, xs), ys, n_way)
-            params.update({"head.weight": w, "head.bias": b})
-
-            def support_loss(adapted):
-                p = {**params, **adapted}
-                return F.cross_entropy(linear_head(self._features(p, xs), p["head.weight"], p["head.bias"]), ys)
-
-            for step in range(self.inner_steps):
-                g = grad(support_loss)({n: params[n] for n in self.names})
-                if first_order:
-                    g = {n: v.detach() for n, v in g.items()}
-                params = {**params, **{n: params[n] - lrs[step][n] * g[n] for n in self.names}}
-            logits = linear_head(self._features(params, xq), params["head.weight"], params["head.bias"])
+        def task(xs, ys, xq, yq):
+            logits = self._adapt_and_predict(xs, ys, xq, n_way, self.inner_steps, self.first_order)
             return F.cross_entropy(logits, yq), (logits.argmax(-1) == yq).float().mean()
 
-        stack = lambda xs: torch.stack(xs)  # noqa: E731
-        losses, accs = vmap(task_loss, in_dims=(None, 0, 0, 0, 0), randomness="different")(
-            meta, stack([e.support for e in episodes]), stack([e.support_labels for e in episodes]),
-            stack([e.query for e in episodes]), stack([e.query_labels for e in episodes]))
+        stack = lambda key: torch.stack([getattr(e, key) for e in episodes])  # noqa: E731  (T, ...) per field
+        losses, accs = torch.func.vmap(task, randomness="different")(
+            stack("support"), stack("support_labels"), stack("query"), stack("query_labels"))
         return StepOutput(losses.mean(), {"acc": accs.mean().item()})
 
     def predict(self, episode: Episode) -> torch.Tensor:
@@ -217,7 +196,7 @@ class MAML(Learner):
 
     def predict_from_features(self, support, support_labels, query, n_way):
         with torch.inference_mode(False), torch.enable_grad():
-            s, q = support.clone(), query.clone()  # leave inference mode: the head adapts with autograd
+            s, q = support.clone(), query.clone()  # leave inference mode: the head adapts with torch.func.grad
             return self._adapt_and_predict(None, support_labels.clone(), None, n_way, self.test_inner_steps,
                                            first_order=True, precomputed=(s, q)).detach()
 

@@ -1,0 +1,195 @@
+"""Gradient-based meta-learners: the inner loop against hand derivations, meta-gradients against
+finite differences, first vs second order, vmap vs sequential, and the learner contract."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metarun.data.sampler import Episode
+from metarun.errors import ConfigError
+from metarun.learners.functional import adapt
+from metarun.learners.maml import MAML, Reptile
+from metarun.models.encoders import TransformerEncoder
+from metarun.models.mlp import MLPEncoder
+
+
+def feature_episode(n=3, k=2, q=2, d=4, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(n, d, generator=g, dtype=dtype)
+    xs = centers.repeat_interleave(k, 0) + 0.5 * torch.randn(n * k, d, generator=g, dtype=dtype)
+    xq = centers.repeat_interleave(q, 0) + 0.5 * torch.randn(n * q, d, generator=g, dtype=dtype)
+    return Episode(xs, torch.arange(n).repeat_interleave(k), xq, torch.arange(n).repeat_interleave(q), n)
+
+
+def mlp_maml(dtype=torch.float32, seed=0, **kw):
+    torch.manual_seed(seed)
+    return MAML(MLPEncoder(4, 3).to(dtype), **kw)
+
+
+def meta_grads(learner, episode):
+    learner.zero_grad()
+    learner.training_loss(episode).loss.backward()
+    return {n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None}
+
+
+def test_one_inner_step_on_linear_model_matches_hand_derivation():
+    x, y = torch.randn(5, 3), torch.randn(5)
+    w = torch.randn(3, requires_grad=True)
+    out = adapt(lambda p: ((x @ p["w"] - y) ** 2).mean(), {"w": w}, ["w"], 1, lambda s: {"w": 0.1}, first_order=False)
+    expected = w - 0.1 * (2 / 5) * x.T @ (x @ w - y)
+    assert torch.allclose(out["w"], expected, atol=1e-6)
+
+
+def test_second_order_meta_gradient_matches_finite_differences():
+    learner = mlp_maml(torch.float64, inner_steps=2, inner_lr=0.5, head_init="zeros")
+    ep = feature_episode(dtype=torch.float64)
+    grads = meta_grads(learner, ep)
+    eps = 1e-6
+    for name, p in learner.named_parameters():
+        flat = p.data.view(-1)
+        for i in range(flat.numel()):
+            old = flat[i].item()
+            flat[i] = old + eps
+            up = learner.training_loss(ep).loss.item()
+            flat[i] = old - eps
+            down = learner.training_loss(ep).loss.item()
+            flat[i] = old
+            assert abs(grads[name].view(-1)[i].item() - (up - down) / (2 * eps)) < 1e-6, (name, i)
+
+
+def test_first_and_second_order_differ_and_first_order_matches_its_definition():
+    ep = feature_episode()
+    second = meta_grads(mlp_maml(inner_steps=2, inner_lr=0.5, head_init="zeros"), ep)
+    learner = mlp_maml(inner_steps=2, inner_lr=0.5, head_init="zeros", first_order=True)
+    first = meta_grads(learner, ep)
+    assert any((first[n] - second[n]).abs().max() > 1e-4 for n in first)
+    # FOMAML reference: the query-loss gradient at the adapted weights, applied to the initial weights.
+    fast = {n: p.detach().clone().requires_grad_() for n, p in learner.named_parameters()}
+    head = {"w": torch.zeros(3, 3, requires_grad=True), "b": torch.zeros(3, requires_grad=True)}
+    params = {**fast, **head}
+    for _ in range(2):
+        feats = torch.func.functional_call(learner.encoder, {k[8:]: v for k, v in params.items() if k in fast}, (ep.support,))
+        loss = F.cross_entropy(feats @ params["w"].T + params["b"], ep.support_labels)
+        g = torch.autograd.grad(loss, list(params.values()))
+        params = {k: (v - 0.5 * gi).detach().requires_grad_() for (k, v), gi in zip(params.items(), g)}
+    feats = torch.func.functional_call(learner.encoder, {k[8:]: v for k, v in params.items() if k in fast}, (ep.query,))
+    loss = F.cross_entropy(feats @ params["w"].T + params["b"], ep.query_labels)
+    ref = dict(zip(fast, torch.autograd.grad(loss, [params[k] for k in fast])))
+    for n in first:
+        assert torch.allclose(first[n], ref[n], atol=1e-5), n
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("head_init", ["proto", "zeros"])
+def test_vmap_and_sequential_meta_gradients_agree(first_order, head_init):
+    learner = mlp_maml(inner_steps=2, inner_lr=0.3, first_order=first_order, head_init=head_init, vmap_tasks=True)
+    episodes = [feature_episode(seed=s) for s in range(4)]
+    learner.zero_grad()
+    out = learner.training_loss_tasks(episodes)
+    out.loss.backward()
+    batched = {n: p.grad.clone() for n, p in learner.named_parameters()}
+    learner.zero_grad()
+    for ep in episodes:
+        (learner.training_loss(ep).loss / 4).backward()
+    for n, p in learner.named_parameters():
+        assert torch.allclose(batched[n], p.grad, atol=1e-6), n
+
+
+def tiny_encoder():
+    torch.manual_seed(0)
+    return TransformerEncoder(pretrained=False, name="tiny", config_overrides=dict(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32))
+
+
+def text_episode(enc, n=3, k=2, q=2):
+    from metarun.data.dataset import Example
+
+    words = ["card", "payment", "refund", "transfer", "atm", "pin", "top up", "fee"]
+    ex = lambda c, i: Example(f"{words[c]} {words[(c + i) % 8]} please", str(c))  # noqa: E731
+    s = [ex(c, i) for c in range(n) for i in range(k)]
+    qq = [ex(c, i + k) for c in range(n) for i in range(q)]
+    return Episode(enc.tokenize(s), torch.arange(n).repeat_interleave(k), enc.tokenize(qq),
+                   torch.arange(n).repeat_interleave(q), n)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(first_order=True), dict(adapt="head"), dict(adapt="top_k", top_k=1),
+                                dict(learn_step_lrs=True), dict(per_param_lr=True, first_order=True)])
+def test_every_meta_parameter_gets_a_gradient_and_predict_is_pure(kw):
+    enc = tiny_encoder()
+    learner = MAML(enc, inner_steps=2, inner_lr=0.01, **kw)
+    ep = text_episode(enc)
+    out = learner.training_loss(ep)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    missing = [n for n, p in learner.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert not missing
+    before = copy.deepcopy(learner.state_dict())
+    learner.eval()
+    logits = learner.predict(ep)
+    assert logits.shape == (6, 3) and not logits.requires_grad
+    assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())
+
+
+def test_second_order_uses_eager_attention_and_refuses_kernels_without_double_backward():
+    enc = tiny_encoder()
+    assert enc.model.config._attn_implementation == "sdpa"
+    MAML(enc, first_order=False)
+    assert enc.model.config._attn_implementation == "eager"
+    enc = tiny_encoder()
+    enc.model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ConfigError, match=r"first_order=true.*learner=anil"):
+        MAML(enc, first_order=False)
+    MAML(enc, first_order=True)  # first order needs no double backward
+    MAML(enc, adapt="head")  # nor does a head-only inner loop
+
+
+def test_anil_feature_eval_matches_episode_eval():
+    enc = tiny_encoder()
+    learner = MAML(enc, adapt="head", inner_steps=3, inner_lr=0.5).eval()
+    ep = text_episode(enc)
+    direct = learner.predict(ep)
+    with torch.inference_mode():
+        s, q = learner.embed(ep.support), learner.embed(ep.query)
+        cached = learner.predict_from_features(s, ep.support_labels, q, 3)
+    assert learner.feature_eval and torch.allclose(direct, cached, atol=1e-5)
+
+
+def test_metasgd_learning_rates_receive_gradients():
+    learner = mlp_maml(inner_steps=1, per_param_lr=True)
+    meta_grads(learner, feature_episode())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.inner_lrs)
+
+
+def test_reptile_pseudo_gradient_is_theta_minus_phi():
+    torch.manual_seed(0)
+    learner = Reptile(MLPEncoder(4, 3), inner_steps=3, inner_lr=0.1, head_init="zeros")
+    ep = feature_episode()
+    grads = meta_grads(learner, ep)
+    x = torch.cat([ep.support, ep.query])
+    y = torch.cat([ep.support_labels, ep.query_labels])
+    phi = {n: p.detach().clone().requires_grad_() for n, p in learner.encoder.named_parameters()}
+    phi.update(w=torch.zeros(3, 3, requires_grad=True), b=torch.zeros(3, requires_grad=True))
+    for _ in range(3):
+        feats = torch.func.functional_call(learner.encoder, {k: v for k, v in phi.items() if k not in "wb"}, (x,))
+        g = torch.autograd.grad(F.cross_entropy(feats @ phi["w"].T + phi["b"], y), list(phi.values()))
+        phi = {k: (v - 0.1 * gi).detach().requires_grad_() for (k, v), gi in zip(phi.items(), g)}
+    for n, p in learner.encoder.named_parameters():
+        assert torch.allclose(grads[f"encoder.{n}"], p.detach() - phi[n], atol=1e-6)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(inner_steps=-1), "learner.inner_steps"), (dict(inner_lr=0.0), "learner.inner_lr"),
+    (dict(inner_lr=-1e-3), "learner.inner_lr"), (dict(adapt="some"), "all, head, top_k"),
+    (dict(head_init="random"), "proto, zeros"), (dict(test_inner_steps=-2), "test_inner_steps"),
+])
+def test_bad_options_are_named(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        MAML(MLPEncoder(4, 3), **kw)
+
+
+def test_vmap_with_an_adapting_transformer_is_refused_at_start_up():
+    with pytest.raises(ConfigError, match=r"vmap_tasks=true.*vmap_tasks=false"):
+        MAML(tiny_encoder(), vmap_tasks=True, first_order=True)
