@@ -41,18 +41,29 @@ def sgd_update(params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
 
 
 def adapt(loss_fn, params: dict[str, torch.Tensor], names: list[str], steps: int, lr_at,
-          first_order: bool) -> dict[str, torch.Tensor]:
+          first_order: bool, func_grad: bool = False) -> dict[str, torch.Tensor]:
     """The MAML inner loop as a pure function of a parameter dict.
 
     `loss_fn(params) -> scalar` is the support loss; only `names` are adapted (and differentiated);
-    `lr_at(step) -> {name: lr}`. Inner gradients are partial derivatives w.r.t. the adapted tensors
-    (`torch.func.grad`), while the outer backward differentiates through everything, including how
-    the starting values were computed (e.g. a Proto-MAML head). With `first_order` the inner
-    gradients are constants (FOMAML); otherwise the meta-gradient has the second-order terms.
-    Works unchanged inside `torch.func.vmap`.
+    `lr_at(step) -> {name: lr}`. Inner gradients are partial derivatives w.r.t. the adapted tensors,
+    while the outer backward differentiates through everything, including how their starting values
+    were computed (e.g. a Proto-MAML head built from support features). With `first_order` the
+    inner gradients are constants (FOMAML); otherwise the meta-gradient has the second-order terms.
+
+    Two equivalent engines: `torch.autograd.grad` on fresh aliases of the adapted tensors (the alias
+    makes the derivative partial), and `torch.func.grad` (`func_grad=True`), which works inside
+    `torch.func.vmap`.
     """
     for step in range(steps):
-        grads = torch.func.grad(lambda a: loss_fn({**params, **a}))({n: params[n] for n in names})
+        if func_grad:
+            grads = torch.func.grad(lambda a: loss_fn({**params, **a}))({n: params[n] for n in names})
+        else:
+            alias = {n: params[n].view_as(params[n]) if params[n].requires_grad else params[n].detach().requires_grad_()
+                     for n in names}
+            # retain_graph: the outer loss may share this graph (fixed features behind an ANIL head)
+            g = torch.autograd.grad(loss_fn({**params, **alias}), list(alias.values()),
+                                    create_graph=not first_order, retain_graph=True, allow_unused=True)
+            grads = {n: gi if gi is not None else torch.zeros_like(params[n]) for n, gi in zip(names, g)}
         if first_order:
             grads = {n: g.detach() for n, g in grads.items()}
         params = sgd_update(params, grads, lr_at(step))

@@ -146,7 +146,7 @@ class MAML(Learner):
         return support_feats.new_zeros(n_way, support_feats.shape[-1]), support_feats.new_zeros(n_way)
 
     def _adapt_and_predict(self, support, support_labels, query, n_way: int, steps: int, first_order: bool,
-                           precomputed: tuple | None = None) -> torch.Tensor:
+                           precomputed: tuple | None = None, func_grad: bool = False) -> torch.Tensor:
         """Adapt on the support set, return query logits (N*Q, N). `precomputed` = (support, query)
         features when only the head adapts (they are computed once, outside the inner loop)."""
         params = {n: p for n, p in self.named_parameters() if n in self.names}
@@ -159,7 +159,7 @@ class MAML(Learner):
             feats = self._features(p, support) if self.enc_names else s_feats
             return F.cross_entropy(linear_head(feats, p["head.weight"], p["head.bias"]), support_labels)
 
-        fast = adapt(support_loss, params, self.names, steps, self._lr_at, first_order)
+        fast = adapt(support_loss, params, self.names, steps, self._lr_at, first_order, func_grad)
         q_feats = precomputed[1] if precomputed else self._features(fast, query)
         return linear_head(q_feats, fast["head.weight"], fast["head.bias"])
 
@@ -171,20 +171,49 @@ class MAML(Learner):
         return StepOutput(loss, {"acc": accuracy(logits.detach(), episode.query_labels)})
 
     def training_loss_tasks(self, episodes: list[Episode]) -> StepOutput:
-        """All tasks of a meta-batch at once with torch.func.vmap (inputs must be same-shaped tensors);
-        the meta-gradient equals that of the sequential path."""
+        """All tasks of a meta-batch at once (inputs must be same-shaped tensors); the meta-gradient
+        equals that of the sequential path. Encoders with `forward_batched` run every task in one set
+        of batched matrix products; others go through torch.func.vmap."""
         if not all(isinstance(e.support, torch.Tensor) for e in episodes):
             raise ConfigError("learner.vmap_tasks=true needs feature tensors as inputs; use learner.vmap_tasks=false.")
         n_way = episodes[0].n_way
+        stack = lambda key: torch.stack([getattr(e, key) for e in episodes])  # noqa: E731  (T, ...) per field
+        xs, ys, xq, yq = stack("support"), stack("support_labels"), stack("query"), stack("query_labels")
+        if hasattr(self.encoder, "forward_batched"):
+            logits = self._batched_adapt_and_predict(xs, ys, xq, n_way)  # (T, N*Q, N)
+            loss = F.cross_entropy(logits.flatten(0, 1), yq.flatten())
+            return StepOutput(loss, {"acc": accuracy(logits.detach().flatten(0, 1), yq.flatten())})
 
         def task(xs, ys, xq, yq):
-            logits = self._adapt_and_predict(xs, ys, xq, n_way, self.inner_steps, self.first_order)
+            logits = self._adapt_and_predict(xs, ys, xq, n_way, self.inner_steps, self.first_order, func_grad=True)
             return F.cross_entropy(logits, yq), (logits.argmax(-1) == yq).float().mean()
 
-        stack = lambda key: torch.stack([getattr(e, key) for e in episodes])  # noqa: E731  (T, ...) per field
-        losses, accs = torch.func.vmap(task, randomness="different")(
-            stack("support"), stack("support_labels"), stack("query"), stack("query_labels"))
+        losses, accs = torch.func.vmap(task, randomness="different")(xs, ys, xq, yq)
         return StepOutput(losses.mean(), {"acc": accs.mean().item()})
+
+    def _batched_adapt_and_predict(self, xs, ys, xq, n_way: int) -> torch.Tensor:
+        """T tasks in one pass: every parameter is expanded (a view, no copy) to (T, ...), so the
+        gradient of the summed support losses w.r.t. the expanded tensor is each task's own gradient.
+        (T, N*K, D), (T, N*K), (T, N*Q, D) -> (T, N*Q, N)."""
+        t = xs.shape[0]
+        params = {f"encoder.{n}": p.expand(t, *p.shape) for n, p in self.encoder.named_parameters()}
+        encode = lambda p, x: self.encoder.forward_batched({n[8:]: v for n, v in p.items() if n.startswith("encoder.")}, x)  # noqa: E731
+        s_feats = encode(params, xs)  # (T, N*K, H)
+        if self.head_init == "proto":
+            one_hot = F.one_hot(ys, n_way).to(s_feats.dtype)  # (T, N*K, N)
+            protos = one_hot.transpose(1, 2) @ s_feats / one_hot.sum(1).unsqueeze(-1)  # (T, N, H)
+            w, b = 2 * protos, -protos.pow(2).sum(-1)
+        else:
+            w, b = s_feats.new_zeros(t, n_way, s_feats.shape[-1]), s_feats.new_zeros(t, n_way)
+        params.update({"head.weight": w, "head.bias": b})
+        head = lambda f, p: torch.baddbmm(p["head.bias"].unsqueeze(1), f, p["head.weight"].transpose(1, 2))  # noqa: E731
+
+        def support_loss(p):  # sum over tasks of each task's mean loss
+            feats = encode(p, xs) if self.enc_names else s_feats
+            return F.cross_entropy(head(feats, p).flatten(0, 1), ys.flatten()) * t
+
+        fast = adapt(support_loss, params, self.names, self.inner_steps, self._lr_at, self.first_order)
+        return head(encode(fast, xq), fast)
 
     def predict(self, episode: Episode) -> torch.Tensor:
         with torch.enable_grad():  # test-time adaptation needs gradients; meta-parameters are untouched

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -18,3 +19,13 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x):
         return self.net(x)
+
+    def forward_batched(self, params: dict, x: torch.Tensor) -> torch.Tensor:
+        """T models at once: `params` maps this module's parameter names to (T, ...) tensors;
+        (T, B, D_in) -> (T, B, D_out). Used to run the tasks of a meta-batch together."""
+        for i, layer in enumerate(self.net):
+            if isinstance(layer, nn.Linear):
+                x = torch.baddbmm(params[f"net.{i}.bias"].unsqueeze(1), x, params[f"net.{i}.weight"].transpose(1, 2))
+            else:
+                x = layer(x)
+        return x

