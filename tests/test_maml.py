@@ -82,10 +82,24 @@ def test_first_and_second_order_differ_and_first_order_matches_its_definition():
         assert torch.allclose(first[n], ref[n], atol=1e-5), n
 
 
+class PlainMLP(nn.Module):
+    """An MLP without `forward_batched`: batched tasks then go through torch.func.vmap."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner, self.out_dim = MLPEncoder(4, 3), 3
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("engine", ["forward_batched", "torch.func.vmap"])
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("head_init", ["proto", "zeros"])
-def test_vmap_and_sequential_meta_gradients_agree(first_order, head_init):
-    learner = mlp_maml(inner_steps=2, inner_lr=0.3, first_order=first_order, head_init=head_init, vmap_tasks=True)
+def test_batched_and_sequential_meta_gradients_agree(engine, first_order, head_init):
+    torch.manual_seed(0)
+    encoder = MLPEncoder(4, 3) if engine == "forward_batched" else PlainMLP()
+    learner = MAML(encoder, inner_steps=2, inner_lr=0.3, first_order=first_order, head_init=head_init, vmap_tasks=True)
     episodes = [feature_episode(seed=s) for s in range(4)]
     learner.zero_grad()
     out = learner.training_loss_tasks(episodes)
