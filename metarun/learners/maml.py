@@ -140,17 +140,23 @@ class MAML(Learner):
         enc = {n[len("encoder."):]: params[n] for n in self.names if n.startswith("encoder.")}
         return functional_call(self.encoder, enc, (inputs,)) if enc else self.encoder(inputs)
 
-    def _init_head(self, support_feats: torch.Tensor, labels: torch.Tensor, n_way: int):
+    def _init_head(self, support_feats: torch.Tensor | None, labels: torch.Tensor, n_way: int):
         if self.head_init == "proto":
             return proto_head(support_feats, labels, n_way)
-        return support_feats.new_zeros(n_way, support_feats.shape[-1]), support_feats.new_zeros(n_way)
+        ref = support_feats if support_feats is not None else next(self.encoder.parameters())
+        return ref.new_zeros(n_way, self.encoder.out_dim), ref.new_zeros(n_way)
 
     def _adapt_and_predict(self, support, support_labels, query, n_way: int, steps: int, first_order: bool,
                            precomputed: tuple | None = None, func_grad: bool = False) -> torch.Tensor:
         """Adapt on the support set, return query logits (N*Q, N). `precomputed` = (support, query)
         features when only the head adapts (they are computed once, outside the inner loop)."""
         params = {n: p for n, p in self.named_parameters() if n in self.names}
-        s_feats = precomputed[0] if precomputed else self._features(params, support)
+        if precomputed:
+            s_feats = precomputed[0]
+        elif self.head_init == "zeros" and self.enc_names:
+            s_feats = None  # the inner loss recomputes the features; a zero head needs only their width
+        else:
+            s_feats = self._features(params, support)
         w, b = self._init_head(s_feats, support_labels, n_way)
         params.update({"head.weight": w, "head.bias": b})
 
@@ -198,13 +204,13 @@ class MAML(Learner):
         t = xs.shape[0]
         params = {f"encoder.{n}": p.expand(t, *p.shape) for n, p in self.encoder.named_parameters()}
         encode = lambda p, x: self.encoder.forward_batched({n[8:]: v for n, v in p.items() if n.startswith("encoder.")}, x)  # noqa: E731
-        s_feats = encode(params, xs)  # (T, N*K, H)
+        s_feats = encode(params, xs) if self.head_init == "proto" or not self.enc_names else None  # (T, N*K, H)
         if self.head_init == "proto":
             one_hot = F.one_hot(ys, n_way).to(s_feats.dtype)  # (T, N*K, N)
             protos = one_hot.transpose(1, 2) @ s_feats / one_hot.sum(1).unsqueeze(-1)  # (T, N, H)
             w, b = 2 * protos, -protos.pow(2).sum(-1)
         else:
-            w, b = s_feats.new_zeros(t, n_way, s_feats.shape[-1]), s_feats.new_zeros(t, n_way)
+            w, b = xs.new_zeros(t, n_way, self.encoder.out_dim), xs.new_zeros(t, n_way)
         params.update({"head.weight": w, "head.bias": b})
         head = lambda f, p: torch.baddbmm(p["head.bias"].unsqueeze(1), f, p["head.weight"].transpose(1, 2))  # noqa: E731
 
