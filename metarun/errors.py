@@ -20,6 +20,3 @@ class CheckpointError(MetarunError):
 class NonFiniteLossError(MetarunError):
     pass
 
-
-def choices_hint(name: str, value: object, choices: list[str]) -> str:
-    return f"{name}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}."

@@ -25,7 +25,6 @@ warm-up iterations. `max_meta_grad_diff` compares each meta-gradient with the re
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import resource

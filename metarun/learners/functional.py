@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 
 def prototypes(features: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
-    """Class means: (N*K, D), (N*K,) -> (N, D)."""
-    one_hot = F.one_hot(labels, n_way).to(features.dtype)  # (N*K, N)
-    return (one_hot.T @ features) / one_hot.sum(0).unsqueeze(1)
+    """Class means: (..., N*K, D), (..., N*K) -> (..., N, D); leading dims are tasks."""
+    one_hot = F.one_hot(labels, n_way).to(features.dtype)  # (..., N*K, N)
+    return (one_hot.transpose(-2, -1) @ features) / one_hot.sum(-2).unsqueeze(-1)
 
 
 def squared_euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -29,7 +29,7 @@ def linear_head(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 def proto_head(support: torch.Tensor, labels: torch.Tensor, n_way: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Proto-MAML head (Triantafillou et al. 2020): W = 2c, b = -|c|^2, so that the linear logits equal
-    ProtoNet's -|x - c|^2 up to a per-query constant. (N*K, D) -> (N, D), (N,)."""
+    ProtoNet's -|x - c|^2 up to a per-query constant. (..., N*K, D) -> (..., N, D), (..., N)."""
     c = prototypes(support, labels, n_way)
     return 2 * c, -c.pow(2).sum(-1)
 

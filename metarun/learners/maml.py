@@ -206,9 +206,7 @@ class MAML(Learner):
         encode = lambda p, x: self.encoder.forward_batched({n[8:]: v for n, v in p.items() if n.startswith("encoder.")}, x)  # noqa: E731
         s_feats = encode(params, xs) if self.head_init == "proto" or not self.enc_names else None  # (T, N*K, H)
         if self.head_init == "proto":
-            one_hot = F.one_hot(ys, n_way).to(s_feats.dtype)  # (T, N*K, N)
-            protos = one_hot.transpose(1, 2) @ s_feats / one_hot.sum(1).unsqueeze(-1)  # (T, N, H)
-            w, b = 2 * protos, -protos.pow(2).sum(-1)
+            w, b = proto_head(s_feats, ys, n_way)  # (T, N, H), (T, N)
         else:
             w, b = xs.new_zeros(t, n_way, self.encoder.out_dim), xs.new_zeros(t, n_way)
         params.update({"head.weight": w, "head.bias": b})
