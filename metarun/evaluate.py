@@ -15,9 +15,11 @@ import torch
 from tqdm.auto import tqdm
 
 from metarun.data.collate import EpisodeDataset
-from metarun.data.dataset import FewShotDataset
+from metarun.data.dataset import FewShotDataset, LabelledSplits
 from metarun.data.sampler import EpisodeSampler
+from metarun.errors import ConfigError, DataError
 from metarun.learners.base import Learner
+from metarun.learners.heads import fit_logistic_regression
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,23 @@ def limit_per_class(data: FewShotDataset, max_per_class: int | None, seed: int) 
     return FewShotDataset(tuple(data[i] for i in sorted(keep)), f"{data.source}, {max_per_class} per class")
 
 
+def encode_examples(learner: Learner, data: FewShotDataset, device: torch.device, batch_size: int,
+                    desc: str, progress: bool) -> torch.Tensor:
+    """(M,) examples -> (M, D) float32 features on `device`, batched by length to limit padding."""
+    order = sorted(range(len(data)), key=lambda i: len(data[i].text))
+    feats: list[torch.Tensor] = [None] * len(order)  # type: ignore[list-item]
+    tokenize = learner.encoder.tokenize
+    bar = tqdm(range(0, len(order), batch_size), desc=f"{desc} {len(order)} examples", disable=not progress,
+               leave=False, unit="batch")
+    for start in bar:
+        idx = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in tokenize([data[i] for i in idx]).items()}
+        out = learner.embed(batch).float()
+        for j, i in enumerate(idx):
+            feats[i] = out[j]
+    return torch.stack(feats)
+
+
 class Evaluator:
     """Evaluate a learner on one dataset under several protocols; returns {key: {acc, ci95, episodes}}."""
 
@@ -84,19 +103,7 @@ class Evaluator:
             learner.train(was_training)
 
     def encode(self, learner: Learner, device: torch.device) -> torch.Tensor:
-        """(M,) examples -> (M, D) float32 features on `device`, batched by length to limit padding."""
-        order = sorted(range(len(self.data)), key=lambda i: len(self.data[i].text))
-        feats: list[torch.Tensor] = [None] * len(order)  # type: ignore[list-item]
-        tokenize = learner.encoder.tokenize
-        bar = tqdm(range(0, len(order), self.batch_size), desc=f"{self.prefix}: encoding {len(order)} examples",
-                   disable=not self.progress, leave=False, unit="batch")
-        for start in bar:
-            idx = order[start : start + self.batch_size]
-            batch = {k: v.to(device) for k, v in tokenize([self.data[i] for i in idx]).items()}
-            out = learner.embed(batch).float()
-            for j, i in enumerate(idx):
-                feats[i] = out[j]
-        return torch.stack(feats)
+        return encode_examples(learner, self.data, device, self.batch_size, f"{self.prefix}: encoding", self.progress)
 
     def _feature_episodes(self, learner, features, sampler, proto) -> list[float]:
         accs = []
@@ -123,3 +130,65 @@ class Evaluator:
             if i % 20 == 0:
                 bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}")
         return accs
+
+
+class PerClassEvaluator:
+    """"K labelled examples for every class" (the protocol of MTEB classification and of the
+    few-shot intent detection tables of DNNC / CPFT): for each draw, K pool examples per class,
+    an L2 logistic regression on frozen features, accuracy on the whole test set. Reports the mean
+    and 95% CI over draws, and every draw's accuracy."""
+
+    def __init__(self, data: LabelledSplits, shots: list[int], draws: int, seed: int, C: float = 1.0,
+                 max_iter: int = 100, prefix: str = "test", batch_size: int = 128, progress: bool = True):
+        if not isinstance(draws, int) or draws < 1:
+            raise ConfigError(f"eval.test.draws must be a positive integer, got {draws!r}.")
+        for k in shots:
+            if not isinstance(k, int) or k < 1:
+                raise ConfigError(f"eval.test.shots must be positive integers, got {k!r}.")
+            short = [(c, data.pool.count(c)) for c in data.test.classes if data.pool.count(c) < k]
+            if short:
+                listing = ", ".join(f"{c!r} has {n}" for c, n in short[:5])
+                raise DataError(f"{k} examples per class are needed from {data.pool.source}, but {listing}; "
+                                f"lower eval.test.shots.")
+        self.data, self.shots, self.draws, self.seed, self.C, self.max_iter = data, shots, draws, seed, C, max_iter
+        self.prefix, self.batch_size, self.progress = prefix, batch_size, progress
+        self.classes = data.test.classes
+
+    def draw(self, k: int, d: int) -> list[int]:
+        """Pool indices of draw `d`: `k` per class, a pure function of (seed, k, d)."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, k, d]))
+        idx = []
+        for c in self.classes:
+            pool = self.data.pool.indices_of(c)
+            idx += [pool[j] for j in sorted(rng.choice(len(pool), size=k, replace=False))]
+        return idx
+
+    def __call__(self, learner: Learner, device: torch.device, autocast_dtype: torch.dtype | None = None) -> dict:
+        was_training = learner.training
+        learner.eval()
+        amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+        position = {c: i for i, c in enumerate(self.classes)}
+        try:
+            needed = sorted({i for k in self.shots for d in range(self.draws) for i in self.draw(k, d)})
+            pool = FewShotDataset(tuple(self.data.pool[i] for i in needed), self.data.pool.source)
+            with torch.inference_mode(), amp:
+                pool_feats = encode_examples(learner, pool, device, self.batch_size, f"{self.prefix}: encoding pool", self.progress)
+                test_feats = encode_examples(learner, self.data.test, device, self.batch_size, f"{self.prefix}: encoding test", self.progress)
+            row = {i: r for r, i in enumerate(needed)}
+            test_y = torch.tensor([position[e.label] for e in self.data.test.examples], device=device)
+            out = {}
+            for k in self.shots:
+                accs = []
+                for d in tqdm(range(self.draws), desc=f"{self.prefix}/{k} per class", disable=not self.progress, leave=False):
+                    idx = self.draw(k, d)
+                    x = pool_feats[[row[i] for i in idx]]
+                    y = torch.tensor([position[self.data.pool[i].label] for i in idx], device=device)
+                    w, b = fit_logistic_regression(x, y, len(self.classes), C=self.C, max_iter=self.max_iter)
+                    accs.append(((test_feats @ w.T + b).argmax(-1) == test_y).float().mean().item())
+                acc, ci = mean_ci95(100.0 * np.asarray(accs))
+                out[f"{self.prefix}/{self.data.name}_{k}per_class"] = {
+                    "acc": round(acc, 2), "ci95": round(ci, 2), "draws": len(accs),
+                    "per_draw": [round(100 * a, 2) for a in accs]}
+            return out
+        finally:
+            learner.train(was_training)

@@ -16,9 +16,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from metarun.data.collate import EpisodeDataset
-from metarun.data.sampler import EpisodeSampler
 from metarun.errors import CheckpointError, ConfigError, MetarunError
-from metarun.evaluate import Evaluator, Protocol
+from metarun.evaluate import Evaluator, PerClassEvaluator, Protocol
 from metarun.tracking import run_info
 from metarun.tracking.checkpoint import Checkpointer
 from metarun.tracking.files import write_json
@@ -37,27 +36,54 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build(node: DictConfig, group: str, **kwargs):
-    """Instantiate a config group's `_target_`, turning config mistakes into clear errors."""
+def build(node: DictConfig, group: str, **objects):
+    """Instantiate a config group's `_target_` with `objects` (datasets, encoders) passed as they are,
+    turning config mistakes into clear errors."""
     params = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if not (group == "learner" and k == "name")}
     try:
-        return instantiate(params, **kwargs)
+        # partial first: Hydra would turn dataclass arguments (datasets) into configs
+        return instantiate(params, _partial_=True)(**objects)
     except InstantiationException as e:
         cause = e.__cause__
         if isinstance(cause, MetarunError):
             raise cause from None
-        if isinstance(cause, TypeError) and ("keyword argument" in str(cause) or "required positional" in str(cause)):
+        raise
+    except TypeError as e:
+        if "keyword argument" in str(e) or "required positional" in str(e):
             accepted = list(inspect.signature(get_class(params["_target_"])).parameters)
             raise ConfigError(
-                f"the {group} config does not fit {params['_target_']}: {cause}. Options it accepts: "
-                f"{', '.join(a for a in accepted if a not in kwargs)}."
+                f"the {group} config does not fit {params['_target_']}: {e}. Options it accepts: "
+                f"{', '.join(a for a in accepted if a not in objects)}."
             ) from None
         raise
+
+
+def build_learner(node: DictConfig, encoder, train_classes: list[str]):
+    """Learners that train a classifier over the training classes (finetune) declare `train_classes`."""
+    wants_classes = "train_classes" in inspect.signature(get_class(node._target_)).parameters
+    return build(node, "learner", encoder=encoder, **({"train_classes": train_classes} if wants_classes else {}))
 
 
 def protocols(node: DictConfig, seed: int) -> list[Protocol]:
     shots = node.shots if OmegaConf.is_list(node.shots) else [node.shots]
     return [Protocol(int(node.n_way), int(k), int(node.n_query), int(node.episodes), seed) for k in shots]
+
+
+def test_evaluator(ev: DictConfig, test_data, progress: bool):
+    """Episodes on the test classes (`eval=episodic`; `eval.test.data` names another dataset whose test
+    classes are used instead), or K examples for every class of a labelled target (`eval=per_class`)."""
+    t = ev.test
+    if t.get("protocol", "episodes") == "episodes":
+        if t.get("data") is not None:  # cross-dataset transfer: episodes on another dataset's test classes
+            target = build(t.data, "eval.test.data")
+            log.info("test episodes from %s (%d test classes)", target.name, len(target.test.classes))
+            test_data = target.test
+        return Evaluator(test_data, protocols(t, ev.seed), "test", ev.batch_size, t.max_per_class, progress)
+    if t.protocol != "per_class":
+        raise ConfigError(f"eval.test.protocol={t.protocol!r} is not valid; choose one of: episodes, per_class.")
+    shots = list(t.shots) if OmegaConf.is_list(t.shots) else [t.shots]
+    return PerClassEvaluator(build(t.data, "eval.test.data"), [int(k) for k in shots], t.draws, t.seed, t.C,
+                             t.max_iter, "test", ev.batch_size, progress)
 
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
@@ -72,12 +98,11 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     write_json(run_dir / "run_info.json", run_info.collect(str(trainer.device)))
     data = build(cfg.data, "data")
     encoder = build(cfg.encoder, "encoder")
-    learner = build(cfg.learner, "learner", encoder=encoder)
-    s = cfg.sampler
-    sampler = EpisodeSampler(data.train, s.n_way, s.k_shot, s.n_query, seed=cfg.seed, role="training")
+    learner = build_learner(cfg.learner, encoder, data.train.classes)
+    sampler = build(cfg.sampler, "sampler", dataset=data.train, seed=cfg.seed, role="training")
     ev = cfg.eval
     val = Evaluator(data.val, protocols(ev.val, ev.seed), "val", ev.batch_size, ev.val.max_per_class, trainer.progress)
-    test = Evaluator(data.test, protocols(ev.test, ev.seed), "test", ev.batch_size, ev.test.max_per_class, trainer.progress)
+    test = test_evaluator(ev, data.test, trainer.progress)
     log.info("data %s: %d train / %d val / %d test classes (%d / %d / %d examples); run dir %s",
              data.name, len(data.train.classes), len(data.val.classes), len(data.test.classes),
              len(data.train), len(data.val), len(data.test), run_dir)
@@ -102,6 +127,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     results = {
         "learner": cfg.learner.name,
         "data": data.name,
+        "test_data": (cfg.eval.test.get("data") or {}).get("name", data.name),
         "encoder": cfg.encoder.name,
         "seed": cfg.seed,
         "results": {**test_scores, **val_scores},
@@ -116,7 +142,9 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
 
 
 def format_results(scores: dict) -> str:
-    return "\n".join(f"  {k:<20} {v['acc']:6.2f} ± {v['ci95']:.2f}  ({v['episodes']} episodes)" for k, v in scores.items())
+    def unit(v: dict) -> str:
+        return f"{v['episodes']} episodes" if "episodes" in v else f"{v['draws']} draws"
+    return "\n".join(f"  {k:<28} {v['acc']:6.2f} ± {v['ci95']:.2f}  ({unit(v)})" for k, v in scores.items())
 
 
 def check_resumable(saved: dict, current: dict, path: Path) -> None:

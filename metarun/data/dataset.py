@@ -113,3 +113,19 @@ def split_by_classes(
 
 def part_name(part: str) -> str:
     return {"train": "training classes", "val": "validation classes", "test": "test classes"}[part]
+
+
+@dataclass(frozen=True)
+class LabelledSplits:
+    """The same classes in a labelled pool and a test set: the "K examples for every class" setting
+    (classifiers are fitted on K pool examples per class and scored on the whole test set)."""
+
+    name: str
+    pool: FewShotDataset
+    test: FewShotDataset
+
+    def __post_init__(self) -> None:
+        unseen = sorted(set(self.test.classes) - set(self.pool.classes))
+        if unseen:
+            raise DataError(f"data {self.name!r}: test classes {unseen[:5]} have no examples in the pool "
+                            f"({self.pool.source}); every test class needs labelled examples.")

@@ -75,19 +75,74 @@ class EpisodeSampler:
         )
 
 
+@dataclass(frozen=True)
+class BatchSpec:
+    """A supervised mini-batch: `support_idx` with labels = positions of their classes in `classes`
+    (all classes of the dataset); no query set."""
+
+    classes: tuple[str, ...]
+    support_idx: tuple[int, ...]
+    labels: tuple[int, ...]
+    query_idx: tuple[int, ...] = ()
+
+    @property
+    def n_way(self) -> int:
+        return len(self.classes)
+
+    def support_labels(self) -> np.ndarray:
+        return np.asarray(self.labels, dtype=np.int64)
+
+    def query_labels(self) -> np.ndarray:
+        return np.zeros(0, dtype=np.int64)
+
+
+class BatchSampler:
+    """Mini-batches over all classes of a dataset, for supervised (pre-)training (`sampler=batches`).
+
+    Epoch e visits every example once in the order of a permutation drawn from (seed, e); batch i is
+    the i-th run of `batch_size` positions of that stream, so it is a pure function of (seed, i)
+    like an episode, and a resumed run continues the same stream.
+    """
+
+    def __init__(self, dataset: FewShotDataset, batch_size: int, seed: int, role: str = "training"):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"{role} batches: sampler.batch_size must be a positive integer, got {batch_size!r}.")
+        if len(dataset) < batch_size:
+            raise DataError(f"{role} batches of {batch_size} need at least that many examples; "
+                            f"{dataset.source} has {len(dataset)}. Lower sampler.batch_size.")
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self._classes = tuple(dataset.classes)
+        position = {c: i for i, c in enumerate(self._classes)}
+        self._labels = np.asarray([position[e.label] for e in dataset.examples])
+
+    def _epoch(self, e: int) -> np.ndarray:
+        return np.random.default_rng(np.random.SeedSequence([self.seed, e])).permutation(len(self.dataset))
+
+    def __getitem__(self, i: int) -> BatchSpec:
+        n = len(self.dataset)
+        start = i * self.batch_size
+        idx: list[int] = []
+        while len(idx) < self.batch_size:
+            epoch, offset = divmod(start + len(idx), n)
+            idx.extend(self._epoch(epoch)[offset : offset + self.batch_size - len(idx)].tolist())
+        return BatchSpec(self._classes, tuple(idx), tuple(int(self._labels[j]) for j in idx))
+
+
 @dataclass
 class Episode:
     """Tensors of one episode. `support`/`query` are tokeniser outputs (dicts) or feature matrices."""
 
     support: dict[str, torch.Tensor] | torch.Tensor
     support_labels: torch.Tensor  # (N*K,)
-    query: dict[str, torch.Tensor] | torch.Tensor
+    query: dict[str, torch.Tensor] | torch.Tensor | None  # None for supervised batches (BatchSpec)
     query_labels: torch.Tensor  # (N*Q,)
     n_way: int
     meta: dict = field(default_factory=dict)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Episode":
         def move(x):
+            if x is None:
+                return None
             if isinstance(x, dict):
                 return {k: v.to(device, non_blocking=non_blocking) for k, v in x.items()}
             return x.to(device, non_blocking=non_blocking)

@@ -1,0 +1,87 @@
+"""Transfer-learning baseline: supervised pre-training on all training classes, then a fresh
+classifier per test episode on frozen features.
+
+- Pre-training: encoder + a classifier over every training class, cross-entropy on mini-batches
+  (`sampler=batches`, which `learner=finetune` selects). The classifier is linear ("Baseline") or
+  cosine with a fixed scale ("Baseline++"), Chen, Liu, Kira, Wang & Huang, ICLR 2019; the same
+  family is the "Finetune" row of FewRel (Han et al. 2018) and of the few-shot text classification
+  reality check (Dopierre et al. 2021).
+- Test time: the pre-training classifier is dropped; each episode fits a new head on the support
+  features: L2 logistic regression (`test_head=logreg`, the linear probe) or a linear / cosine head
+  trained for `test_steps` of SGD (`test_head=linear|cosine`). The encoder stays frozen, so
+  evaluation caches features (`feature_eval`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metarun.data.sampler import Episode
+from metarun.errors import ConfigError
+from metarun.learners.base import Learner, StepOutput, accuracy
+from metarun.learners.heads import (
+    HEADS,
+    cosine_logits,
+    fit_head,
+    fit_logistic_regression,
+)
+
+CLASSIFIERS = ("linear", "cosine")
+
+
+class FineTune(Learner):
+    name = "finetune"
+    feature_eval = True
+
+    def __init__(self, encoder: nn.Module, train_classes: Sequence[str], classifier: str = "linear",
+                 scale: float = 10.0, test_head: str = "logreg", C: float = 1.0, test_steps: int = 100,
+                 test_lr: float = 0.01, freeze_encoder: bool = False):
+        super().__init__()
+        if classifier not in CLASSIFIERS:
+            raise ConfigError(f"learner.classifier={classifier!r} is not valid; choose one of: {', '.join(CLASSIFIERS)}.")
+        if test_head not in HEADS:
+            raise ConfigError(f"learner.test_head={test_head!r} is not valid; choose one of: {', '.join(HEADS)}.")
+        for key, value in (("scale", scale), ("C", C), ("test_lr", test_lr)):
+            if value <= 0:
+                raise ConfigError(f"learner.{key} must be positive, got {value}.")
+        if not isinstance(test_steps, int) or test_steps < 1:
+            raise ConfigError(f"learner.test_steps must be a positive integer, got {test_steps!r}.")
+        self.encoder, self.classifier, self.scale = encoder, classifier, float(scale)
+        self.test_head, self.C, self.test_steps, self.test_lr = test_head, float(C), test_steps, float(test_lr)
+        self.n_classes = len(train_classes)
+        self.head = nn.Linear(encoder.out_dim, self.n_classes, bias=classifier == "linear")
+        if freeze_encoder:
+            encoder.requires_grad_(False)
+
+    def _pretrain_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.classifier == "linear":
+            return self.head(feats)
+        return cosine_logits(feats, self.head.weight, self.scale)
+
+    def training_loss(self, episode: Episode) -> StepOutput:
+        if episode.query is not None or episode.n_way != self.n_classes:
+            raise ConfigError(
+                f"learner=finetune pre-trains on supervised batches over all {self.n_classes} training classes, "
+                f"but got a {episode.n_way}-way episode; use sampler=batches (learner=finetune selects it)."
+            )
+        logits = self._pretrain_logits(self.encoder(episode.support))
+        loss = F.cross_entropy(logits, episode.support_labels)
+        return StepOutput(loss, {"acc": accuracy(logits.detach(), episode.support_labels)})
+
+    def embed(self, batch) -> torch.Tensor:
+        return self.encoder(batch)
+
+    def predict_from_features(self, support, support_labels, query, n_way):
+        if self.test_head == "logreg":
+            w, b = fit_logistic_regression(support, support_labels, n_way, C=self.C)
+            return query.float() @ w.T + b
+        logits = fit_head(support, support_labels, n_way, self.test_head, self.test_steps, self.test_lr, scale=self.scale)
+        return logits(query)
+
+    def predict(self, episode: Episode) -> torch.Tensor:
+        return self.predict_from_features(self.embed(episode.support), episode.support_labels,
+                                          self.embed(episode.query), episode.n_way)

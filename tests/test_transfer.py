@@ -1,0 +1,182 @@
+"""Transfer-learning family: test-time heads, supervised batches, the finetune learner and the
+"K examples for every class" protocol."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from metarun.data.dataset import Example, FewShotDataset, LabelledSplits
+from metarun.data.sampler import BatchSampler, Episode
+from metarun.errors import ConfigError, DataError
+from metarun.evaluate import PerClassEvaluator
+from metarun.learners.finetune import FineTune
+from metarun.learners.heads import fit_head, fit_logistic_regression
+from tests.conftest import FAST, read_json, run_cli
+
+
+def blobs(n_classes=4, per_class=30, dim=8, seed=0, spread=1.5):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(n_classes, dim, generator=g) * spread
+    y = torch.arange(n_classes).repeat_interleave(per_class)
+    return centers[y] + torch.randn(len(y), dim, generator=g), y
+
+
+def test_logistic_regression_matches_scikit_learn():
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    x, y = blobs()
+    for C in (0.1, 1.0):
+        w, b = fit_logistic_regression(x, y, 4, C=C, max_iter=500, tol=1e-7)
+
+        def gap(ref_c):  # largest difference in class-centred logits (the optimum is unique up to a shift)
+            ref = sklearn.LogisticRegression(C=ref_c, max_iter=5000, tol=1e-10).fit(x.double().numpy(), y.numpy())
+            theirs = torch.from_numpy(ref.decision_function(x.double().numpy()))
+            ours = (x @ w.T + b).double()
+            return ((ours - ours.mean(1, keepdim=True)) - (theirs - theirs.mean(1, keepdim=True))).abs().max().item()
+
+        # equal up to float32 optimisation precision; a twice weaker penalty is far off
+        assert gap(C) < 1e-2 and gap(2 * C) > 10 * gap(C), C
+
+
+def test_logistic_regression_runs_under_inference_mode():
+    x, y = blobs()
+    with torch.inference_mode():
+        w, b = fit_logistic_regression(x, y, 4)
+    assert w.shape == (4, 8) and b.shape == (4,)
+    assert ((x @ w.T + b).argmax(1) == y).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_trained_heads_fit_the_support_set_deterministically(kind):
+    x, y = blobs(per_class=5)
+    logits = fit_head(x, y, 4, kind, steps=200, lr=0.1)
+    assert logits(x).shape == (20, 4)
+    assert (logits(x).argmax(1) == y).float().mean() >= 0.95
+    assert torch.equal(logits(x), fit_head(x, y, 4, kind, steps=200, lr=0.1)(x))
+
+
+def labelled(n_classes=3, per_class=7, prefix="c"):
+    return FewShotDataset(tuple(Example(f"{prefix}{c} sentence {i}", f"{prefix}{c}") for c in range(n_classes)
+                                for i in range(per_class)), source="test data")
+
+
+def test_batch_sampler_visits_every_example_once_per_epoch():
+    data = labelled(3, 7)  # 21 examples, batches of 4
+    sampler = BatchSampler(data, batch_size=4, seed=3)
+    stream = [i for b in range(21) for i in sampler[b].support_idx]  # 84 positions = 4 epochs
+    for epoch in range(4):
+        assert sorted(stream[21 * epoch : 21 * (epoch + 1)]) == list(range(21))
+    spec = sampler[5]
+    assert spec.n_way == 3 and len(spec.support_idx) == 4 and spec.query_idx == ()
+    assert [data.classes[label] for label in spec.labels] == [data[i].label for i in spec.support_idx]
+    assert sampler[5] == BatchSampler(data, batch_size=4, seed=3)[5]
+    assert sampler[5] != BatchSampler(data, batch_size=4, seed=4)[5]
+    with pytest.raises(ConfigError, match="batch_size"):
+        BatchSampler(data, batch_size=0, seed=0)
+
+
+class MeanEncoder(nn.Module):
+    """Feature-input encoder with trainable weights, for learner smoke tests."""
+
+    out_dim = 6
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 6)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+@pytest.mark.parametrize("classifier", ["linear", "cosine"])
+def test_finetune_pretraining_reaches_every_parameter(classifier):
+    learner = FineTune(MeanEncoder(), train_classes=["a", "b", "c", "d"], classifier=classifier)
+    x, y = blobs(per_class=3)
+    out = learner.training_loss(Episode(x, y, None, torch.zeros(0, dtype=torch.long), n_way=4))
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    for name, p in learner.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_finetune_refuses_episodes_and_bad_options():
+    learner = FineTune(MeanEncoder(), train_classes=["a", "b", "c", "d"])
+    x, y = blobs(n_classes=2, per_class=2)
+    with pytest.raises(ConfigError, match="sampler=batches"):
+        learner.training_loss(Episode(x, y, x, y, n_way=2))
+    for kwargs, words in ((dict(test_head="svm"), "logreg, linear, cosine"), (dict(classifier="mlp"), "linear, cosine"),
+                          (dict(C=0), "learner.C"), (dict(test_steps=0), "test_steps")):
+        with pytest.raises(ConfigError, match=words):
+            FineTune(MeanEncoder(), train_classes=["a"], **kwargs)
+
+
+@pytest.mark.parametrize("head", ["logreg", "linear", "cosine"])
+def test_finetune_test_heads_give_episode_logits(head):
+    learner = FineTune(MeanEncoder(), train_classes=["a", "b"], test_head=head)
+    x, y = blobs(n_classes=5, per_class=4, dim=6, spread=4.0)
+    with torch.inference_mode():
+        logits = learner.predict_from_features(x, y, x, 5)
+    assert logits.shape == (20, 5)
+    assert (logits.argmax(1) == y).float().mean() >= 0.9
+
+
+def per_class_evaluator(shots=(2,), draws=3, seed=0):
+    data = LabelledSplits("toy", labelled(3, 7), labelled(3, 4))
+    return PerClassEvaluator(data, list(shots), draws, seed, progress=False)
+
+
+def test_per_class_draws_are_k_per_class_and_seeded():
+    ev = per_class_evaluator(shots=(2, 5))
+    for k in (2, 5):
+        draw = ev.draw(k, 0)
+        labels = [ev.data.pool[i].label for i in draw]
+        assert {c: labels.count(c) for c in set(labels)} == {c: k for c in ev.classes}
+        assert len(set(draw)) == len(draw)
+    assert ev.draw(2, 1) == per_class_evaluator(shots=(2, 5)).draw(2, 1)
+    assert ev.draw(2, 0) != ev.draw(2, 1)
+    assert ev.draw(2, 0) != per_class_evaluator(seed=1).draw(2, 0)
+
+
+def test_per_class_names_a_class_with_too_few_examples():
+    with pytest.raises(DataError, match=r"'c0' has 7.*lower eval.test.shots"):
+        per_class_evaluator(shots=(8,))
+    with pytest.raises(ConfigError, match="draws"):
+        per_class_evaluator(draws=0)
+
+
+def test_finetune_cli_end_to_end(tmp_path):
+    res = run_cli([*FAST, "learner=finetune", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = read_json(tmp_path / "run" / "results.json")
+    assert out["learner"] == "finetune" and out["steps"] == 6
+    assert set(out["results"]) == {"test/5way_1shot", "test/5way_5shot", "val/5way_5shot"}
+
+
+def test_per_class_protocol_cli_writes_every_draw(tmp_path):
+    res = run_cli(["encoder=tiny", "experiment=mteb_banking77", "encoder.max_length=32", "eval.test.draws=3",
+                   "trainer.progress=false", "logger=jsonl", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    scores = read_json(tmp_path / "run" / "results.json")["results"]["test/banking77_8per_class"]
+    assert scores["draws"] == 3 and len(scores["per_draw"]) == 3
+    assert scores["acc"] == pytest.approx(np.mean(scores["per_draw"]), abs=0.01)
+    assert 1.3 < scores["acc"] < 100  # 77 classes: chance is 1.3%
+
+
+def test_cross_dataset_episodes_come_from_the_target_test_classes(tmp_path):
+    from tests.conftest import compose_cfg
+
+    from metarun.run import test_evaluator
+
+    cfg = compose_cfg(["data=clinc150", "+data@eval.test.data=banking77"])
+    ev = test_evaluator(cfg.eval, None, progress=False)
+    from metarun.run import build
+
+    banking = build(compose_cfg(["data=banking77"]).data, "data")
+    assert ev.data.classes == banking.test.classes
+    res = run_cli([*FAST, "data=clinc150", "+data@eval.test.data=banking77", f"hydra.run.dir={tmp_path / 'run'}"],
+                  cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = read_json(tmp_path / "run" / "results.json")
+    assert (out["data"], out["test_data"]) == ("clinc150", "banking77")
