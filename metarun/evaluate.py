@@ -192,3 +192,24 @@ class PerClassEvaluator:
             return out
         finally:
             learner.train(was_training)
+
+
+def heldout_task_accuracy(learner: Learner, heldout: dict[str, FewShotDataset], device: torch.device,
+                          batch_size: int = 128, progress: bool = True,
+                          autocast_dtype: torch.dtype | None = None) -> dict:
+    """Multi-task learners: each task's head on that task's held-out examples -> {test/task_<t>: ...}."""
+    was_training = learner.training
+    learner.eval()
+    amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    out = {}
+    try:
+        for task, data in heldout.items():
+            if len(data) == 0:
+                continue
+            with torch.inference_mode(), amp:
+                feats = encode_examples(learner, data, device, batch_size, f"held-out {task}: encoding", progress)
+            acc = learner.task_accuracy(task, feats, [e.label for e in data.examples])
+            out[f"test/task_{task}"] = {"acc": round(100 * acc, 2), "examples": len(data)}
+        return out
+    finally:
+        learner.train(was_training)

@@ -18,7 +18,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from metarun.data.collate import EpisodeDataset
 from metarun.errors import CheckpointError, ConfigError, MetarunError
-from metarun.evaluate import Evaluator, PerClassEvaluator, Protocol
+from metarun.evaluate import Evaluator, PerClassEvaluator, Protocol, heldout_task_accuracy
 from metarun.tracking import run_info
 from metarun.tracking.checkpoint import Checkpointer
 from metarun.tracking.files import write_json
@@ -128,7 +128,10 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
             val_scores = val(learner, trainer.device, trainer.autocast_dtype)
         learner.to(trainer.device)
         test_scores = test(learner, trainer.device, trainer.autocast_dtype)
-        writer.write(state.step, {f"{k}/{m}": v[m] for k, v in test_scores.items() for m in ("acc", "ci95")})
+        if hasattr(learner, "task_accuracy") and getattr(data, "heldout", None):
+            test_scores.update(heldout_task_accuracy(learner, data.heldout, trainer.device, ev.batch_size,
+                                                     trainer.progress, trainer.autocast_dtype))
+        writer.write(state.step, {f"{k}/{m}": v[m] for k, v in test_scores.items() for m in ("acc", "ci95") if m in v})
     finally:
         writer.close()
 
@@ -151,8 +154,13 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
 
 def format_results(scores: dict) -> str:
     def unit(v: dict) -> str:
+        if "examples" in v:
+            return f"{v['examples']} held-out examples"
         return f"{v['episodes']} episodes" if "episodes" in v else f"{v['draws']} draws"
-    return "\n".join(f"  {k:<28} {v['acc']:6.2f} ± {v['ci95']:.2f}  ({unit(v)})" for k, v in scores.items())
+
+    def ci(v: dict) -> str:
+        return f" ± {v['ci95']:.2f}" if "ci95" in v else "       "
+    return "\n".join(f"  {k:<28} {v['acc']:6.2f}{ci(v)}  ({unit(v)})" for k, v in scores.items())
 
 
 def check_resumable(saved: dict, current: dict, path: Path) -> None:

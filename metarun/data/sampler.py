@@ -128,6 +128,78 @@ class BatchSampler:
         return BatchSpec(self._classes, tuple(idx), tuple(int(self._labels[j]) for j in idx))
 
 
+@dataclass(frozen=True)
+class MultiTaskSpec(BatchSpec):
+    """Batches of several tasks back to back: `slices` = ((task, start, end), ...); labels are class
+    positions within each task's own class list."""
+
+    slices: tuple[tuple[str, int, int], ...] = ()
+
+    @property
+    def extra(self) -> dict:
+        return {"tasks": self.slices}
+
+
+SAMPLING = ("uniform", "proportional", "temperature")
+
+
+def task_probabilities(sizes: list[int], sampling: str, temperature: float = 2.0, cap: int | None = None) -> np.ndarray:
+    """Probability of drawing each task (jiant's samplers): uniform, proportional to its size, or
+    proportional to min(size, cap) ** (1 / temperature)."""
+    n = np.asarray(sizes, dtype=np.float64)
+    if sampling == "uniform":
+        return np.full(len(n), 1.0 / len(n))
+    if sampling == "proportional":
+        return n / n.sum()
+    p = np.minimum(n, cap if cap else np.inf) ** (1.0 / temperature)
+    return p / p.sum()
+
+
+class MultiTaskSampler:
+    """Training steps for multi-task learning over a dataset whose labels are `task/class`.
+
+    `tasks_per_step=all`: every step holds one batch of `batch_size` from every task (what loss
+    weighting needs: all task losses at once). `tasks_per_step=one`: each step draws one task by
+    `sampling` (uniform, proportional, or temperature-scaled with a size cap). Step i is a pure
+    function of (seed, i); examples are drawn without replacement within a step.
+    """
+
+    def __init__(self, dataset: FewShotDataset, batch_size: int, seed: int, tasks_per_step: str = "all",
+                 sampling: str = "uniform", temperature: float = 2.0, cap: int | None = None, role: str = "training"):
+        if tasks_per_step not in ("all", "one"):
+            raise ConfigError(f"sampler.tasks_per_step={tasks_per_step!r} is not valid; choose one of: all, one.")
+        if sampling not in SAMPLING:
+            raise ConfigError(f"sampler.sampling={sampling!r} is not valid; choose one of: {', '.join(SAMPLING)}.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"{role} batches: sampler.batch_size must be a positive integer, got {batch_size!r}.")
+        if temperature <= 0:
+            raise ConfigError(f"sampler.temperature must be positive, got {temperature}.")
+        from metarun.data.multitask import task_of
+
+        self.dataset, self.batch_size, self.seed, self.tasks_per_step = dataset, batch_size, seed, tasks_per_step
+        self._classes = tuple(dataset.classes)
+        self.tasks = sorted({task_of(c) for c in self._classes})
+        self.task_classes = {t: [c for c in self._classes if task_of(c) == t] for t in self.tasks}
+        self.task_indices = {t: [i for c in self.task_classes[t] for i in dataset.indices_of(c)] for t in self.tasks}
+        for t, idx in self.task_indices.items():
+            if len(idx) < batch_size:
+                raise DataError(f"task {t!r} has {len(idx)} training examples, fewer than sampler.batch_size={batch_size}.")
+        self.probs = task_probabilities([len(self.task_indices[t]) for t in self.tasks], sampling, temperature, cap)
+
+    def __getitem__(self, i: int) -> MultiTaskSpec:
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, i]))
+        tasks = self.tasks if self.tasks_per_step == "all" else [self.tasks[rng.choice(len(self.tasks), p=self.probs)]]
+        idx, labels, slices = [], [], []
+        for t in tasks:
+            pool = self.task_indices[t]
+            picks = [pool[j] for j in rng.choice(len(pool), size=self.batch_size, replace=False)]
+            position = {c: k for k, c in enumerate(self.task_classes[t])}
+            slices.append((t, len(idx), len(idx) + len(picks)))
+            idx += picks
+            labels += [position[self.dataset[j].label] for j in picks]
+        return MultiTaskSpec(self._classes, tuple(idx), tuple(labels), slices=tuple(slices))
+
+
 @dataclass
 class Episode:
     """Tensors of one episode. `support`/`query` are tokeniser outputs (dicts) or feature matrices."""

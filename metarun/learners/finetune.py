@@ -33,16 +33,14 @@ from metarun.learners.heads import (
 CLASSIFIERS = ("linear", "cosine")
 
 
-class FineTune(Learner):
-    name = "finetune"
+class ProbedLearner(Learner):
+    """A learner evaluated by fitting a fresh head on each episode's frozen support features."""
+
     feature_eval = True
 
-    def __init__(self, encoder: nn.Module, train_classes: Sequence[str], classifier: str = "linear",
-                 scale: float = 10.0, test_head: str = "logreg", C: float = 1.0, test_steps: int = 100,
-                 test_lr: float = 0.01, freeze_encoder: bool = False):
+    def __init__(self, encoder: nn.Module, test_head: str = "logreg", C: float = 1.0, test_steps: int = 100,
+                 test_lr: float = 0.01, scale: float = 10.0):
         super().__init__()
-        if classifier not in CLASSIFIERS:
-            raise ConfigError(f"learner.classifier={classifier!r} is not valid; choose one of: {', '.join(CLASSIFIERS)}.")
         if test_head not in HEADS:
             raise ConfigError(f"learner.test_head={test_head!r} is not valid; choose one of: {', '.join(HEADS)}.")
         for key, value in (("scale", scale), ("C", C), ("test_lr", test_lr)):
@@ -50,9 +48,34 @@ class FineTune(Learner):
                 raise ConfigError(f"learner.{key} must be positive, got {value}.")
         if not isinstance(test_steps, int) or test_steps < 1:
             raise ConfigError(f"learner.test_steps must be a positive integer, got {test_steps!r}.")
-        self.encoder, self.classifier, self.scale = encoder, classifier, float(scale)
+        self.encoder, self.scale = encoder, float(scale)
         self.test_head, self.C, self.test_steps, self.test_lr = test_head, float(C), test_steps, float(test_lr)
-        self.n_classes = len(train_classes)
+
+    def embed(self, batch) -> torch.Tensor:
+        return self.encoder(batch)
+
+    def predict_from_features(self, support, support_labels, query, n_way):
+        if self.test_head == "logreg":
+            w, b = fit_logistic_regression(support, support_labels, n_way, C=self.C)
+            return query.float() @ w.T + b
+        logits = fit_head(support, support_labels, n_way, self.test_head, self.test_steps, self.test_lr, scale=self.scale)
+        return logits(query)
+
+    def predict(self, episode: Episode) -> torch.Tensor:
+        return self.predict_from_features(self.embed(episode.support), episode.support_labels,
+                                          self.embed(episode.query), episode.n_way)
+
+
+class FineTune(ProbedLearner):
+    name = "finetune"
+
+    def __init__(self, encoder: nn.Module, train_classes: Sequence[str], classifier: str = "linear",
+                 scale: float = 10.0, test_head: str = "logreg", C: float = 1.0, test_steps: int = 100,
+                 test_lr: float = 0.01, freeze_encoder: bool = False):
+        super().__init__(encoder, test_head, C, test_steps, test_lr, scale)
+        if classifier not in CLASSIFIERS:
+            raise ConfigError(f"learner.classifier={classifier!r} is not valid; choose one of: {', '.join(CLASSIFIERS)}.")
+        self.classifier, self.n_classes = classifier, len(train_classes)
         self.head = nn.Linear(encoder.out_dim, self.n_classes, bias=classifier == "linear")
         if freeze_encoder:
             encoder.requires_grad_(False)
@@ -71,17 +94,3 @@ class FineTune(Learner):
         logits = self._pretrain_logits(self.encoder(episode.support))
         loss = F.cross_entropy(logits, episode.support_labels)
         return StepOutput(loss, {"acc": accuracy(logits.detach(), episode.support_labels)})
-
-    def embed(self, batch) -> torch.Tensor:
-        return self.encoder(batch)
-
-    def predict_from_features(self, support, support_labels, query, n_way):
-        if self.test_head == "logreg":
-            w, b = fit_logistic_regression(support, support_labels, n_way, C=self.C)
-            return query.float() @ w.T + b
-        logits = fit_head(support, support_labels, n_way, self.test_head, self.test_steps, self.test_lr, scale=self.scale)
-        return logits(query)
-
-    def predict(self, episode: Episode) -> torch.Tensor:
-        return self.predict_from_features(self.embed(episode.support), episode.support_labels,
-                                          self.embed(episode.query), episode.n_way)

@@ -1,0 +1,64 @@
+"""Several labelled sources for multi-task training, one target for few-shot evaluation.
+
+Training classes of every source become tasks; class names are prefixed with the task name
+(`clinc150/transfer`), so `train` is one dataset whose labels say which task they belong to. A fixed
+fraction of each task's examples is held out to report per-task accuracy. Validation and test
+episodes come from the target's validation and test classes, which no source may train on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from metarun.data.dataset import DataSplits, FewShotDataset
+from metarun.errors import ConfigError, DataError
+
+SEP = "/"
+
+
+def task_of(label: str) -> str:
+    return label.split(SEP, 1)[0]
+
+
+@dataclass(frozen=True)
+class MultiTaskSplits(DataSplits):
+    """`train`: all tasks' training examples (labels `task/class`); `heldout`: per task, examples
+    kept out of training for per-task accuracy; `val`/`test`: the target's few-shot classes."""
+
+    heldout: dict[str, FewShotDataset] = field(default_factory=dict)
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted({task_of(c) for c in self.train.classes})
+
+
+def load_multitask(name: str, sources: dict[str, DataSplits], target: str, heldout_fraction: float = 0.1,
+                   seed: int = 0) -> MultiTaskSplits:
+    if target not in sources:
+        raise ConfigError(f"data.target={target!r} is not one of the sources: {', '.join(sources)}.")
+    if not 0 <= heldout_fraction < 1:
+        raise ConfigError(f"data.heldout_fraction must be in [0, 1), got {heldout_fraction}.")
+    tgt = sources[target]
+    few_shot = set(tgt.val.classes) | set(tgt.test.classes)
+    rng = np.random.default_rng(seed)
+    train, heldout = [], {}
+    for task, splits in sources.items():
+        if SEP in task:
+            raise ConfigError(f"task name {task!r} must not contain {SEP!r}.")
+        leaked = sorted(set(splits.train.classes) & few_shot) if task == target else []
+        if leaked:
+            raise DataError(f"task {task!r} trains on the target's few-shot classes {leaked[:5]}; fix the class split.")
+        kept = []
+        for c in splits.train.classes:
+            idx = list(splits.train.indices_of(c))
+            rng.shuffle(idx)
+            n_out = int(round(heldout_fraction * len(idx))) if len(idx) > 1 else 0
+            kept += [(i, c, j < n_out) for j, i in enumerate(idx)]
+        relabel = lambda i, c: replace(splits.train[i], label=f"{task}{SEP}{c}")  # noqa: E731
+        train += [relabel(i, c) for i, c, out in kept if not out]
+        heldout[task] = FewShotDataset(tuple(relabel(i, c) for i, c, out in kept if out),
+                                       f"{splits.train.source} [held out]")
+    data = FewShotDataset(tuple(train), f"multi-task {name}: {', '.join(sources)}")
+    return MultiTaskSplits(name, data, tgt.val, tgt.test, heldout=heldout)
