@@ -197,7 +197,8 @@ class PerClassEvaluator:
 def heldout_task_accuracy(learner: Learner, heldout: dict[str, FewShotDataset], device: torch.device,
                           batch_size: int = 128, progress: bool = True,
                           autocast_dtype: torch.dtype | None = None) -> dict:
-    """Multi-task learners: each task's head on that task's held-out examples -> {test/task_<t>: ...}."""
+    """Multi-task learners: each task's head on that task's held-out examples -> {test/task_<t>: ...},
+    accuracy with a binomial 95% interval over examples."""
     was_training = learner.training
     learner.eval()
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
@@ -209,7 +210,8 @@ def heldout_task_accuracy(learner: Learner, heldout: dict[str, FewShotDataset], 
             with torch.inference_mode(), amp:
                 feats = encode_examples(learner, data, device, batch_size, f"held-out {task}: encoding", progress)
             acc = learner.task_accuracy(task, feats, [e.label for e in data.examples])
-            out[f"test/task_{task}"] = {"acc": round(100 * acc, 2), "examples": len(data)}
+            ci = 1.96 * math.sqrt(acc * (1 - acc) / len(data))  # binomial normal approximation
+            out[f"test/task_{task}"] = {"acc": round(100 * acc, 2), "ci95": round(100 * ci, 2), "examples": len(data)}
         return out
     finally:
         learner.train(was_training)

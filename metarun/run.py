@@ -18,7 +18,12 @@ from omegaconf.errors import InterpolationResolutionError
 
 from metarun.data.collate import EpisodeDataset
 from metarun.errors import CheckpointError, ConfigError, MetarunError
-from metarun.evaluate import Evaluator, PerClassEvaluator, Protocol, heldout_task_accuracy
+from metarun.evaluate import (
+    Evaluator,
+    PerClassEvaluator,
+    Protocol,
+    heldout_task_accuracy,
+)
 from metarun.tracking import run_info
 from metarun.tracking.checkpoint import Checkpointer
 from metarun.tracking.files import write_json
@@ -70,7 +75,7 @@ def protocols(node: DictConfig, seed: int) -> list[Protocol]:
     return [Protocol(int(node.n_way), int(k), int(node.n_query), int(node.episodes), seed) for k in shots]
 
 
-def test_evaluator(ev: DictConfig, test_data, progress: bool):
+def make_test_evaluator(ev: DictConfig, test_data, progress: bool):
     """Episodes on the test classes (`eval=episodic`; `eval.test.data` names another dataset whose test
     classes are used instead), or K examples for every class of a labelled target (`eval=per_class`)."""
     t = ev.test
@@ -110,7 +115,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     sampler = build(cfg.sampler, "sampler", dataset=data.train, seed=cfg.seed, role="training")
     ev = cfg.eval
     val = Evaluator(data.val, protocols(ev.val, ev.seed), "val", ev.batch_size, ev.val.max_per_class, trainer.progress)
-    test = test_evaluator(ev, data.test, trainer.progress)
+    test = make_test_evaluator(ev, data.test, trainer.progress)
     log.info("data %s: %d train / %d val / %d test classes (%d / %d / %d examples); run dir %s",
              data.name, len(data.train.classes), len(data.val.classes), len(data.test.classes),
              len(data.train), len(data.val), len(data.test), run_dir)
@@ -131,7 +136,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         if hasattr(learner, "task_accuracy") and getattr(data, "heldout", None):
             test_scores.update(heldout_task_accuracy(learner, data.heldout, trainer.device, ev.batch_size,
                                                      trainer.progress, trainer.autocast_dtype))
-        writer.write(state.step, {f"{k}/{m}": v[m] for k, v in test_scores.items() for m in ("acc", "ci95") if m in v})
+        writer.write(state.step, {f"{k}/{m}": v[m] for k, v in test_scores.items() for m in ("acc", "ci95")})
     finally:
         writer.close()
 
@@ -158,9 +163,7 @@ def format_results(scores: dict) -> str:
             return f"{v['examples']} held-out examples"
         return f"{v['episodes']} episodes" if "episodes" in v else f"{v['draws']} draws"
 
-    def ci(v: dict) -> str:
-        return f" ± {v['ci95']:.2f}" if "ci95" in v else "       "
-    return "\n".join(f"  {k:<28} {v['acc']:6.2f}{ci(v)}  ({unit(v)})" for k, v in scores.items())
+    return "\n".join(f"  {k:<28} {v['acc']:6.2f} ± {v['ci95']:.2f}  ({unit(v)})" for k, v in scores.items())
 
 
 def check_resumable(saved: dict, current: dict, path: Path) -> None:

@@ -13,7 +13,12 @@ from metarun.data.dataset import DataSplits, Example, FewShotDataset
 from metarun.data.multitask import load_multitask
 from metarun.data.sampler import Episode, MultiTaskSampler, task_probabilities
 from metarun.errors import ConfigError, DataError
-from metarun.learners.mtl import dwa_weights, gradnorm_loss, pcgrad, uncertainty_weighted
+from metarun.learners.mtl import (
+    dwa_weights,
+    gradnorm_loss,
+    pcgrad,
+    uncertainty_weighted,
+)
 from metarun.learners.multitask import MultiTask
 from tests.conftest import FAST, read_json, run_cli
 

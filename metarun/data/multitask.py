@@ -54,11 +54,10 @@ def load_multitask(name: str, sources: dict[str, DataSplits], target: str, heldo
         for c in splits.train.classes:
             idx = list(splits.train.indices_of(c))
             rng.shuffle(idx)
-            n_out = int(round(heldout_fraction * len(idx))) if len(idx) > 1 else 0
+            n_out = round(heldout_fraction * len(idx)) if len(idx) > 1 else 0
             kept += [(i, c, j < n_out) for j, i in enumerate(idx)]
-        relabel = lambda i, c: replace(splits.train[i], label=f"{task}{SEP}{c}")  # noqa: E731
-        train += [relabel(i, c) for i, c, out in kept if not out]
-        heldout[task] = FewShotDataset(tuple(relabel(i, c) for i, c, out in kept if out),
-                                       f"{splits.train.source} [held out]")
+        relabelled = [(replace(splits.train[i], label=f"{task}{SEP}{c}"), out) for i, c, out in kept]
+        train += [e for e, out in relabelled if not out]
+        heldout[task] = FewShotDataset(tuple(e for e, out in relabelled if out), f"{splits.train.source} [held out]")
     data = FewShotDataset(tuple(train), f"multi-task {name}: {', '.join(sources)}")
     return MultiTaskSplits(name, data, tgt.val, tgt.test, heldout=heldout)

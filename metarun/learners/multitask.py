@@ -20,7 +20,13 @@ from metarun.data.sampler import Episode
 from metarun.errors import ConfigError
 from metarun.learners.base import StepOutput, accuracy
 from metarun.learners.finetune import ProbedLearner
-from metarun.learners.mtl import WEIGHTINGS, dwa_weights, gradnorm_loss, pcgrad, uncertainty_weighted
+from metarun.learners.mtl import (
+    WEIGHTINGS,
+    dwa_weights,
+    gradnorm_loss,
+    pcgrad,
+    uncertainty_weighted,
+)
 
 
 class MultiTask(ProbedLearner):
