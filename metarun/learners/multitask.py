@@ -34,8 +34,9 @@ class MultiTask(ProbedLearner):
 
     def __init__(self, encoder: nn.Module, train_classes: Sequence[str], weighting: str = "ew",
                  dwa_temperature: float = 2.0, dwa_window: int = 20, gradnorm_alpha: float = 1.5,
-                 test_head: str = "logreg", C: float = 1.0, test_steps: int = 100, test_lr: float = 0.01):
-        super().__init__(encoder, test_head, C, test_steps, test_lr)
+                 test_head: str = "logreg", C: float = 1.0, test_steps: int = 100, test_lr: float = 0.01,
+                 head_lr: float | None = 1e-3):
+        super().__init__(encoder, test_head, C, test_steps, test_lr, head_lr=head_lr)
         if weighting not in WEIGHTINGS:
             raise ConfigError(f"learner.weighting={weighting!r} is not valid; choose one of: {', '.join(WEIGHTINGS)}.")
         self.tasks = sorted({task_of(c) for c in train_classes})
