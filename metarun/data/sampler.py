@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from metarun.data.dataset import FewShotDataset
+from metarun.data.multitask import task_of
 from metarun.errors import ConfigError, DataError
 
 
@@ -174,8 +175,6 @@ class MultiTaskSampler:
             raise ConfigError(f"{role} batches: sampler.batch_size must be a positive integer, got {batch_size!r}.")
         if temperature <= 0:
             raise ConfigError(f"sampler.temperature must be positive, got {temperature}.")
-        from metarun.data.multitask import task_of
-
         self.dataset, self.batch_size, self.seed, self.tasks_per_step = dataset, batch_size, seed, tasks_per_step
         self._classes = tuple(dataset.classes)
         self.tasks = sorted({task_of(c) for c in self._classes})
