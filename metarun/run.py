@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import random
@@ -137,6 +138,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
             test_scores.update(heldout_task_accuracy(learner, data.heldout, trainer.device, ev.batch_size,
                                                      trainer.progress, trainer.autocast_dtype))
         writer.write(state.step, {f"{k}/{m}": v[m] for k, v in test_scores.items() for m in ("acc", "ci95")})
+        report = learner_report(learner, encoder, data.test, trainer.device)
     finally:
         writer.close()
 
@@ -149,12 +151,25 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         "results": {**test_scores, **val_scores},
         "best_step": state.best_step,
         "steps": state.step,
+        **({"report": report} if report else {}),
         "wall_time_s": round(time.time() - started, 1),
         "run_dir": str(run_dir),
     }
     write_json(run_dir / "results.json", results)
     log.info("results (%s, %.0f s):\n%s", run_dir, results["wall_time_s"], format_results(results["results"]))
     return results
+
+
+def learner_report(learner, encoder, test_data, device) -> dict | None:
+    """Learners with a `report` (distill: sizes and speeds) get 256 test sentences in batches of 64."""
+    if not hasattr(learner, "report"):
+        return None
+    examples = [test_data[i] for i in range(min(256, len(test_data)))]
+    batches = [{k: v.to(device) for k, v in encoder.tokenize(examples[i : i + 64]).items()}
+               for i in range(0, len(examples), 64)]
+    report = learner.report(batches)
+    log.info("report: %s", json.dumps({k: v for k, v in report.items() if k != "teacher_results"}))
+    return report
 
 
 def format_results(scores: dict) -> str:

@@ -35,7 +35,7 @@ def test_end_to_end_run_writes_every_file(tmp_path):
 def test_help_lists_groups_and_their_options(tmp_path):
     res = run_cli(["--help"], cwd=tmp_path)
     assert res.returncode == 0
-    for line in ["learner: anil, finetune, fomaml, maml, metasgd, multitask, protonet, reptile", "eval: episodic, per_class", "debug: fast", "trainer: default, gpu", "encoder: minilm, minilm_markers, tiny"]:
+    for line in ["learner: anil, distill, finetune, fomaml, maml, metasgd, multitask, protonet, reptile", "eval: episodic, per_class", "debug: fast", "trainer: default, gpu", "encoder: minilm, minilm_markers, tiny"]:
         assert line in res.stdout, res.stdout
     assert "data: 20newsgroups, banking77, clinc150, fewrel, hwu64, intents3, table" in res.stdout
 

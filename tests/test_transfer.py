@@ -199,3 +199,34 @@ def test_fresh_heads_train_at_their_own_rate():
     assert FineTune(MeanEncoder(), train_classes=["a"], head_lr=None).param_groups(0.01)[1]["lr"] == 0.01
     with pytest.raises(ConfigError, match="head_lr"):
         FineTune(MeanEncoder(), train_classes=["a"], head_lr=0.0)
+
+
+def test_distillation_loss_matches_a_direct_computation():
+    from metarun.learners.distill import distillation_loss
+
+    g = torch.Generator().manual_seed(0)
+    s, t, y = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g), torch.tensor([0, 1, 2, 3, 0, 1])
+    T, alpha = 3.0, 0.7
+    p_t, log_p_s = torch.softmax(t / T, -1), torch.log_softmax(s / T, -1)
+    kl = (p_t * (p_t.log() - log_p_s)).sum(-1).mean()
+    ce = -torch.log_softmax(s, -1)[torch.arange(6), y].mean()
+    expected = alpha * T**2 * kl + (1 - alpha) * ce
+    assert distillation_loss(s, t, y, T, alpha).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert distillation_loss(t, t, y, T, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distill_cli_student_is_smaller_and_checkpoints_leave_the_teacher_out(tmp_path):
+    teacher = tmp_path / "teacher"
+    res = run_cli([*FAST, "learner=finetune", f"hydra.run.dir={teacher}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    student = tmp_path / "student"
+    res = run_cli([*FAST, "learner=distill", f"learner.teacher={teacher}", "learner.student_layers=[1]",
+                   f"hydra.run.dir={student}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    report = read_json(student / "results.json")["report"]
+    assert report["student_layers"] == 1 and report["student_params"] < report["teacher_params"]
+    assert report["student_sentences_per_s"] > 0 and "test/5way_1shot" in report["teacher_results"]
+    saved = torch.load(student / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert not any(k.startswith("teacher") for k in saved) and any(k.startswith("encoder.") for k in saved)
+    res = run_cli([*FAST, "learner=distill", f"hydra.run.dir={tmp_path / 'none'}"], cwd=tmp_path)
+    assert res.returncode == 2 and "learner.teacher=" in res.stderr

@@ -1,0 +1,127 @@
+"""Knowledge distillation (Hinton, Vinyals & Dean, 2015) of a fine-tuned classifier into a smaller
+student initialised from some of the teacher's layers.
+
+The teacher is a `learner=finetune` run's checkpoint over the same training classes and encoder
+config (`learner.teacher=<run dir or .pt file>`). The student copies the teacher's embeddings, the
+transformer layers listed in `student_layers` and the classifier, then trains on supervised batches
+(`sampler=batches`) with  alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, y).
+Few-shot evaluation probes the student's frozen features, as `finetune` does. The teacher stays in
+eval mode, is never optimised and is not saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metarun.data.sampler import Episode
+from metarun.errors import ConfigError
+from metarun.learners.base import StepOutput, accuracy
+from metarun.learners.finetune import FineTune, ProbedLearner
+from metarun.tracking.checkpoint import Checkpointer
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      temperature: float, alpha: float) -> torch.Tensor:
+    """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y), batch means."""
+    soft = F.kl_div(F.log_softmax(student_logits / temperature, -1), F.log_softmax(teacher_logits / temperature, -1),
+                    reduction="batchmean", log_target=True)
+    return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+def truncated_copy(encoder: nn.Module, layers: Sequence[int]) -> nn.Module:
+    """A deep copy of a TransformerEncoder keeping only the given transformer layers."""
+    student = copy.deepcopy(encoder)
+    blocks = student.model.encoder.layer
+    if not layers or any(not 0 <= i < len(blocks) for i in layers):
+        raise ConfigError(f"learner.student_layers={list(layers)} must name layers of the teacher (0..{len(blocks) - 1}).")
+    student.model.encoder.layer = nn.ModuleList([blocks[i] for i in layers])
+    student.model.config.num_hidden_layers = len(layers)
+    return student
+
+
+def load_teacher(path: str, encoder: nn.Module, train_classes: Sequence[str]) -> FineTune:
+    p = Path(path).expanduser()
+    file = p / "checkpoints" / "best.pt" if p.is_dir() else p
+    if not file.is_file():
+        raise ConfigError(f"learner.teacher={path!r}: no checkpoint at {file}. Train a teacher first with "
+                          f"`metarun learner=finetune` on the same data and encoder, and pass its run folder.")
+    state = Checkpointer(file.parent.parent).load(file)["model"]
+    teacher = FineTune(encoder, train_classes, head_lr=None)
+    missing, unexpected = teacher.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"learner.teacher={path!r} is not a finetune checkpoint for this encoder and these "
+                          f"{len(train_classes)} training classes (missing {missing[:3]}, unexpected {unexpected[:3]}).")
+    return teacher.eval().requires_grad_(False)
+
+
+class Distill(ProbedLearner):
+    name = "distill"
+
+    def __init__(self, encoder: nn.Module, train_classes: Sequence[str], teacher: str | None = None,
+                 student_layers: Sequence[int] = (0, 5), temperature: float = 2.0, alpha: float = 0.5,
+                 test_head: str = "logreg", C: float = 1.0, test_steps: int = 100, test_lr: float = 0.01,
+                 head_lr: float | None = 1e-3):
+        if teacher is None:
+            raise ConfigError("learner=distill needs learner.teacher=<run dir of a `metarun learner=finetune` run> "
+                              "(same data and encoder).")
+        if temperature <= 0 or not 0 <= alpha <= 1:
+            raise ConfigError(f"learner.temperature must be positive and learner.alpha in [0, 1]; got {temperature}, {alpha}.")
+        teacher_model = load_teacher(teacher, encoder, train_classes)
+        super().__init__(truncated_copy(teacher_model.encoder, list(student_layers)), test_head, C, test_steps,
+                         test_lr, head_lr=head_lr)
+        self.head = copy.deepcopy(teacher_model.head).requires_grad_(True)
+        self.temperature, self.alpha = float(temperature), float(alpha)
+        object.__setattr__(self, "teacher", teacher_model)  # not a submodule: not optimised, not saved
+        path = Path(teacher).expanduser()
+        self.teacher_dir = path if path.is_dir() else None
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        self.teacher._apply(fn, recurse)  # follows .to(device) like a submodule
+        return self
+
+    def training_loss(self, episode: Episode) -> StepOutput:
+        if episode.query is not None or episode.n_way != self.head.out_features:
+            raise ConfigError("learner=distill trains on supervised batches over all training classes; use "
+                              "sampler=batches (learner=distill selects it).")
+        with torch.no_grad():
+            teacher_logits = self.teacher.head(self.teacher.encoder(episode.support))
+        logits = self.head(self.encoder(episode.support))
+        loss = distillation_loss(logits, teacher_logits, episode.support_labels, self.temperature, self.alpha)
+        agree = (logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean().item()
+        return StepOutput(loss, {"acc": accuracy(logits.detach(), episode.support_labels), "agree": agree})
+
+    @torch.inference_mode()
+    def report(self, batches: list[dict[str, torch.Tensor]]) -> dict:
+        """Student next to teacher: encoder parameters, inference speed (sentences/s, best of 3 passes
+        over `batches`), and the teacher run's own results when its folder holds results.json."""
+        def speed(encoder: nn.Module) -> float:
+            was = encoder.training
+            encoder.eval()
+            best = float("inf")
+            for _ in range(3):
+                start = time.perf_counter()
+                for b in batches:
+                    encoder(b)
+                if batches[0]["input_ids"].is_cuda:
+                    torch.cuda.synchronize()
+                best = min(best, time.perf_counter() - start)
+            encoder.train(was)
+            return round(sum(len(b["input_ids"]) for b in batches) / best, 1)
+
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        out = {"student_layers": len(self.encoder.model.encoder.layer), "student_params": count(self.encoder),
+               "teacher_params": count(self.teacher.encoder), "student_sentences_per_s": speed(self.encoder),
+               "teacher_sentences_per_s": speed(self.teacher.encoder)}
+        results = self.teacher_dir / "results.json" if self.teacher_dir else None
+        if results and results.is_file():
+            out["teacher_results"] = json.loads(results.read_text())["results"]
+        return out
