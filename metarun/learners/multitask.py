@@ -91,7 +91,7 @@ class MultiTask(ProbedLearner):
         elif self.weighting == "gradnorm":
             loss = self._gradnorm(feats, losses, episode)
         else:
-            loss = self._pcgrad(feats, losses, episode)
+            loss, metrics["conflicts"] = self._pcgrad(feats, losses, episode)
         if self.weighting in ("dwa", "gradnorm"):
             metrics.update({f"w_{t}": w for t, w in zip(names, self.current_weights().tolist())})
         return StepOutput(loss, metrics)
@@ -124,18 +124,21 @@ class MultiTask(ProbedLearner):
         return (weights.detach() * losses).sum() + gradnorm_loss(weights, norms, losses, self.initial_losses,
                                                                  self.gradnorm_alpha)
 
-    def _pcgrad(self, feats: torch.Tensor, losses: torch.Tensor, episode: Episode) -> torch.Tensor:
+    def _pcgrad(self, feats: torch.Tensor, losses: torch.Tensor, episode: Episode) -> tuple[torch.Tensor, int]:
+        """-> surrogate loss, number of task pairs whose gradients conflict (negative dot product)."""
         shared = [p for p in self.encoder.parameters() if p.requires_grad]
         flat = []
         for l in losses:
             g = torch.autograd.grad(l, shared, retain_graph=True, allow_unused=True)
             flat.append(torch.cat([(gi if gi is not None else torch.zeros_like(p)).flatten() for gi, p in zip(g, shared)]))
+        conflicts = sum(int(flat[i] @ flat[j] < 0) for i in range(len(flat)) for j in range(i + 1, len(flat)))
         gen = torch.Generator().manual_seed(int(episode.meta.get("index", 0)))
         combined = pcgrad(flat, gen).split([p.numel() for p in shared])
         # heads: their own task's gradient (features as constants); shared: the projected gradient
         head_loss, _, _ = self._task_losses(feats.detach(), episode)
         surrogate = sum((p * g.view_as(p)).sum() for p, g in zip(shared, combined))
-        return head_loss.sum() + surrogate - surrogate.detach() + (losses.sum() - head_loss.sum()).detach()
+        loss = head_loss.sum() + surrogate - surrogate.detach() + (losses.sum() - head_loss.sum()).detach()
+        return loss, conflicts
 
     # -- evaluation ------------------------------------------------------------------------------------
     @torch.no_grad()
