@@ -124,7 +124,7 @@ class Trainer:
         return state
 
     def _train_step(self, learner, loader, opt, sched, scaler, step: int) -> dict[str, float]:
-        losses, accs = [], []
+        losses, extra = [], {"acc": []}
         episodes = [next(loader).to(self.device, non_blocking=True) for _ in range(self.meta_batch)]
         # One backward per task bounds memory; learners that batch tasks (vmap) take them all at once.
         batched = getattr(learner, "vmap_tasks", False)
@@ -139,7 +139,8 @@ class Trainer:
                 )
             scaler.scale(out.loss * len(group) / self.meta_batch).backward()
             losses.append(out.loss.item())
-            accs.append(out.metrics.get("acc", float("nan")))
+            for k, v in {"acc": float("nan"), **out.metrics}.items():  # learner metrics, e.g. per-task losses
+                extra.setdefault(k, []).append(float(v))
         if opt is not None:
             scaler.unscale_(opt)
             if self.grad_clip:
@@ -149,7 +150,8 @@ class Trainer:
             sched.step()
             opt.zero_grad(set_to_none=True)
         lr = sched.get_last_lr()[0] if sched else 0.0
-        return {"train/loss": sum(losses) / len(losses), "train/acc": sum(accs) / len(accs), "train/lr": lr}
+        return {"train/loss": sum(losses) / len(losses), "train/lr": lr,
+                **{f"train/{k}": sum(v) / len(v) for k, v in extra.items()}}
 
     def _validate(self, learner, validate, state: TrainState, ckpt, log, config) -> None:
         scores = validate(learner)

@@ -187,3 +187,7 @@ def test_multitask_cli_end_to_end(tmp_path):
     out = read_json(tmp_path / "run" / "results.json")
     assert out["learner"] == "multitask" and out["data"] == "intents3" and out["test_data"] == "intents3"
     assert {"test/task_banking77", "test/task_clinc150", "test/task_hwu64", "test/5way_1shot"} <= set(out["results"])
+    import json
+
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(f"train/loss_{t}" in steps[0] for t in ("banking77", "clinc150", "hwu64"))  # learner metrics logged
