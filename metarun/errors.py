@@ -20,3 +20,9 @@ class CheckpointError(MetarunError):
 class NonFiniteLossError(MetarunError):
     pass
 
+
+def check_choice(option: str, value: object, choices) -> None:
+    """Stop with `option=value is not valid; choose one of: ...` unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ConfigError(f"{option}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}.")
+

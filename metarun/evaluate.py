@@ -169,7 +169,8 @@ class PerClassEvaluator:
         amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
         position = {c: i for i, c in enumerate(self.classes)}
         try:
-            needed = sorted({i for k in self.shots for d in range(self.draws) for i in self.draw(k, d)})
+            draws = {(k, d): self.draw(k, d) for k in self.shots for d in range(self.draws)}
+            needed = sorted({i for idx in draws.values() for i in idx})
             pool = FewShotDataset(tuple(self.data.pool[i] for i in needed), self.data.pool.source)
             with torch.inference_mode(), amp:
                 pool_feats = encode_examples(learner, pool, device, self.batch_size, f"{self.prefix}: encoding pool", self.progress)
@@ -180,7 +181,7 @@ class PerClassEvaluator:
             for k in self.shots:
                 accs = []
                 for d in tqdm(range(self.draws), desc=f"{self.prefix}/{k} per class", disable=not self.progress, leave=False):
-                    idx = self.draw(k, d)
+                    idx = draws[k, d]
                     x = pool_feats[[row[i] for i in idx]]
                     y = torch.tensor([position[self.data.pool[i].label] for i in idx], device=device)
                     w, b = fit_logistic_regression(x, y, len(self.classes), C=self.C, max_iter=self.max_iter)

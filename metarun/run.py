@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from metarun.data.collate import EpisodeDataset
-from metarun.errors import CheckpointError, ConfigError, MetarunError
+from metarun.errors import CheckpointError, ConfigError, MetarunError, check_choice
 from metarun.evaluate import (
     Evaluator,
     PerClassEvaluator,
@@ -86,8 +86,7 @@ def make_test_evaluator(ev: DictConfig, test_data, progress: bool):
             log.info("test episodes from %s (%d test classes)", target.name, len(target.test.classes))
             test_data = target.test
         return Evaluator(test_data, protocols(t, ev.seed), "test", ev.batch_size, t.max_per_class, progress)
-    if t.protocol != "per_class":
-        raise ConfigError(f"eval.test.protocol={t.protocol!r} is not valid; choose one of: episodes, per_class.")
+    check_choice("eval.test.protocol", t.protocol, ("episodes", "per_class"))
     shots = list(t.shots) if OmegaConf.is_list(t.shots) else [t.shots]
     try:
         target = build(t.data, "eval.test.data")

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from metarun.data.collate import EpisodeDataset
-from metarun.errors import CheckpointError, ConfigError, NonFiniteLossError
+from metarun.errors import CheckpointError, ConfigError, NonFiniteLossError, check_choice
 from metarun.learners.base import Learner
 from metarun.tracking.checkpoint import Checkpointer
 from metarun.tracking.metrics import MetricsWriter
@@ -67,10 +67,8 @@ class Trainer:
         if bad:
             raise ConfigError(f"trainer.{bad[0]}={locals()[bad[0]]!r} is out of range; it must be positive "
                               f"(max_steps, warmup_steps and num_workers may be 0).")
-        if precision not in PRECISIONS:
-            raise ConfigError(f"trainer.precision={precision!r} is not valid; choose one of: {', '.join(PRECISIONS)}.")
-        if schedule not in SCHEDULES:
-            raise ConfigError(f"trainer.schedule={schedule!r} is not valid; choose one of: {', '.join(SCHEDULES)}.")
+        check_choice("trainer.precision", precision, PRECISIONS)
+        check_choice("trainer.schedule", schedule, SCHEDULES)
         self.max_steps, self.lr, self.weight_decay, self.warmup_steps = max_steps, lr, weight_decay, warmup_steps
         self.schedule, self.grad_clip, self.meta_batch = schedule, grad_clip, meta_batch
         self.eval_every, self.checkpoint_every, self.patience = eval_every, checkpoint_every, patience
@@ -124,7 +122,7 @@ class Trainer:
         return state
 
     def _train_step(self, learner, loader, opt, sched, scaler, step: int) -> dict[str, float]:
-        losses, extra = [], {"acc": []}
+        losses, extra = [], {}
         episodes = [next(loader).to(self.device, non_blocking=True) for _ in range(self.meta_batch)]
         # One backward per task bounds memory; learners that batch tasks (vmap) take them all at once.
         batched = getattr(learner, "vmap_tasks", False)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -36,6 +37,17 @@ def read_json(path: Path) -> dict:
 
 
 FAST = ["debug=fast", "trainer.progress=false", "logger=jsonl"]
+
+
+class FeatureEncoder(torch.nn.Module):
+    """A trainable encoder over feature vectors, (B, in_dim) -> (B, out_dim), for learner unit tests."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.lin, self.out_dim = torch.nn.Linear(in_dim, out_dim), out_dim
+
+    def forward(self, x):
+        return torch.tanh(self.lin(x))
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from metarun.data.dataset import DataSplits, Example, FewShotDataset
 from metarun.data.multitask import load_multitask
@@ -20,7 +19,7 @@ from metarun.learners.mtl import (
     uncertainty_weighted,
 )
 from metarun.learners.multitask import MultiTask
-from tests.conftest import FAST, read_json, run_cli
+from tests.conftest import FAST, FeatureEncoder, read_json, run_cli
 
 
 def test_pcgrad_projects_only_conflicting_gradients():
@@ -104,17 +103,6 @@ def test_all_task_steps_hold_one_batch_per_task_with_task_labels():
         MultiTaskSampler(data, 25, 0)
 
 
-class Proj(nn.Module):
-    out_dim = 4
-
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(3, 4)
-
-    def forward(self, x):
-        return torch.tanh(self.lin(x))
-
-
 def mt_episode(seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(12, 3, generator=g)
@@ -129,7 +117,7 @@ CLASSES = ["a/x", "a/y", "b/x", "b/y", "c/x", "c/y", "c/z"]
 @pytest.mark.parametrize("weighting", ["ew", "uw", "dwa", "gradnorm", "pcgrad"])
 def test_every_weighting_trains_every_parameter(weighting):
     torch.manual_seed(0)
-    learner = MultiTask(Proj(), CLASSES, weighting=weighting)
+    learner = MultiTask(FeatureEncoder(3, 4), CLASSES, weighting=weighting)
     out = learner.training_loss(mt_episode())
     assert torch.isfinite(out.loss)
     out.loss.backward()
@@ -139,7 +127,7 @@ def test_every_weighting_trains_every_parameter(weighting):
 
 def test_pcgrad_surrogate_hands_the_projected_gradient_to_the_encoder():
     torch.manual_seed(0)
-    learner = MultiTask(Proj(), CLASSES, weighting="pcgrad")
+    learner = MultiTask(FeatureEncoder(3, 4), CLASSES, weighting="pcgrad")
     ep = mt_episode()
     feats = learner.encoder(ep.support)
     losses, _, _ = learner._task_losses(feats, ep)
@@ -155,12 +143,12 @@ def test_pcgrad_surrogate_hands_the_projected_gradient_to_the_encoder():
 
 
 def test_multitask_needs_multitask_batches():
-    learner = MultiTask(Proj(), CLASSES)
+    learner = MultiTask(FeatureEncoder(3, 4), CLASSES)
     ep = mt_episode()
     with pytest.raises(ConfigError, match="sampler=multitask"):
         learner.training_loss(Episode(ep.support, ep.support_labels, None, ep.query_labels, 7, meta={}))
     with pytest.raises(ConfigError, match="ew, uw, dwa, gradnorm, pcgrad"):
-        MultiTask(Proj(), CLASSES, weighting="nash")
+        MultiTask(FeatureEncoder(3, 4), CLASSES, weighting="nash")
 
 
 def splits(name, classes, per_class=10):

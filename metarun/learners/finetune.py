@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.data.sampler import Episode
-from metarun.errors import ConfigError
+from metarun.errors import ConfigError, check_choice
 from metarun.learners.base import Learner, StepOutput, accuracy
 from metarun.learners.heads import (
     HEADS,
@@ -44,8 +44,7 @@ class ProbedLearner(Learner):
         if head_lr is not None and head_lr <= 0:
             raise ConfigError(f"learner.head_lr must be positive (or null for trainer.lr), got {head_lr}.")
         self.head_lr = head_lr
-        if test_head not in HEADS:
-            raise ConfigError(f"learner.test_head={test_head!r} is not valid; choose one of: {', '.join(HEADS)}.")
+        check_choice("learner.test_head", test_head, HEADS)
         for key, value in (("scale", scale), ("C", C), ("test_lr", test_lr)):
             if value <= 0:
                 raise ConfigError(f"learner.{key} must be positive, got {value}.")
@@ -84,8 +83,7 @@ class FineTune(ProbedLearner):
                  scale: float = 10.0, test_head: str = "logreg", C: float = 1.0, test_steps: int = 100,
                  test_lr: float = 0.01, head_lr: float | None = 1e-3, freeze_encoder: bool = False):
         super().__init__(encoder, test_head, C, test_steps, test_lr, scale, head_lr)
-        if classifier not in CLASSIFIERS:
-            raise ConfigError(f"learner.classifier={classifier!r} is not valid; choose one of: {', '.join(CLASSIFIERS)}.")
+        check_choice("learner.classifier", classifier, CLASSIFIERS)
         self.classifier, self.n_classes = classifier, len(train_classes)
         self.head = nn.Linear(encoder.out_dim, self.n_classes, bias=classifier == "linear")
         if freeze_encoder:

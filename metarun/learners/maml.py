@@ -26,7 +26,7 @@ from torch import nn
 from torch.func import functional_call
 
 from metarun.data.sampler import Episode
-from metarun.errors import ConfigError
+from metarun.errors import ConfigError, check_choice
 from metarun.learners.base import Learner, StepOutput, accuracy
 from metarun.learners.functional import adapt, linear_head, proto_head
 
@@ -82,8 +82,8 @@ class MAML(Learner):
         _check(isinstance(test_inner_steps, int) and test_inner_steps >= 0,
                f"learner.test_inner_steps must be >= 0, got {test_inner_steps}.")
         _check(inner_lr > 0, f"learner.inner_lr must be positive, got {inner_lr}.")
-        _check(adapt in ADAPT, f"learner.adapt={adapt!r} is not valid; choose one of: {', '.join(ADAPT)}.")
-        _check(head_init in HEAD_INIT, f"learner.head_init={head_init!r} is not valid; choose one of: {', '.join(HEAD_INIT)}.")
+        check_choice("learner.adapt", adapt, ADAPT)
+        check_choice("learner.head_init", head_init, HEAD_INIT)
         _check(not (learn_step_lrs and per_param_lr), "choose one of learner.learn_step_lrs (MAML++) and learner.per_param_lr (Meta-SGD).")
         self.encoder = encoder
         if freeze_encoder:
@@ -92,6 +92,9 @@ class MAML(Learner):
         self.head_init, self.vmap_tasks = head_init, vmap_tasks
         self.enc_names = adapted_encoder_names(encoder, adapt, top_k)
         self.names = [f"encoder.{n}" for n in self.enc_names] + list(HEAD)
+        # Under a zero-initialised head the encoder's first inner gradient is exactly zero (and so is
+        # its derivative, so skipping it is exact for second order too).
+        self._zero_first = tuple(f"encoder.{n}" for n in self.enc_names) if head_init == "zeros" else ()
         # The encoder is only run at test time, with fixed weights, when nothing in it adapts:
         # evaluation can then cache features.
         self.feature_eval = not self.enc_names
@@ -128,12 +131,6 @@ class MAML(Learner):
         model.set_attn_implementation("eager")  # fused SDPA kernels (flash, mem-efficient) lack double backward
 
     # -- pieces of the pure inner loop ------------------------------------------------------------
-    @property
-    def _zero_first(self) -> tuple[str, ...]:
-        """Under a zero-initialised head the encoder's first inner gradient is exactly zero (also its
-        derivative, so skipping it is exact for second order too)."""
-        return tuple(n for n in self.names if n.startswith("encoder.")) if self.head_init == "zeros" else ()
-
     def _lr_at(self, step: int) -> dict[str, torch.Tensor | float]:
         if self.inner_lrs is None:
             return {n: self.inner_lr for n in self.names}

@@ -17,7 +17,7 @@ from torch import nn
 
 from metarun.data.multitask import task_of
 from metarun.data.sampler import Episode
-from metarun.errors import ConfigError
+from metarun.errors import ConfigError, check_choice
 from metarun.learners.base import StepOutput, accuracy
 from metarun.learners.finetune import ProbedLearner
 from metarun.learners.mtl import (
@@ -37,8 +37,7 @@ class MultiTask(ProbedLearner):
                  test_head: str = "logreg", C: float = 1.0, test_steps: int = 100, test_lr: float = 0.01,
                  head_lr: float | None = 1e-3):
         super().__init__(encoder, test_head, C, test_steps, test_lr, head_lr=head_lr)
-        if weighting not in WEIGHTINGS:
-            raise ConfigError(f"learner.weighting={weighting!r} is not valid; choose one of: {', '.join(WEIGHTINGS)}.")
+        check_choice("learner.weighting", weighting, WEIGHTINGS)
         self.tasks = sorted({task_of(c) for c in train_classes})
         if len(self.tasks) < 2 and weighting != "ew":
             raise ConfigError(f"learner.weighting={weighting} balances several tasks, but the data has one "

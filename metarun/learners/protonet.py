@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.data.sampler import Episode
-from metarun.errors import ConfigError
+from metarun.errors import ConfigError, check_choice
 from metarun.learners.base import Learner, StepOutput, accuracy
 from metarun.learners.functional import cosine_similarity, prototypes, squared_euclidean
 
@@ -24,8 +24,7 @@ class ProtoNet(Learner):
 
     def __init__(self, encoder: nn.Module, distance: str = "euclidean", scale: float = 1.0, learn_scale: bool = False):
         super().__init__()
-        if distance not in DISTANCES:
-            raise ConfigError(f"learner.distance={distance!r} is not valid; choose one of: {', '.join(DISTANCES)}.")
+        check_choice("learner.distance", distance, DISTANCES)
         if scale <= 0:
             raise ConfigError(f"learner.scale must be positive, got {scale}.")
         self.encoder, self.distance = encoder, distance

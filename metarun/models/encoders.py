@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from metarun.data.dataset import Example
-from metarun.errors import ConfigError
+from metarun.errors import ConfigError, check_choice
 
 POOLINGS = ("mean", "cls", "entity_start")
 MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
@@ -100,8 +100,7 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        if pooling not in POOLINGS:
-            raise ConfigError(f"encoder.pooling={pooling!r} is not valid; choose one of: {', '.join(POOLINGS)}.")
+        check_choice("encoder.pooling", pooling, POOLINGS)
         if pooling == "entity_start" and not entity_markers:
             raise ConfigError("encoder.pooling=entity_start needs encoder.entity_markers=true.")
         self.name, self.pooling, self.normalize, self.frozen = name, pooling, normalize, freeze
