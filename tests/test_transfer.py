@@ -216,3 +216,42 @@ def test_distill_cli_student_is_smaller_and_checkpoints_leave_the_teacher_out(tm
     assert not any(k.startswith("teacher") for k in saved) and any(k.startswith("encoder.") for k in saved)
     res = run_cli([*FAST, "learner=distill", f"hydra.run.dir={tmp_path / 'none'}"], cwd=tmp_path)
     assert res.returncode == 2 and "learner.teacher=" in res.stderr
+
+
+def test_distill_from_a_hugging_face_classifier_maps_its_labels_to_the_training_classes(tmp_path):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from metarun.learners.distill import Distill
+    from metarun.models.encoders import TransformerEncoder
+
+    tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    encoder = TransformerEncoder(pretrained=False, config_overrides=tiny)
+    labels = ["card lost", "other", "refund", "top up"]  # the teacher's order; index 1 is not a training class
+    config = AutoConfig.for_model("bert", **tiny, vocab_size=encoder.model.config.vocab_size,
+                                  id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    teacher_dir = tmp_path / "teacher"
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(teacher_dir)
+    encoder.hf_tokenizer.save_pretrained(teacher_dir)
+
+    classes = ["refund", "card lost", "top up"]
+    learner = Distill(encoder, classes, teacher=str(teacher_dir), student_layers=[1])
+    assert len(learner.encoder.model.encoder.layer) == 1 and learner.head.out_features == 3
+    examples = [Example(f"my {w} please", c) for w, c in (("card", "refund"), ("money", "top up"), ("pin", "card lost"))]
+    batch = encoder.tokenize(examples)
+    full = learner.teacher.model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
+    assert torch.equal(learner.teacher(batch), full[:, [2, 0, 3]])
+    episode = Episode(batch, torch.tensor([0, 2, 1]), None, torch.tensor([]), n_way=3)
+    out = learner.training_loss(episode)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and all(p.grad is not None for p in learner.parameters() if p.requires_grad)
+    assert not any(p.requires_grad for p in learner.teacher.parameters())
+
+    with pytest.raises(ConfigError, match="lacks 1 training classes.*'balance'"):
+        Distill(encoder, [*classes, "balance"], teacher=str(teacher_dir))
+    with pytest.raises(ConfigError, match=r"learner.teacher='.*nowhere' does not load"):
+        Distill(encoder, classes, teacher=str(tmp_path / "nowhere"))
+    encoder.hf_tokenizer.add_tokens(["zzzword"])  # the teacher's tokenizer now has a token the student lacks
+    encoder.hf_tokenizer.save_pretrained(teacher_dir)
+    encoder.hf_tokenizer = TransformerEncoder(pretrained=False, config_overrides=tiny).hf_tokenizer
+    with pytest.raises(ConfigError, match="different tokenizer"):
+        Distill(encoder, classes, teacher=str(teacher_dir))
