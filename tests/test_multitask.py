@@ -179,3 +179,60 @@ def test_multitask_cli_end_to_end(tmp_path):
 
     steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(f"train/loss_{t}" in steps[0] for t in ("banking77", "clinc150", "hwu64"))  # learner metrics logged
+
+
+def tiny_transformer(layers=3):
+    from metarun.models.encoders import TransformerEncoder
+
+    cfg = {"hidden_size": 32, "num_hidden_layers": layers, "num_attention_heads": 2, "intermediate_size": 64}
+    return TransformerEncoder(pretrained=False, config_overrides=cfg, max_length=16)
+
+
+def test_cross_stitch_towers_start_from_the_encoder_and_mix_by_alpha():
+    from metarun.models.cross_stitch import CrossStitchEncoder
+
+    torch.manual_seed(0)
+    enc = tiny_transformer().eval()
+    cs = CrossStitchEncoder(enc, ["a", "b", "c"], tower_layers=2).eval()
+    assert torch.allclose(cs.stitch[0], torch.tensor([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]]))
+    batch = enc.tokenize([Example("a longer sentence with padding after it", "x"), Example("short", "y")])
+    with torch.no_grad():
+        towers = cs.towers(batch)  # identical towers: any stochastic mixing leaves the encoder's function
+        assert towers.shape == (3, 2, 32) and torch.allclose(towers, enc(batch).expand(3, -1, -1), atol=1e-5)
+        w = cs.stages[0][1].encoder.layer[0].output.dense.weight
+        w.add_(torch.randn_like(w))  # tower b's first layer now differs
+        for alpha in cs.stitch:
+            alpha.copy_(torch.eye(3))
+        towers = cs.towers(batch)
+        assert torch.allclose(towers[0], enc(batch), atol=1e-5) and not torch.allclose(towers[1], enc(batch))
+        for alpha in cs.stitch:
+            alpha.fill_(1 / 3)  # full mixing: every tower sees the same mixture
+        towers = cs.towers(batch)
+        assert torch.allclose(towers[0], towers[1], atol=1e-5) and torch.allclose(cs(batch), towers.mean(0))
+    with pytest.raises(ConfigError, match="tower_layers=4 must be between 1 and the encoder's 3"):
+        CrossStitchEncoder(enc, ["a", "b"], tower_layers=4)
+    with pytest.raises(ConfigError, match="eval_tower='z'.*a, b"):
+        CrossStitchEncoder(enc, ["a", "b"], eval_tower="z")
+    with pytest.raises(ConfigError, match="has one task"):
+        MultiTask(enc, ["a/x", "a/y"], sharing="cross_stitch")
+    with pytest.raises(ConfigError, match="hard, cross_stitch"):
+        MultiTask(enc, CLASSES, sharing="soft")
+
+
+@pytest.mark.parametrize("weighting", ["ew", "gradnorm", "pcgrad"])
+def test_cross_stitch_multitask_trains_every_tower_and_unit(weighting):
+    torch.manual_seed(0)
+    learner = MultiTask(tiny_transformer(), CLASSES, weighting=weighting, sharing="cross_stitch", tower_layers=1)
+    texts = [f"sentence {i} about {w}" for i, w in enumerate("abcdefghijkl")]
+    batch = learner.encoder.tokenize([Example(t, "x") for t in texts])
+    episode = mt_episode()
+    episode = Episode(batch, episode.support_labels, None, episode.query_labels, episode.n_way, episode.meta)
+    out = learner.training_loss(episode)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    for name, p in learner.named_parameters():
+        if "pooler" not in name:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    slow, fast = learner.param_groups(1e-5)
+    assert any(p is learner.encoder.stitch[0] for p in fast["params"]) and fast["lr"] == 1e-3
+    assert not any(p is learner.encoder.stitch[0] for p in slow["params"])

@@ -54,12 +54,13 @@ class ProbedLearner(Learner):
         self.test_head, self.C, self.test_steps, self.test_lr = test_head, float(C), test_steps, float(test_lr)
 
     def param_groups(self, lr: float) -> list[dict]:
-        """The pre-trained encoder at trainer.lr; freshly initialised heads (and loss weights) at
-        `head_lr`, since a few hundred steps at a fine-tuning rate barely move a random head."""
-        enc = {id(p) for p in self.encoder.parameters()}
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in enc]
-        return [{"params": [p for p in self.encoder.parameters() if p.requires_grad], "lr": lr},
-                {"params": rest, "lr": self.head_lr or lr}]
+        """The pre-trained encoder at trainer.lr; freshly initialised heads (and loss weights, and an
+        encoder's `fast_parameters`) at `head_lr`, since a few hundred steps at a fine-tuning rate
+        barely move a random head."""
+        fresh = {id(p) for p in getattr(self.encoder, "fast_parameters", list)()}  # e.g. cross-stitch units
+        slow = [p for p in self.encoder.parameters() if p.requires_grad and id(p) not in fresh]
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in {id(q) for q in slow}]
+        return [{"params": slow, "lr": lr}, {"params": rest, "lr": self.head_lr or lr}]
 
     def embed(self, batch) -> torch.Tensor:
         return self.encoder(batch)

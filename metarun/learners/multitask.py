@@ -1,4 +1,6 @@
-"""Multi-task learning with hard parameter sharing: one shared encoder, one linear head per task.
+"""Multi-task learning: a shared encoder (hard parameter sharing), or per-task towers over shared
+bottom layers joined by cross-stitch units (`sharing=cross_stitch`, soft sharing; see
+`models/cross_stitch.py`), and one linear head per task.
 
 Training steps come from `sampler=multitask` (labels `task/class`, one batch per task); the task
 losses are combined by `weighting` (see `mtl.py`: ew, uw, dwa, gradnorm, pcgrad). Evaluation asks
@@ -27,6 +29,9 @@ from metarun.learners.mtl import (
     pcgrad,
     uncertainty_weighted,
 )
+from metarun.models.cross_stitch import CrossStitchEncoder
+
+SHARINGS = ("hard", "cross_stitch")
 
 
 class MultiTask(ProbedLearner):
@@ -35,13 +40,18 @@ class MultiTask(ProbedLearner):
     def __init__(self, encoder: nn.Module, train_classes: Sequence[str], weighting: str = "ew",
                  dwa_temperature: float = 2.0, dwa_window: int = 20, gradnorm_alpha: float = 1.5,
                  test_head: str = "logreg", C: float = 1.0, test_steps: int = 100, test_lr: float = 0.01,
-                 head_lr: float | None = 1e-3):
-        super().__init__(encoder, test_head, C, test_steps, test_lr, head_lr=head_lr)
+                 head_lr: float | None = 1e-3, sharing: str = "hard", tower_layers: int = 2,
+                 stitch_self_weight: float = 0.9, eval_tower: str | None = None):
         check_choice("learner.weighting", weighting, WEIGHTINGS)
-        self.tasks = sorted({task_of(c) for c in train_classes})
-        if len(self.tasks) < 2 and weighting != "ew":
+        check_choice("learner.sharing", sharing, SHARINGS)
+        tasks = sorted({task_of(c) for c in train_classes})
+        if len(tasks) < 2 and weighting != "ew":
             raise ConfigError(f"learner.weighting={weighting} balances several tasks, but the data has one "
-                              f"({self.tasks}); use data=intents3 or learner.weighting=ew.")
+                              f"({tasks}); use data=intents3 or learner.weighting=ew.")
+        if sharing == "cross_stitch":
+            encoder = CrossStitchEncoder(encoder, tasks, tower_layers, stitch_self_weight, eval_tower)
+        super().__init__(encoder, test_head, C, test_steps, test_lr, head_lr=head_lr)
+        self.tasks, self.sharing = tasks, sharing
         # a task's label k is the k-th of its classes in `train_classes` order (as the sampler assigns)
         self.task_classes = {t: [c for c in train_classes if task_of(c) == t] for t in self.tasks}
         self.heads = nn.ModuleDict({t: nn.Linear(encoder.out_dim, len(cs)) for t, cs in self.task_classes.items()})
@@ -60,6 +70,10 @@ class MultiTask(ProbedLearner):
             self.register_buffer("dwa_means", torch.zeros(2, n))
 
     # -- training ----------------------------------------------------------------------------------
+    def _features(self, episode: Episode) -> torch.Tensor:
+        """(B, D) shared features, or (T, B, D) with one row per task tower (cross-stitch)."""
+        return self.encoder.towers(episode.support) if self.sharing == "cross_stitch" else self.encoder(episode.support)
+
     def _task_losses(self, feats: torch.Tensor, episode: Episode) -> tuple[torch.Tensor, list[str], float]:
         slices = episode.meta.get("tasks")
         if slices is None:
@@ -70,15 +84,16 @@ class MultiTask(ProbedLearner):
                               f"set sampler.tasks_per_step=all.")
         losses, names, correct = [], [], 0.0
         for task, start, end in slices:
-            logits = self.heads[task](feats[start:end])
+            rows = feats[self.tasks.index(task), start:end] if feats.dim() == 3 else feats[start:end]
+            logits = self.heads[task](rows)
             y = episode.support_labels[start:end]
             losses.append(F.cross_entropy(logits, y))
             names.append(task)
             correct += accuracy(logits.detach(), y) * (end - start)
-        return torch.stack(losses), names, correct / len(feats)
+        return torch.stack(losses), names, correct / len(episode.support_labels)
 
     def training_loss(self, episode: Episode) -> StepOutput:
-        feats = self.encoder(episode.support)
+        feats = self._features(episode)
         losses, names, acc = self._task_losses(feats, episode)
         metrics = {"acc": acc, **{f"loss_{t}": v for t, v in zip(names, losses.detach().tolist())}}
         if self.weighting == "ew":

@@ -128,18 +128,24 @@ class TransformerEncoder(nn.Module):
             self.model.requires_grad_(False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        mask = batch["attention_mask"]
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        states = self.model(**inputs).last_hidden_state  # (B, L) -> (B, L, H)
-        if self.pooling == "mean":
-            m = mask.unsqueeze(-1).to(states.dtype)
-            out = (states * m).sum(1) / m.sum(1).clamp_min(1.0)
-        elif self.pooling == "cls":
-            out = states[:, 0]
-        else:
-            rows = torch.arange(len(states), device=states.device)
-            out = torch.cat([states[rows, batch["head_pos"]], states[rows, batch["tail_pos"]]], dim=-1)
-        return nn.functional.normalize(out, dim=-1) if self.normalize else out
+        return self.pool(self.model(**inputs).last_hidden_state, batch)  # (B, L) -> (B, L, H) -> (B, D)
+
+    def pool(self, states: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return pool_states(states, batch, self.pooling, self.normalize)
+
+
+def pool_states(states: torch.Tensor, batch: dict[str, torch.Tensor], pooling: str, normalize: bool) -> torch.Tensor:
+    """(B, L, H) hidden states -> (B, D) embeddings (D = 2H for entity-start pooling)."""
+    if pooling == "mean":
+        m = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+        out = (states * m).sum(1) / m.sum(1).clamp_min(1.0)
+    elif pooling == "cls":
+        out = states[:, 0]
+    else:
+        rows = torch.arange(len(states), device=states.device)
+        out = torch.cat([states[rows, batch["head_pos"]], states[rows, batch["tail_pos"]]], dim=-1)
+    return nn.functional.normalize(out, dim=-1) if normalize else out
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenisers run inside DataLoader workers
