@@ -168,6 +168,18 @@ def test_multitask_data_prefixes_labels_and_holds_out_examples():
         load_multitask("two", {"x": splits("x", ["a", "b", "c", "d"])}, target="z")
 
 
+def test_leave_one_dataset_out_trains_on_every_class_of_the_other_sources():
+    sources = {n: splits(n, [f"{n}{i}" for i in range(4)]) for n in ("x", "y", "z")}
+    data = load_multitask("loo", sources, target="x", heldout_fraction=0.0, train_on_target=False,
+                          source_classes="all")
+    assert data.train.classes == [f"{t}/{t}{i}" for t in ("y", "z") for i in range(4)]
+    assert data.test.classes == ["x3"] and data.val.classes == ["x2"] and set(data.heldout) == {"y", "z"}
+    with pytest.raises(ConfigError, match=r"at least two training tasks.*\['y'\]"):
+        load_multitask("loo", {k: sources[k] for k in ("x", "y")}, target="x", train_on_target=False)
+    with pytest.raises(ConfigError, match="train, all"):
+        load_multitask("loo", sources, target="x", source_classes="some")
+
+
 def test_multitask_cli_end_to_end(tmp_path):
     res = run_cli([*FAST, "experiment=multitask_intents", "learner.weighting=uw", "sampler.batch_size=4",
                    f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
