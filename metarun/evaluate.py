@@ -234,10 +234,10 @@ class PerClassEvaluator:
         """A copy of the learner's encoder and a new linear classifier, trained on the draw's examples."""
         spec = self.finetune
         model = FineTune(copy.deepcopy(learner.encoder).requires_grad_(True), self.classes, head_lr=spec.head_lr)
-        model.to(device).train()
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, *kd]).generate_state(1)[0]))
-        torch.nn.init.normal_(model.head.weight, std=0.02, generator=generator)
+        torch.nn.init.normal_(model.head.weight, std=0.02, generator=generator)  # on the CPU, before moving
         torch.nn.init.zeros_(model.head.bias)
+        model.to(device).train()
         opt = torch.optim.AdamW(model.param_groups(spec.lr), weight_decay=spec.weight_decay)
         examples = [self.data.pool[i] for i in idx]
         tokenize = learner.encoder.tokenize
