@@ -31,6 +31,7 @@ class Protocol:
     n_query: int
     episodes: int
     seed: int
+    single_query: bool = False  # one query per episode (FewRel's official protocol) instead of n_query per class
 
     @property
     def key(self) -> str:
@@ -82,7 +83,8 @@ class Evaluator:
         self.data = limit_per_class(data, max_per_class, seed=protocols[0].seed if protocols else 0)
         self.protocols, self.prefix, self.batch_size, self.progress = protocols, prefix, batch_size, progress
         # Build samplers now so impossible protocols (N too large, K+Q too many) fail before training.
-        self.samplers = [EpisodeSampler(self.data, p.n_way, p.k_shot, p.n_query, p.seed, role=prefix) for p in protocols]
+        self.samplers = [EpisodeSampler(self.data, p.n_way, p.k_shot, p.n_query, p.seed, role=prefix,
+                                        single_query=p.single_query) for p in protocols]
 
     def __call__(self, learner: Learner, device: torch.device, autocast_dtype: torch.dtype | None = None) -> dict:
         was_training = learner.training

@@ -73,8 +73,11 @@ def build_learner(node: DictConfig, encoder, train_classes: list[str]):
 
 
 def protocols(node: DictConfig, seed: int) -> list[Protocol]:
-    shots = node.shots if OmegaConf.is_list(node.shots) else [node.shots]
-    return [Protocol(int(node.n_way), int(k), int(node.n_query), int(node.episodes), seed) for k in shots]
+    """Every (n_way, shot) combination; both may be lists."""
+    ways = list(node.n_way) if OmegaConf.is_list(node.n_way) else [node.n_way]
+    shots = list(node.shots) if OmegaConf.is_list(node.shots) else [node.shots]
+    single = bool(node.get("single_query", False))
+    return [Protocol(int(n), int(k), int(node.n_query), int(node.episodes), seed, single) for n in ways for k in shots]
 
 
 def make_test_evaluator(ev: DictConfig, test_data, progress: bool):
@@ -153,6 +156,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         "best_step": state.best_step,
         "steps": state.step,
         **({"report": report} if report else {}),
+        **({"test_classes": {c: data.class_names.get(c, c) for c in data.test.classes}} if data.class_names else {}),
         "wall_time_s": round(time.time() - started, 1),
         "run_dir": str(run_dir),
     }

@@ -67,17 +67,23 @@ class FewShotDataset:
 
 @dataclass(frozen=True)
 class DataSplits:
-    """Class-disjoint training, validation and test sets of one data source."""
+    """Class-disjoint training, validation and test sets of one data source. `val_seen_classes`:
+    validation uses held-out examples of the training classes (when too few classes exist for a
+    separate validation split); `class_names`: readable names of class ids (FewRel relations)."""
 
     name: str
     train: FewShotDataset
     val: FewShotDataset
     test: FewShotDataset
+    val_seen_classes: bool = False
+    class_names: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         parts = {"train": self.train, "val": self.val, "test": self.test}
         for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
             shared = set(parts[a].classes) & set(parts[b].classes)
+            if (a, b) == ("train", "val") and self.val_seen_classes:
+                continue
             if shared and parts[a] is not parts[b]:
                 raise DataError(
                     f"data {self.name!r}: classes {sorted(shared)[:5]} are in both the {a} and {b} "

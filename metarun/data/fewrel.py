@@ -7,10 +7,16 @@ A file maps relation ids to instances: `{"P177": [{"tokens": [...], "h": [name, 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from metarun.data.dataset import DataSplits, Example, FewShotDataset
-from metarun.errors import DataError
+from metarun.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 OFFICIAL = "https://github.com/thunlp/FewRel (data/train_wiki.json, data/val_wiki.json)"
 
@@ -88,4 +94,59 @@ def load_fewrel(
             cache[k] = read_fewrel(Path(root).expanduser() / file, rels)
         return cache[k]
 
-    return DataSplits(name, part(train_file, "train"), part(val_file, "val"), part(test_file, "test"))
+    return DataSplits(name, part(train_file, "train"), part(val_file, "val"), part(test_file, "test"),
+                      class_names=relation_names(root))
+
+
+def relation_names(root: str | Path, file: str = "pid2name.json") -> dict[str, str]:
+    """{relation id: name} from FewRel's pid2name.json (`{"P177": ["crosses", "description"]}`); empty
+    when the file is absent (names are a convenience for logs and tables)."""
+    path = Path(root).expanduser() / file
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return {pid: str(v[0]) for pid, v in raw.items()}
+    except (json.JSONDecodeError, TypeError, IndexError, KeyError, AttributeError) as e:
+        raise DataError(f"{path} must map relation ids to [name, description] lists ({e}).") from None
+
+
+def load_fewrel_split(name: str, root: str, file: str, train: Sequence[str], test: Sequence[str],
+                      val_per_class: int = 100, seed: int = 0, names_file: str = "pid2name.json") -> DataSplits:
+    """One FewRel file split by relation: `train` relations for meta-training, `test` relations for
+    test episodes, and validation episodes from `val_per_class` held-out instances of each training
+    relation (a fixed random choice per `seed`)."""
+    train, test = list(train), list(test)
+    overlap = sorted(set(train) & set(test))
+    if overlap:
+        raise ConfigError(f"data {name}: relations {overlap} are both training and test relations.")
+    data = read_fewrel(Path(root).expanduser() / file, train + test)
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for rel in train:
+        idx = np.asarray(data.indices_of(rel))
+        if len(idx) <= val_per_class:
+            raise DataError(f"data {name}: relation {rel} in {data.source} has {len(idx)} instances, too few to "
+                            f"hold out data.val_per_class={val_per_class} for validation.")
+        held = set(rng.choice(len(idx), size=val_per_class, replace=False).tolist())
+        for j, i in enumerate(idx.tolist()):
+            (val_idx if j in held else train_idx).append(i)
+    part = lambda idx, what: FewShotDataset(tuple(data[i] for i in sorted(idx)), f"{data.source} [{what}]")  # noqa: E731
+    test_part = data.subset(test, f"{data.source} [test relations]")
+    names = relation_names(root, names_file)
+    log.info("%s: train relations %s; test relations %s", name, _named(train, names), _named(test, names))
+    return DataSplits(name, part(train_idx, "training relations"), part(val_idx, "held-out instances of the training relations"),
+                      test_part, val_seen_classes=True, class_names=names)
+
+
+def load_fewrel_file(name: str, path: str, names_file: str | None = None) -> DataSplits:
+    """Every relation of one FewRel-format file as test relations: a target for `eval.test.data`
+    (domain adaptation, e.g. meta-train on wiki, test on FewRel 2.0's val_pubmed.json)."""
+    data = read_fewrel(path)
+    empty = FewShotDataset((), f"{data.source} [unused]")
+    names = relation_names(Path(path).expanduser().parent, names_file) if names_file else {}
+    return DataSplits(name, empty, empty, data, class_names=names)
+
+
+def _named(relations: Sequence[str], names: dict[str, str]) -> str:
+    return ", ".join(f"{r} ({names[r]})" if r in names else r for r in relations)

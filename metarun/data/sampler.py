@@ -25,6 +25,7 @@ class EpisodeSpec:
     query_idx: tuple[int, ...]
     k_shot: int
     n_query: int
+    labels: tuple[int, ...] | None = None  # explicit query labels (single-query episodes)
 
     @property
     def n_way(self) -> int:
@@ -34,13 +35,17 @@ class EpisodeSpec:
         return np.repeat(np.arange(self.n_way), self.k_shot)
 
     def query_labels(self) -> np.ndarray:
+        if self.labels is not None:
+            return np.asarray(self.labels, dtype=np.int64)
         return np.repeat(np.arange(self.n_way), self.n_query)
 
 
 class EpisodeSampler:
-    """N-way K-shot episodes with Q queries per class from the classes of one dataset."""
+    """N-way K-shot episodes with Q queries per class from the classes of one dataset, or with one
+    query in all (`single_query`: FewRel's official protocol; its class is drawn uniformly)."""
 
-    def __init__(self, dataset: FewShotDataset, n_way: int, k_shot: int, n_query: int, seed: int, role: str = "train"):
+    def __init__(self, dataset: FewShotDataset, n_way: int, k_shot: int, n_query: int, seed: int, role: str = "train",
+                 single_query: bool = False):
         for name, value in (("n_way", n_way), ("k_shot", k_shot), ("n_query", n_query)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{role} sampler: {name} must be a positive integer, got {value!r}.")
@@ -60,20 +65,22 @@ class EpisodeSampler:
                 f"n_query, or drop the class from the split."
             )
         self.dataset, self.n_way, self.k_shot, self.n_query, self.seed = dataset, n_way, k_shot, n_query, seed
+        self.single_query = single_query
         self._classes = dataset.classes
 
     def __getitem__(self, i: int) -> EpisodeSpec:
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, i]))
         chosen = rng.choice(len(self._classes), size=self.n_way, replace=False)
+        target = int(rng.integers(self.n_way)) if self.single_query else -1
         support, query = [], []
-        for c in chosen:
+        for position, c in enumerate(chosen):
             pool = self.dataset.indices_of(self._classes[c])
-            picks = rng.choice(len(pool), size=self.k_shot + self.n_query, replace=False)
+            n_query = (position == target) if self.single_query else self.n_query
+            picks = rng.choice(len(pool), size=self.k_shot + n_query, replace=False)
             support.extend(pool[j] for j in picks[: self.k_shot])
             query.extend(pool[j] for j in picks[self.k_shot :])
-        return EpisodeSpec(
-            tuple(self._classes[c] for c in chosen), tuple(support), tuple(query), self.k_shot, self.n_query
-        )
+        return EpisodeSpec(tuple(self._classes[c] for c in chosen), tuple(support), tuple(query), self.k_shot,
+                           self.n_query, labels=(target,) if self.single_query else None)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,51 @@
+"""Matching Networks (Vinyals, Blundell, Lillicrap, Kavukcuoglu & Wierstra, NeurIPS 2016).
+
+A query's class distribution is an attention-weighted vote of the support labels:
+P(y = c | q) = sum_i a(q, s_i) [y_i = c], with a = softmax over the support set of scaled cosine
+similarities. The loss is the negative log-likelihood of the query labels. Full context embeddings
+(LSTMs over the support set) are not included: with a pretrained transformer encoder each
+embedding already reads its whole sentence, and FewRel's published Matching baseline uses the CNN
+encoder without them too.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metarun.data.sampler import Episode
+from metarun.errors import ConfigError
+from metarun.learners.base import Learner, StepOutput, accuracy
+from metarun.learners.functional import cosine_similarity
+
+
+class MatchingNet(Learner):
+    name = "matching"
+    feature_eval = True
+
+    def __init__(self, encoder: nn.Module, scale: float = 10.0, learn_scale: bool = True):
+        super().__init__()
+        if scale <= 0:
+            raise ConfigError(f"learner.scale must be positive, got {scale}.")
+        self.encoder = encoder
+        log_scale = torch.tensor(float(scale)).log()
+        self.log_scale = nn.Parameter(log_scale, requires_grad=learn_scale)
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.encoder(batch)
+
+    def predict_from_features(self, support, support_labels, query, n_way):
+        """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) log-probabilities."""
+        attention = torch.softmax(self.log_scale.exp() * cosine_similarity(query.float(), support.float()), dim=-1)
+        probs = attention @ F.one_hot(support_labels, n_way).to(attention.dtype)  # (N*Q, N*K) @ (N*K, N)
+        return probs.clamp_min(1e-12).log()
+
+    def predict(self, episode: Episode) -> torch.Tensor:
+        return self.predict_from_features(self.embed(episode.support), episode.support_labels,
+                                          self.embed(episode.query), episode.n_way)
+
+    def training_loss(self, episode: Episode) -> StepOutput:
+        log_probs = self.predict(episode)
+        loss = F.nll_loss(log_probs, episode.query_labels)
+        return StepOutput(loss, {"acc": accuracy(log_probs.detach(), episode.query_labels)})

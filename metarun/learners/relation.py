@@ -1,0 +1,56 @@
+"""Relation Network (Sung, Yang, Zhang, Xiang, Torr & Hospedales, CVPR 2018).
+
+Each class is represented by its support embeddings combined (the paper sums them; we average, so a
+relation module sees the same scale at 1 and 5 shots); a learned relation module scores every
+(class, query) pair from their concatenation with a sigmoid, and the loss is the mean squared error
+against the one-hot query labels. The relation module is new, so it trains at `head_lr` while a
+pretrained encoder keeps the trainer's (fine-tuning) rate.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metarun.data.sampler import Episode
+from metarun.errors import ConfigError
+from metarun.learners.base import Learner, StepOutput, accuracy
+from metarun.learners.functional import prototypes
+
+
+class RelationNet(Learner):
+    name = "relation"
+    feature_eval = True
+
+    def __init__(self, encoder: nn.Module, hidden: int = 256, head_lr: float | None = 1e-3):
+        super().__init__()
+        if not isinstance(hidden, int) or hidden < 1:
+            raise ConfigError(f"learner.hidden must be a positive integer, got {hidden!r}.")
+        self.encoder, self.head_lr = encoder, head_lr
+        d = encoder.out_dim
+        self.relation = nn.Sequential(nn.Linear(2 * d, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def param_groups(self, lr: float) -> list[dict]:
+        return [{"params": [p for p in self.encoder.parameters() if p.requires_grad], "lr": lr},
+                {"params": list(self.relation.parameters()), "lr": self.head_lr or lr}]
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.encoder(batch)
+
+    def predict_from_features(self, support, support_labels, query, n_way):
+        """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) relation scores in (0, 1)."""
+        classes = prototypes(support.float(), support_labels, n_way)  # (N, D)
+        q, c = query.float().unsqueeze(1), classes.unsqueeze(0)  # (M, 1, D), (1, N, D)
+        pairs = torch.cat(torch.broadcast_tensors(c, q), dim=-1)  # (M, N, 2D): [class, query]
+        dtype = self.relation[0].weight.dtype
+        return torch.sigmoid(self.relation(pairs.to(dtype)).squeeze(-1).float())
+
+    def predict(self, episode: Episode) -> torch.Tensor:
+        return self.predict_from_features(self.embed(episode.support), episode.support_labels,
+                                          self.embed(episode.query), episode.n_way)
+
+    def training_loss(self, episode: Episode) -> StepOutput:
+        scores = self.predict(episode)
+        loss = F.mse_loss(scores, F.one_hot(episode.query_labels, episode.n_way).to(scores.dtype))
+        return StepOutput(loss, {"acc": accuracy(scores.detach(), episode.query_labels)})
