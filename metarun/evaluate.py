@@ -32,10 +32,11 @@ class Protocol:
     episodes: int
     seed: int
     single_query: bool = False  # one query per episode (FewRel's official protocol) instead of n_query per class
+    na_rate: int = 0  # none-of-the-above queries: na_rate * n_query per episode (FewRel 2.0)
 
     @property
     def key(self) -> str:
-        return f"{self.n_way}way_{self.k_shot}shot"
+        return f"{self.n_way}way_{self.k_shot}shot" + (f"_na{self.na_rate}" if self.na_rate else "")
 
 
 def mean_ci95(values: list[float] | np.ndarray) -> tuple[float, float]:
@@ -84,7 +85,7 @@ class Evaluator:
         self.protocols, self.prefix, self.batch_size, self.progress = protocols, prefix, batch_size, progress
         # Build samplers now so impossible protocols (N too large, K+Q too many) fail before training.
         self.samplers = [EpisodeSampler(self.data, p.n_way, p.k_shot, p.n_query, p.seed, role=prefix,
-                                        single_query=p.single_query) for p in protocols]
+                                        single_query=p.single_query, na_rate=p.na_rate) for p in protocols]
 
     def __call__(self, learner: Learner, device: torch.device, autocast_dtype: torch.dtype | None = None) -> dict:
         was_training = learner.training

@@ -72,12 +72,23 @@ def build_learner(node: DictConfig, encoder, train_classes: list[str]):
     return build(node, "learner", encoder=encoder, **({"train_classes": train_classes} if wants_classes else {}))
 
 
+def check_nota(cfg: DictConfig, learner) -> None:
+    """None-of-the-above queries need a learner that predicts NOTA as class N."""
+    rates = {"sampler.na_rate": cfg.sampler.get("na_rate", 0), "eval.val.na_rate": cfg.eval.val.get("na_rate", 0),
+             "eval.test.na_rate": cfg.eval.test.get("na_rate", 0)}
+    asked = [f"{k}={v}" for k, v in rates.items() if v]
+    if asked and not learner.nota:
+        raise ConfigError(f"{', '.join(asked)} adds none-of-the-above queries, but this learner does not predict "
+                          f"NOTA; set learner.nota=true (learner=protonet, matching, relation or pair).")
+
+
 def protocols(node: DictConfig, seed: int) -> list[Protocol]:
     """Every (n_way, shot) combination; both may be lists."""
     ways = list(node.n_way) if OmegaConf.is_list(node.n_way) else [node.n_way]
     shots = list(node.shots) if OmegaConf.is_list(node.shots) else [node.shots]
-    single = bool(node.get("single_query", False))
-    return [Protocol(int(n), int(k), int(node.n_query), int(node.episodes), seed, single) for n in ways for k in shots]
+    single, na_rate = bool(node.get("single_query", False)), int(node.get("na_rate", 0))
+    return [Protocol(int(n), int(k), int(node.n_query), int(node.episodes), seed, single, na_rate)
+            for n in ways for k in shots]
 
 
 def make_test_evaluator(ev: DictConfig, test_data, progress: bool):
@@ -117,6 +128,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     data = build(cfg.data, "data")
     encoder = build(cfg.encoder, "encoder")
     learner = build_learner(cfg.learner, encoder, data.train.classes)
+    check_nota(cfg, learner)
     sampler = build(cfg.sampler, "sampler", dataset=data.train, seed=cfg.seed, role="training")
     ev = cfg.eval
     val = Evaluator(data.val, protocols(ev.val, ev.seed), "val", ev.batch_size, ev.val.max_per_class, trainer.progress)

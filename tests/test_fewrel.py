@@ -154,6 +154,10 @@ def test_pair_net_averages_same_scores_over_shots_and_trains_every_parameter():
     pairs = pair_batch(ep.support, ep.query)
     same = learner.classifier(enc.model(**pairs).last_hidden_state[:, 0])[:, 1].view(3, 6)
     assert torch.allclose(logits, same.view(3, 3, 2).mean(-1), atol=1e-5)
+    learner.nota = True  # NOTA logit: the smallest class-mean "different" score
+    different = learner.classifier(enc.model(**pairs).last_hidden_state[:, 0])[:, 0].view(3, 3, 2).mean(-1)
+    assert torch.allclose(learner.predict(ep)[:, 3], different.min(-1).values, atol=1e-5)
+    learner.nota = False
     learner.train()
     out = learner.training_loss(ep)
     out.loss.backward()
@@ -177,3 +181,47 @@ def test_fewrel_cli_runs_each_new_learner_with_the_official_protocol(fewrel_file
         assert set(out["results"]) == {"val/3way_1shot", "test/2way_1shot", "test/2way_5shot", "test/3way_1shot",
                                        "test/3way_5shot"}
         assert all(v["episodes"] == 12 for k, v in out["results"].items() if k.startswith("test/"))
+
+
+def test_nota_queries_come_from_classes_outside_the_episode():
+    data = FewShotDataset(tuple(Example(f"{c} {i}", c) for c in "abcdef" for i in range(8)), "toy")
+    sampler = EpisodeSampler(data, n_way=3, k_shot=1, n_query=2, seed=0, na_rate=2)
+    for i in range(20):
+        spec = sampler[i]
+        labels = spec.query_labels()
+        assert len(spec.query_idx) == 6 + 4 and labels.tolist()[-4:] == [3, 3, 3, 3]
+        assert all(data[j].label not in spec.classes for j in spec.query_idx[-4:])
+    assert sampler[3] == EpisodeSampler(data, 3, 1, 2, seed=0, na_rate=2)[3]
+    with pytest.raises(DataError, match="only 6 classes for 6-way"):
+        EpisodeSampler(data, n_way=6, k_shot=1, n_query=1, seed=0, na_rate=1)
+    with pytest.raises(ConfigError, match="single_query"):
+        EpisodeSampler(data, n_way=3, k_shot=1, n_query=1, seed=0, na_rate=1, single_query=True)
+
+
+@pytest.mark.parametrize("cls", ["protonet", "matching", "relation"])
+def test_nota_is_an_extra_class_with_a_learned_offset(cls):
+    from metarun.learners.protonet import ProtoNet
+
+    make = {"protonet": ProtoNet, "matching": MatchingNet, "relation": RelationNet}[cls]
+    torch.manual_seed(0)
+    learner = make(FeatureEncoder(5, 4), nota=True)
+    ep = feature_episode()
+    ep = Episode(ep.support, ep.support_labels, torch.cat([ep.query, 5 * torch.randn(2, 5)]),
+                 torch.cat([ep.query_labels, torch.tensor([3, 3])]), 3)
+    out = learner.training_loss(ep)
+    out.loss.backward()
+    assert learner.predict(ep).shape == (8, 4) and learner.nota_offset.grad.abs() > 0
+    assert any(g["lr"] == 1e-3 and any(p is learner.nota_offset for p in g["params"]) for g in learner.param_groups(1e-5))
+
+
+def test_nota_needs_a_learner_that_predicts_it(fewrel_file, tmp_path):
+    args = [*FAST, "data=fewrel_val_split", f"data.root={fewrel_file.parent}", "data.train=[P100,P101,P102]",
+            "data.test=[P103,P104,P105]", "data.val_per_class=4", "encoder=cnn", "encoder.init=random",
+            "sampler.n_way=2", "sampler.na_rate=1", "sampler.n_query=2", "eval.val.n_way=2", "eval.val.shots=[1]",
+            "eval.val.n_query=2", "eval.test.n_way=2", "eval.test.na_rate=1",
+            "eval.test.episodes=10"]
+    res = run_cli([*args, "learner=maml", f"hydra.run.dir={tmp_path / 'maml'}"], cwd=tmp_path)
+    assert res.returncode == 2 and "sampler.na_rate=1, eval.test.na_rate=1" in res.stderr and "learner.nota=true" in res.stderr
+    res = run_cli([*args, "learner=protonet", "learner.nota=true", f"hydra.run.dir={tmp_path / 'proto'}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert {"test/2way_1shot_na1", "test/2way_5shot_na1"} <= set(read_json(tmp_path / "proto" / "results.json")["results"])

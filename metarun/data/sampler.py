@@ -26,6 +26,7 @@ class EpisodeSpec:
     k_shot: int
     n_query: int
     labels: tuple[int, ...] | None = None  # explicit query labels (single-query episodes)
+    n_na: int = 0  # none-of-the-above queries after the N*Q others, from classes outside the episode; label N
 
     @property
     def n_way(self) -> int:
@@ -37,15 +38,17 @@ class EpisodeSpec:
     def query_labels(self) -> np.ndarray:
         if self.labels is not None:
             return np.asarray(self.labels, dtype=np.int64)
-        return np.repeat(np.arange(self.n_way), self.n_query)
+        return np.concatenate([np.repeat(np.arange(self.n_way), self.n_query), np.full(self.n_na, self.n_way)])
 
 
 class EpisodeSampler:
     """N-way K-shot episodes with Q queries per class from the classes of one dataset, or with one
-    query in all (`single_query`: FewRel's official protocol; its class is drawn uniformly)."""
+    query in all (`single_query`: FewRel's official protocol; its class is drawn uniformly).
+    `na_rate` > 0 adds na_rate * Q none-of-the-above queries (FewRel 2.0), each an instance of a
+    random class outside the episode, labelled N."""
 
     def __init__(self, dataset: FewShotDataset, n_way: int, k_shot: int, n_query: int, seed: int, role: str = "train",
-                 single_query: bool = False):
+                 single_query: bool = False, na_rate: int = 0):
         for name, value in (("n_way", n_way), ("k_shot", k_shot), ("n_query", n_query)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{role} sampler: {name} must be a positive integer, got {value!r}.")
@@ -65,7 +68,15 @@ class EpisodeSampler:
                 f"n_query, or drop the class from the split."
             )
         self.dataset, self.n_way, self.k_shot, self.n_query, self.seed = dataset, n_way, k_shot, n_query, seed
-        self.single_query = single_query
+        if not isinstance(na_rate, int) or na_rate < 0:
+            raise ConfigError(f"{role} sampler: na_rate must be a non-negative integer, got {na_rate!r}.")
+        if na_rate and single_query:
+            raise ConfigError(f"{role} episodes: none-of-the-above queries (na_rate) need n_query per class, "
+                              f"not single_query.")
+        if na_rate and n_way >= n_classes:
+            raise DataError(f"{role} episodes: none-of-the-above queries come from classes outside the episode, but "
+                            f"{dataset.source} has only {n_classes} classes for {n_way}-way episodes; lower n_way.")
+        self.single_query, self.na_rate = single_query, na_rate
         self._classes = dataset.classes
 
     def __getitem__(self, i: int) -> EpisodeSpec:
@@ -79,8 +90,14 @@ class EpisodeSampler:
             picks = rng.choice(len(pool), size=self.k_shot + n_query, replace=False)
             support.extend(pool[j] for j in picks[: self.k_shot])
             query.extend(pool[j] for j in picks[self.k_shot :])
+        n_na = self.na_rate * self.n_query
+        if n_na:
+            others = np.setdiff1d(np.arange(len(self._classes)), chosen)
+            for c in rng.choice(others, size=n_na):
+                pool = self.dataset.indices_of(self._classes[c])
+                query.append(pool[int(rng.integers(len(pool)))])
         return EpisodeSpec(tuple(self._classes[c] for c in chosen), tuple(support), tuple(query), self.k_shot,
-                           self.n_query, labels=(target,) if self.single_query else None)
+                           self.n_query, labels=(target,) if self.single_query else None, n_na=n_na)
 
 
 @dataclass(frozen=True)

@@ -30,13 +30,17 @@ class Learner(nn.Module):
 
     name: str = "learner"
     feature_eval: bool = False
+    nota: bool = False  # predicts none-of-the-above as class N (learners with a `nota` option)
 
     def training_loss(self, episode: Episode) -> StepOutput:
         raise NotImplementedError
 
     def param_groups(self, lr: float) -> list[dict]:
-        """Optimiser parameter groups; the trainer's schedule scales each group's lr. Default: one group."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+        """Optimiser parameter groups; the trainer's schedule scales each group's lr. Default: one group,
+        and the fresh none-of-the-above offset (if any) at NOTA_LR."""
+        rest = [p for n, p in self.named_parameters() if p.requires_grad and n != "nota_offset"]
+        nota = [self.nota_offset] if getattr(self, "nota_offset", None) is not None else []
+        return [{"params": rest, "lr": lr}] + ([{"params": nota, "lr": max(lr, NOTA_LR)}] if nota else [])
 
     def predict(self, episode: Episode) -> torch.Tensor:
         """(N*Q, N) logits for the query set; must not change meta-parameters."""
@@ -49,6 +53,16 @@ class Learner(nn.Module):
         self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int
     ) -> torch.Tensor:
         raise NotImplementedError
+
+
+NOTA_LR = 1e-3
+
+
+def with_nota(logits: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """(M, N) class logits -> (M, N+1): the none-of-the-above logit is the query's mean class logit
+    plus a learned offset, so NOTA wins when no class stands out from the others. Relative to the
+    mean, it needs no knowledge of the logits' scale (distances, log-probabilities, scores)."""
+    return torch.cat([logits, logits.mean(-1, keepdim=True) + offset], dim=-1)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

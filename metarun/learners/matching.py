@@ -16,7 +16,7 @@ from torch import nn
 
 from metarun.data.sampler import Episode
 from metarun.errors import ConfigError
-from metarun.learners.base import Learner, StepOutput, accuracy
+from metarun.learners.base import Learner, StepOutput, accuracy, with_nota
 from metarun.learners.functional import cosine_similarity
 
 
@@ -24,8 +24,10 @@ class MatchingNet(Learner):
     name = "matching"
     feature_eval = True
 
-    def __init__(self, encoder: nn.Module, scale: float = 10.0, learn_scale: bool = True):
+    def __init__(self, encoder: nn.Module, scale: float = 10.0, learn_scale: bool = True, nota: bool = False):
         super().__init__()
+        self.nota = nota
+        self.nota_offset = nn.Parameter(torch.zeros(())) if nota else None
         if scale <= 0:
             raise ConfigError(f"learner.scale must be positive, got {scale}.")
         self.encoder = encoder
@@ -36,10 +38,11 @@ class MatchingNet(Learner):
         return self.encoder(batch)
 
     def predict_from_features(self, support, support_labels, query, n_way):
-        """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) log-probabilities."""
+        """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) log-probabilities (N+1 logits with `nota`)."""
         attention = torch.softmax(self.log_scale.exp() * cosine_similarity(query.float(), support.float()), dim=-1)
         probs = attention @ F.one_hot(support_labels, n_way).to(attention.dtype)  # (N*Q, N*K) @ (N*K, N)
-        return probs.clamp_min(1e-12).log()
+        log_probs = probs.clamp_min(1e-12).log()
+        return torch.log_softmax(with_nota(log_probs, self.nota_offset), -1) if self.nota else log_probs
 
     def predict(self, episode: Episode) -> torch.Tensor:
         return self.predict_from_features(self.embed(episode.support), episode.support_labels,

@@ -39,8 +39,10 @@ def pair_batch(support: dict[str, torch.Tensor], query: dict[str, torch.Tensor])
 class PairNet(Learner):
     name = "pair"
 
-    def __init__(self, encoder: nn.Module, head_lr: float | None = 1e-3, pair_batch_size: int = 256):
+    def __init__(self, encoder: nn.Module, head_lr: float | None = 1e-3, pair_batch_size: int = 256,
+                 nota: bool = False):
         super().__init__()
+        self.nota = nota
         if not hasattr(encoder, "model"):
             raise ConfigError("learner=pair scores sentence pairs with a transformer; use a transformer encoder "
                               "(encoder=minilm or encoder=minilm_markers), not encoder=cnn.")
@@ -61,12 +63,14 @@ class PairNet(Learner):
         return torch.cat(out)
 
     def predict(self, episode: Episode) -> torch.Tensor:
-        """(M, N) logits: each class's mean "same" score over its K support instances."""
+        """(M, N) logits: each class's mean "same" score over its K support instances. With `nota`,
+        (M, N+1): the NOTA logit is the smallest class-mean "different" score (Gao et al.'s rule)."""
         n_support, n_query = len(episode.support_labels), len(episode.query_labels)
-        scores = self.pair_scores(pair_batch(episode.support, episode.query))  # (M*S, 2)
-        same = scores[:, 1].float().view(n_query, n_support)  # (M, S)
-        one_hot = F.one_hot(episode.support_labels, episode.n_way).to(same.dtype)  # (S, N)
-        return same @ one_hot / one_hot.sum(0)  # (M, N)
+        scores = self.pair_scores(pair_batch(episode.support, episode.query)).float()  # (M*S, 2)
+        one_hot = F.one_hot(episode.support_labels, episode.n_way).to(scores.dtype)  # (S, N)
+        mean = lambda col: scores[:, col].view(n_query, n_support) @ one_hot / one_hot.sum(0)  # noqa: E731  (M, N)
+        same = mean(1)
+        return torch.cat([same, mean(0).min(-1, keepdim=True).values], -1) if self.nota else same
 
     def training_loss(self, episode: Episode) -> StepOutput:
         logits = self.predict(episode)

@@ -12,7 +12,7 @@ from torch import nn
 
 from metarun.data.sampler import Episode
 from metarun.errors import ConfigError, check_choice
-from metarun.learners.base import Learner, StepOutput, accuracy
+from metarun.learners.base import Learner, StepOutput, accuracy, with_nota
 from metarun.learners.functional import cosine_similarity, prototypes, squared_euclidean
 
 DISTANCES = ("euclidean", "cosine")
@@ -22,8 +22,11 @@ class ProtoNet(Learner):
     name = "protonet"
     feature_eval = True
 
-    def __init__(self, encoder: nn.Module, distance: str = "euclidean", scale: float = 1.0, learn_scale: bool = False):
+    def __init__(self, encoder: nn.Module, distance: str = "euclidean", scale: float = 1.0, learn_scale: bool = False,
+                 nota: bool = False):
         super().__init__()
+        self.nota = nota
+        self.nota_offset = nn.Parameter(torch.zeros(())) if nota else None
         check_choice("learner.distance", distance, DISTANCES)
         if scale <= 0:
             raise ConfigError(f"learner.scale must be positive, got {scale}.")
@@ -37,12 +40,14 @@ class ProtoNet(Learner):
         return self.encoder(batch)
 
     def predict_from_features(self, support, support_labels, query, n_way):
-        """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) logits."""
+        """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) logits (N+1 with `nota`)."""
         protos = prototypes(support.float(), support_labels, n_way)
         scale = (self.log_scale if self.log_scale is not None else self._log_scale).exp()
         if self.distance == "euclidean":
-            return -scale * squared_euclidean(query.float(), protos)
-        return scale * cosine_similarity(query.float(), protos)
+            logits = -scale * squared_euclidean(query.float(), protos)
+        else:
+            logits = scale * cosine_similarity(query.float(), protos)
+        return with_nota(logits, self.nota_offset) if self.nota else logits
 
     def predict(self, episode: Episode) -> torch.Tensor:
         return self.predict_from_features(self.embed(episode.support), episode.support_labels,

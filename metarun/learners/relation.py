@@ -15,7 +15,7 @@ from torch import nn
 
 from metarun.data.sampler import Episode
 from metarun.errors import ConfigError
-from metarun.learners.base import Learner, StepOutput, accuracy
+from metarun.learners.base import Learner, StepOutput, accuracy, with_nota
 from metarun.learners.functional import prototypes
 
 
@@ -23,8 +23,10 @@ class RelationNet(Learner):
     name = "relation"
     feature_eval = True
 
-    def __init__(self, encoder: nn.Module, hidden: int = 256, head_lr: float | None = 1e-3):
+    def __init__(self, encoder: nn.Module, hidden: int = 256, head_lr: float | None = 1e-3, nota: bool = False):
         super().__init__()
+        self.nota = nota
+        self.nota_offset = nn.Parameter(torch.zeros(())) if nota else None
         if not isinstance(hidden, int) or hidden < 1:
             raise ConfigError(f"learner.hidden must be a positive integer, got {hidden!r}.")
         self.encoder, self.head_lr = encoder, head_lr
@@ -33,18 +35,20 @@ class RelationNet(Learner):
 
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": [p for p in self.encoder.parameters() if p.requires_grad], "lr": lr},
-                {"params": list(self.relation.parameters()), "lr": self.head_lr or lr}]
+                {"params": [*self.relation.parameters(), *([self.nota_offset] if self.nota else [])],
+                 "lr": self.head_lr or lr}]
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.encoder(batch)
 
     def predict_from_features(self, support, support_labels, query, n_way):
-        """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) relation scores in (0, 1)."""
+        """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) relation scores in (0, 1) (and a NOTA score with `nota`)."""
         classes = prototypes(support.float(), support_labels, n_way)  # (N, D)
         q, c = query.float().unsqueeze(1), classes.unsqueeze(0)  # (M, 1, D), (1, N, D)
         pairs = torch.cat(torch.broadcast_tensors(c, q), dim=-1)  # (M, N, 2D): [class, query]
         dtype = self.relation[0].weight.dtype
-        return torch.sigmoid(self.relation(pairs.to(dtype)).squeeze(-1).float())
+        scores = torch.sigmoid(self.relation(pairs.to(dtype)).squeeze(-1).float())
+        return with_nota(scores, self.nota_offset) if self.nota else scores
 
     def predict(self, episode: Episode) -> torch.Tensor:
         return self.predict_from_features(self.embed(episode.support), episode.support_labels,
@@ -52,5 +56,5 @@ class RelationNet(Learner):
 
     def training_loss(self, episode: Episode) -> StepOutput:
         scores = self.predict(episode)
-        loss = F.mse_loss(scores, F.one_hot(episode.query_labels, episode.n_way).to(scores.dtype))
+        loss = F.mse_loss(scores, F.one_hot(episode.query_labels, scores.shape[-1]).to(scores.dtype))
         return StepOutput(loss, {"acc": accuracy(scores.detach(), episode.query_labels)})
