@@ -225,3 +225,26 @@ def test_nota_needs_a_learner_that_predicts_it(fewrel_file, tmp_path):
     res = run_cli([*args, "learner=protonet", "learner.nota=true", f"hydra.run.dir={tmp_path / 'proto'}"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert {"test/2way_1shot_na1", "test/2way_5shot_na1"} <= set(read_json(tmp_path / "proto" / "results.json")["results"])
+
+
+def test_download_helper_fetches_checks_and_never_leaves_half_files(fewrel_file, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("download_fewrel", Path(__file__).parents[1] / "scripts" / "download_fewrel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    server = fewrel_file.parent  # a "remote" folder served through file:// URLs
+    (server / "pid2name.json").write_text(json.dumps({"P100": ["crosses", "..."]}))
+    (server / "broken.json").write_text('{"P1": [{"tokens": []}]}')
+    dest = tmp_path / "data" / "fewrel"
+    code = module.main(["--dest", str(dest), "--base-url", server.as_uri(), "--files", "val_wiki.json", "pid2name.json"])
+    assert code == 0 and read_fewrel_count(dest / "val_wiki.json") == 6 and (dest / "pid2name.json").exists()
+    assert module.main(["--dest", str(dest), "--base-url", server.as_uri(), "--files", "broken.json", "missing.json"]) == 1
+    assert sorted(p.name for p in dest.iterdir()) == ["pid2name.json", "val_wiki.json"]  # nothing half-written
+
+
+def read_fewrel_count(path):
+    from metarun.data.fewrel import read_fewrel
+
+    return len(read_fewrel(path).classes)
