@@ -248,3 +248,18 @@ def read_fewrel_count(path):
     from metarun.data.fewrel import read_fewrel
 
     return len(read_fewrel(path).classes)
+
+
+def test_domain_adaptation_tests_on_another_file(fewrel_file, tmp_path):
+    other = tmp_path / "pubmed.json"  # a "different domain": other relation ids, same format
+    raw = json.loads(fewrel_file.read_text())
+    other.write_text(json.dumps({f"PM{i}": v for i, v in enumerate(raw.values())}))
+    run = tmp_path / "da"
+    res = run_cli([*FAST, "data=fewrel_val_split", f"data.root={fewrel_file.parent}", "data.train=[P100,P101,P102]",
+                   "data.test=[P103,P104,P105]", "data.val_per_class=4", "encoder=cnn", "encoder.init=random",
+                   "sampler.n_way=3", "sampler.n_query=2", "eval.val.n_way=3", "eval.val.shots=[1]", "eval.val.n_query=2",
+                   "+data@eval.test.data=fewrel_file", f"eval.test.data.path={other}", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = read_json(run / "results.json")
+    assert (out["data"], out["test_data"]) == ("fewrel_val_split", "fewrel_file")
+    assert "test episodes from fewrel_file (6 test classes)" in res.stdout + res.stderr
