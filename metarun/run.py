@@ -34,6 +34,8 @@ from metarun.trainer import Trainer
 
 log = logging.getLogger("metarun")
 
+DONE, FAILED = "DONE", "FAILED"  # markers beside results.json: finished / last attempt failed (with the error)
+
 # Config sections a resumed run must share with the checkpoint it resumes from.
 RESUME_KEYS = ("seed", "data", "encoder", "learner", "sampler")
 
@@ -119,7 +121,8 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     started = time.time()
     run_dir = Path(run_dir or _hydra_output_dir() or os.getcwd())
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "results.json").unlink(missing_ok=True)  # never leave a stale success behind a failing rerun
+    for stale in ("results.json", DONE, FAILED):  # never leave a stale outcome behind a rerun
+        (run_dir / stale).unlink(missing_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
 
     trainer: Trainer = build(cfg.trainer, "trainer")
@@ -173,8 +176,16 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         "run_dir": str(run_dir),
     }
     write_json(run_dir / "results.json", results)
+    (run_dir / DONE).touch()  # written last: a folder with DONE holds a complete run
     log.info("results (%s, %.0f s):\n%s", run_dir, results["wall_time_s"], format_results(results["results"]))
     return results
+
+
+def finished_results(run_dir: Path) -> dict | None:
+    """results.json of a run folder marked DONE, else None."""
+    if (run_dir / DONE).is_file() and (run_dir / "results.json").is_file():
+        return json.loads((run_dir / "results.json").read_text())
+    return None
 
 
 def learner_report(learner, encoder, test_data, device) -> dict | None:

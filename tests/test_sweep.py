@@ -1,0 +1,60 @@
+"""Sweeps: finished jobs are skipped on relaunch, a failing job never takes the others down, and
+unexpected errors are retried from the job's last checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import open_dict
+
+from conftest import FAST, read_json, run_cli
+from metarun.paths import config_dir
+
+
+def test_relaunched_sweep_skips_finished_jobs_and_a_failing_job_does_not_stop_it(tmp_path):
+    args = ["-m", *FAST, "sampler.k_shot=1,500", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    res = run_cli(args, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    ok, bad = sorted((tmp_path / "sweep").glob("[0-9]_*"))
+    assert (ok / "DONE").exists() and read_json(ok / "results.json")["steps"] == 6
+    assert not (bad / "DONE").exists() and "K+Q = 500+5" in (bad / "FAILED").read_text()
+    stamp = (ok / "results.json").stat().st_mtime_ns
+    res = run_cli(args, cwd=tmp_path)
+    assert res.returncode == 0 and "is marked DONE" in res.stdout + res.stderr
+    assert (ok / "results.json").stat().st_mtime_ns == stamp  # not run again
+    assert (bad / "FAILED").exists()
+
+
+def multirun_cfg(tmp_path, overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("run", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("retries,expected", [(0, None), (1, 50.0)])
+def test_unexpected_errors_are_retried(tmp_path, monkeypatch, retries, expected):
+    import metarun.cli as cli
+    import metarun.run as run_module
+
+    calls = []
+
+    def flaky(cfg):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return {"results": {"val/5way_5shot": {"acc": 50.0}}}
+
+    monkeypatch.setattr(run_module, "run", flaky)
+    cfg = multirun_cfg(tmp_path, [f"retries={retries}"])
+    with open_dict(cfg):
+        del cfg["hydra"]
+    assert cli._main.__wrapped__(cfg) == expected
+    assert len(calls) == retries + 1 and "illegal memory access" in (tmp_path / "FAILED").read_text()
