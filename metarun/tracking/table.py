@@ -1,0 +1,170 @@
+"""`metarun-table PATH...`: collect results.json files from run and sweep folders into one table.
+
+Rows and columns are config keys: `learner`, `data`, `test_data`, `encoder`, `seed`, any dotted key of
+a run's saved config (`sampler.k_shot`, `data.split`, read from `.hydra/config.yaml`), or `setting`
+(the metric name after `test/`, e.g. `5way_1shot`). Runs that land in the same cell (seeds, class
+splits) are aggregated: `--agg std` gives mean ± standard deviation over runs, `--agg ci` the pooled
+mean ± 95% CI (the mean of the runs' means; the runs' standard errors combined). One run shows its
+own mean ± CI. Tables are written as Markdown, CSV and LaTeX.
+
+    metarun-table outputs/multirun/2026-11-23/10-00-00 --rows learner --cols data,setting
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+log = logging.getLogger("metarun")
+
+BUILTIN = ("learner", "data", "test_data", "encoder", "seed")
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[dict]:
+    """Every results.json under `paths` (files or folders), with its run's saved config."""
+    runs = []
+    for path in map(Path, paths):
+        files = [path] if path.is_file() else sorted(path.rglob("results.json"))
+        for file in files:
+            record = json.loads(file.read_text())
+            saved = file.parent / ".hydra" / "config.yaml"
+            record["config"] = OmegaConf.to_container(OmegaConf.load(saved)) if saved.is_file() else {}
+            record["folder"] = str(file.parent)
+            runs.append(record)
+    return runs
+
+
+def _lookup(run: dict, key: str, setting: str):
+    if key == "setting":
+        return setting
+    if key in BUILTIN and key in run:
+        return run[key]
+    node = run["config"]
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def aggregate(scores: list[dict], how: str) -> tuple[float, float, int]:
+    """-> (mean, half-width or std, number of runs)."""
+    means = [s["acc"] for s in scores]
+    mean = sum(means) / len(means)
+    if len(scores) == 1:
+        return mean, scores[0]["ci95"], 1
+    if how == "std":
+        return mean, math.sqrt(sum((m - mean) ** 2 for m in means) / (len(means) - 1)), len(means)
+    se = math.sqrt(sum((s["ci95"] / 1.96) ** 2 for s in scores)) / len(scores)
+    return mean, 1.96 * se, len(scores)
+
+
+def build_table(runs: list[dict], rows: list[str], cols: list[str], prefix: str = "test/", how: str = "ci"):
+    """-> (row labels, column labels, {(row, col): (mean, spread, n)})."""
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        for metric, score in run["results"].items():
+            if not metric.startswith(prefix) or "acc" not in score:
+                continue
+            setting = metric[len(prefix):]
+            r = tuple(str(_lookup(run, k, setting)) for k in rows)
+            c = tuple(str(_lookup(run, k, setting)) for k in cols)
+            cells[r, c].append(score)
+    row_labels = sorted({r for r, _ in cells}, key=_natural)
+    col_labels = sorted({c for _, c in cells}, key=_natural)
+    return row_labels, col_labels, {k: aggregate(v, how) for k, v in cells.items()}
+
+
+def _natural(labels: tuple[str, ...]):
+    """Sort '10way' after '5way' and numbers as numbers."""
+    import re
+
+    return [tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)) for s in labels]
+
+
+def render(rows: list[str], cols: list[str], table, fmt: str) -> str:
+    row_labels, col_labels, cells = table
+    header = [" / ".join(rows)] + [" / ".join(c) for c in col_labels]
+
+    def cell(r, c, plus: str) -> str:
+        if (r, c) not in cells:
+            return ""
+        mean, spread, n = cells[r, c]
+        return f"{mean:.2f} {plus} {spread:.2f}" + (f" (n={n})" if n > 1 else "")
+
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(header[:1] + [f"{h} {k}" for h in header[1:] for k in ("mean", "spread")] + ["runs"])
+        for r in row_labels:
+            values, runs = [], 0
+            for c in col_labels:
+                mean, spread, n = cells.get((r, c), (None, None, 0))
+                values += ["" if mean is None else f"{mean:.2f}", "" if spread is None else f"{spread:.2f}"]
+                runs = max(runs, n)
+            writer.writerow([" / ".join(r), *values, runs])
+        return out.getvalue()
+    if fmt == "tex":
+        esc = lambda s: s.replace("_", r"\_").replace("%", r"\%")  # noqa: E731
+        lines = [r"\begin{tabular}{l" + "c" * len(col_labels) + "}", r"\toprule",
+                 " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
+        lines += [" & ".join([esc(" / ".join(r))] + [esc(cell(r, c, r"$\pm$")) for c in col_labels]) + r" \\"
+                  for r in row_labels]
+        return "\n".join([*lines, r"\bottomrule", r"\end{tabular}"]) + "\n"
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join([" / ".join(r)] + [cell(r, c, "±") for c in col_labels]) + " |" for r in row_labels]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(paths: Sequence[str | Path], out_dir: str | Path, rows: list[str], cols: list[str],
+                 how: str = "ci", prefix: str = "test/") -> str | None:
+    """Write table.md / table.csv / table.tex into `out_dir`; -> the Markdown (None: no results)."""
+    runs = load_runs(paths)
+    if not runs:
+        return None
+    table = build_table(runs, rows, cols, prefix, how)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for fmt, name in (("md", "table.md"), ("csv", "table.csv"), ("tex", "table.tex")):
+        (out / name).write_text(render(rows, cols, table, fmt))
+    return render(rows, cols, table, "md")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="metarun-table", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="run folders, sweep folders or results.json files")
+    parser.add_argument("--rows", default="learner", help="comma-separated config keys (default: learner)")
+    parser.add_argument("--cols", default="data,setting", help="comma-separated config keys (default: data,setting)")
+    parser.add_argument("--agg", choices=("ci", "std"), default="ci",
+                        help="several runs per cell: pooled mean ± 95%% CI (ci) or mean ± std over runs (std)")
+    parser.add_argument("--metric", default="test/", help="metric prefix to tabulate (default: test/; val/ also works)")
+    parser.add_argument("--out", help="folder for table.md / .csv / .tex (default: the first path, if a folder)")
+    args = parser.parse_args(argv)
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"metarun-table: error: {', '.join(missing)} does not exist.", file=sys.stderr)
+        return 2
+    out = args.out or (args.paths[0] if Path(args.paths[0]).is_dir() else ".")
+    rows, cols = [k for k in args.rows.split(",") if k], [k for k in args.cols.split(",") if k]
+    md = write_tables(args.paths, out, rows, cols, args.agg, args.metric)
+    if md is None:
+        print(f"metarun-table: error: no results.json under {', '.join(args.paths)}; finished runs write one.",
+              file=sys.stderr)
+        return 2
+    print(md, end="")
+    print(f"(written to {Path(out) / 'table.md'}, table.csv, table.tex)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""metarun-table: grouping by config keys, aggregation over runs, Markdown / CSV / LaTeX."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import pytest
+
+from metarun.tracking.table import aggregate, main
+
+
+def fake_run(root, name, learner, k_shot, seed, acc, ci=1.0):
+    folder = root / name
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text(f"sampler:\n  k_shot: {k_shot}\nseed: {seed}\n")
+    results = {f"test/5way_{k_shot}shot": {"acc": acc, "ci95": ci, "episodes": 600},
+               "val/5way_5shot": {"acc": 99.0, "ci95": 0.1, "episodes": 200}}
+    (folder / "results.json").write_text(json.dumps({"learner": learner, "data": "banking77", "seed": seed,
+                                                     "results": results}))
+
+
+def test_aggregates_seeds_within_a_cell():
+    assert aggregate([{"acc": 80.0, "ci95": 1.0}], "ci") == (80.0, 1.0, 1)
+    mean, spread, n = aggregate([{"acc": 80.0, "ci95": 1.96}, {"acc": 84.0, "ci95": 1.96}], "ci")
+    assert (mean, n) == (82.0, 2) and spread == pytest.approx(1.96 * math.sqrt(2) / 2)  # pooled standard errors
+    assert aggregate([{"acc": 80.0, "ci95": 1.0}, {"acc": 84.0, "ci95": 1.0}], "std")[1] == pytest.approx(math.sqrt(8))
+
+
+def test_table_groups_by_config_keys_and_writes_three_formats(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    for i, (learner, k, seed, acc) in enumerate([("protonet", 1, 0, 80.0), ("protonet", 1, 1, 82.0),
+                                                 ("protonet", 5, 0, 95.0), ("maml", 1, 0, 70.0)]):
+        fake_run(sweep, f"{i}_job", learner, k, seed, acc)
+    assert main([str(sweep), "--rows", "learner", "--cols", "sampler.k_shot", "--agg", "std"]) == 0
+    md = (sweep / "table.md").read_text()
+    assert md.splitlines()[0] == "| learner | 1 | 5 |"
+    assert "| protonet | 81.00 ± 1.41 (n=2) | 95.00 ± 1.00 |" in md and "| maml | 70.00 ± 1.00 |  |" in md
+    rows = list(csv.reader(io.StringIO((sweep / "table.csv").read_text())))
+    assert rows[0] == ["learner", "1 mean", "1 spread", "5 mean", "5 spread", "runs"] and rows[2][1] == "81.00"
+    tex = (sweep / "table.tex").read_text()
+    assert r"81.00 $\pm$ 1.41 (n=2)" in tex and tex.startswith(r"\begin{tabular}{lcc}")
+    assert "81.00" in capsys.readouterr().out
+    assert main([str(tmp_path / "nowhere")]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty)]) == 2 and "no results.json" in capsys.readouterr().err
