@@ -30,6 +30,7 @@ from metarun.tracking import run_info
 from metarun.tracking.checkpoint import Checkpointer
 from metarun.tracking.files import write_json
 from metarun.tracking.metrics import MetricsWriter
+from metarun.tracking.plots import plot_run
 from metarun.trainer import Trainer
 
 log = logging.getLogger("metarun")
@@ -176,6 +177,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         "run_dir": str(run_dir),
     }
     write_json(run_dir / "results.json", results)
+    plot_run(run_dir)
     (run_dir / DONE).touch()  # written last: a folder with DONE holds a complete run
     log.info("results (%s, %.0f s):\n%s", run_dir, results["wall_time_s"], format_results(results["results"]))
     return results

@@ -21,6 +21,8 @@ def test_relaunched_sweep_skips_finished_jobs_and_a_failing_job_does_not_stop_it
     ok, bad = sorted((tmp_path / "sweep").glob("[0-9]_*"))
     assert (ok / "DONE").exists() and read_json(ok / "results.json")["steps"] == 6
     assert "| protonet |" in (tmp_path / "sweep" / "table.md").read_text()  # the end-of-sweep callback
+    for png in (tmp_path / "sweep" / "accuracy_vs_k.png", ok / "curves.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     assert not (bad / "DONE").exists() and "K+Q = 500+5" in (bad / "FAILED").read_text()
     stamp = (ok / "results.json").stat().st_mtime_ns
     res = run_cli(args, cwd=tmp_path)

@@ -1,4 +1,5 @@
-"""Hydra callbacks: at the end of every sweep, tables of its results and a list of failed jobs."""
+"""Hydra callbacks: at the end of every sweep, tables and an accuracy-against-K plot of its results,
+and a list of failed jobs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from metarun.tracking.table import write_tables
+from metarun.tracking.plots import plot_sweep
+from metarun.tracking.table import load_runs, write_tables
 
 log = logging.getLogger("metarun")
 
@@ -26,6 +28,7 @@ class SweepSummary(Callback):
         md = write_tables([sweep], sweep, self.rows, self.cols, self.agg)
         if md:
             log.info("sweep results (%s/table.md):\n%s", sweep, md)
+            plot_sweep(load_runs([sweep]), sweep)
         failed = sorted(p.parent.name for p in sweep.glob("*/FAILED"))
         if failed:
             log.error("%d job(s) failed (see FAILED in each folder; relaunch the same command with "

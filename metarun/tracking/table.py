@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="several runs per cell: pooled mean ± 95%% CI (ci) or mean ± std over runs (std)")
     parser.add_argument("--metric", default="test/", help="metric prefix to tabulate (default: test/; val/ also works)")
     parser.add_argument("--out", help="folder for table.md / .csv / .tex (default: the first path, if a folder)")
+    parser.add_argument("--plot", action="store_true", help="also write accuracy_vs_k.png (test accuracy against K)")
     args = parser.parse_args(argv)
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
@@ -161,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metarun-table: error: no results.json under {', '.join(args.paths)}; finished runs write one.",
               file=sys.stderr)
         return 2
+    if args.plot:
+        from metarun.tracking.plots import plot_sweep
+
+        plot_sweep(load_runs(args.paths), out)
     print(md, end="")
     print(f"(written to {Path(out) / 'table.md'}, table.csv, table.tex)", file=sys.stderr)
     return 0

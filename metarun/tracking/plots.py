@@ -1,0 +1,89 @@
+"""PNG plots (matplotlib, headless): per run, training loss and validation accuracy against steps
+(`curves.png` beside results.json); per sweep, test accuracy against K with 95% CI bands, one line
+per learner and one panel per dataset and N (`accuracy_vs_k.png` in the sweep folder)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import defaultdict
+from pathlib import Path
+
+log = logging.getLogger("metarun")
+SETTING = re.compile(r"^test/(\d+)way_(\d+)shot$")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_run(run_dir: str | Path) -> Path | None:
+    """metrics.jsonl -> curves.png: train/loss (left) and every val/*/acc (right) against steps."""
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return None
+    loss, val = [], defaultdict(list)
+    for line in metrics.read_text().splitlines():
+        row = json.loads(line)
+        if "train/loss" in row:
+            loss.append((row["step"], row["train/loss"]))
+        for k, v in row.items():
+            if k.startswith("val/") and k.endswith("/acc"):
+                val[k[4:-4]].append((row["step"], v))
+    if not loss and not val:
+        return None
+    plt = _pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if loss:
+        a.plot(*zip(*loss), lw=1)
+    a.set(xlabel="step", ylabel="training loss", title="training loss")
+    for key, points in val.items():
+        b.plot(*zip(*points), marker="o", ms=3, label=key)
+    b.set(xlabel="step", ylabel="accuracy (%)", title="validation accuracy")
+    if val:
+        b.legend(fontsize=8)
+    fig.tight_layout()
+    out = run_dir / "curves.png"
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_sweep(runs: list[dict], out: str | Path) -> Path | None:
+    """Test accuracy against K (from `test/<N>way_<K>shot` keys), CI bands; runs of the same learner,
+    data, N and K are averaged (their CIs pooled)."""
+    from metarun.tracking.table import aggregate
+
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        for key, score in run["results"].items():
+            if m := SETTING.match(key):
+                cells[run.get("test_data", run.get("data")), int(m[1]), run["learner"], int(m[2])].append(score)
+    panels = sorted({(d, n) for d, n, _, _ in cells})
+    if not panels:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (data, n) in zip(axes[0], panels):
+        for learner in sorted({lr for d, nn, lr, _ in cells if (d, nn) == (data, n)}):
+            ks = sorted(k for d, nn, lr, k in cells if (d, nn, lr) == (data, n, learner))
+            stats = [aggregate(cells[data, n, learner, k], "ci") for k in ks]
+            mean = [s[0] for s in stats]
+            ax.plot(ks, mean, marker="o", label=learner)
+            ax.fill_between(ks, [m - s[1] for m, s in zip(mean, stats)], [m + s[1] for m, s in zip(mean, stats)],
+                            alpha=0.2)
+        ax.set(xlabel="K (shots)", ylabel="test accuracy (%)", title=f"{data}, {n}-way", xticks=sorted(
+            {k for d, nn, _, k in cells if (d, nn) == (data, n)}))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(out) / "accuracy_vs_k.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
