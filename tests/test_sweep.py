@@ -61,3 +61,15 @@ def test_unexpected_errors_are_retried(tmp_path, monkeypatch, retries, expected)
         del cfg["hydra"]
     assert cli._main.__wrapped__(cfg) == expected
     assert len(calls) == retries + 1 and "illegal memory access" in (tmp_path / "FAILED").read_text()
+
+
+def test_parallel_and_slurm_launchers_give_the_basic_launchers_results(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    results = {}
+    for name in ("basic", "parallel", "slurm_local"):  # slurm_local: the Slurm path on submitit's local executor
+        sweep = tmp_path / name
+        res = run_cli(["-m", f"hydra/launcher={name}", *FAST, "seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-2000:]
+        results[name] = [read_json(f)["results"] for f in sorted(sweep.glob("*/results.json"))]
+    assert len(results["basic"]) == 2 and results["parallel"] == results["basic"] == results["slurm_local"]
