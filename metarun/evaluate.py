@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from metarun.data.collate import EpisodeDataset
 from metarun.data.dataset import FewShotDataset, LabelledSplits
 from metarun.data.sampler import EpisodeSampler
+from metarun.distributed import Dist
 from metarun.errors import ConfigError, DataError, check_choice
 from metarun.learners.base import Learner
 from metarun.learners.finetune import FineTune
@@ -80,9 +81,10 @@ class Evaluator:
     """Evaluate a learner on one dataset under several protocols; returns {key: {acc, ci95, episodes}}."""
 
     def __init__(self, data: FewShotDataset, protocols: list[Protocol], prefix: str, batch_size: int = 128,
-                 max_per_class: int | None = None, progress: bool = True):
+                 max_per_class: int | None = None, progress: bool = True, dist: Dist = Dist()):
         self.data = limit_per_class(data, max_per_class, seed=protocols[0].seed if protocols else 0)
-        self.protocols, self.prefix, self.batch_size, self.progress = protocols, prefix, batch_size, progress
+        self.protocols, self.prefix, self.batch_size, self.dist = protocols, prefix, batch_size, dist
+        self.progress = progress and dist.main
         # Build samplers now so impossible protocols (N too large, K+Q too many) fail before training.
         self.samplers = [EpisodeSampler(self.data, p.n_way, p.k_shot, p.n_query, p.seed, role=prefix,
                                         single_query=p.single_query, na_rate=p.na_rate) for p in protocols]
@@ -111,8 +113,9 @@ class Evaluator:
         return encode_examples(learner, self.data, device, self.batch_size, f"{self.prefix}: encoding", self.progress)
 
     def _feature_episodes(self, learner, features, sampler, proto) -> list[float]:
-        accs = []
-        bar = tqdm(range(proto.episodes), desc=f"{self.prefix}/{proto.key}", disable=not self.progress, leave=False)
+        accs = []  # this rank's episodes; gathered in episode order
+        bar = tqdm(self.dist.mine(proto.episodes), desc=f"{self.prefix}/{proto.key}", disable=not self.progress,
+                   leave=False)
         with torch.inference_mode():
             for i in bar:
                 spec = sampler[i]
@@ -121,12 +124,13 @@ class Evaluator:
                 accs.append((logits.argmax(-1).cpu().numpy() == spec.query_labels()).mean())
                 if i % 50 == 0:
                     bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}")
-        return accs
+        return self.dist.gather(accs, proto.episodes)
 
     def _episodes(self, learner, sampler, proto, device, amp) -> list[float]:
         episodes = EpisodeDataset(sampler, learner.encoder.tokenize, proto.episodes)
         accs = []
-        bar = tqdm(range(proto.episodes), desc=f"{self.prefix}/{proto.key}", disable=not self.progress, leave=False)
+        bar = tqdm(self.dist.mine(proto.episodes), desc=f"{self.prefix}/{proto.key}", disable=not self.progress,
+                   leave=False)
         for i in bar:
             ep = episodes[i].to(device)
             with amp:
@@ -134,7 +138,7 @@ class Evaluator:
             accs.append((logits.argmax(-1) == ep.query_labels).float().mean().item())
             if i % 20 == 0:
                 bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}")
-        return accs
+        return self.dist.gather(accs, proto.episodes)
 
 
 PER_CLASS_HEADS = ("logreg", "finetune")

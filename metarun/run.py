@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from metarun import distributed
 from metarun.data.collate import EpisodeDataset
 from metarun.errors import CheckpointError, ConfigError, MetarunError, check_choice
 from metarun.evaluate import (
@@ -94,7 +96,7 @@ def protocols(node: DictConfig, seed: int) -> list[Protocol]:
             for n in ways for k in shots]
 
 
-def make_test_evaluator(ev: DictConfig, test_data, progress: bool):
+def make_test_evaluator(ev: DictConfig, test_data, progress: bool, dist: distributed.Dist = distributed.Dist()):
     """Episodes on the test classes (`eval=episodic`; `eval.test.data` names another dataset whose test
     classes are used instead), or K examples for every class of a labelled target (`eval=per_class`)."""
     t = ev.test
@@ -103,7 +105,7 @@ def make_test_evaluator(ev: DictConfig, test_data, progress: bool):
             target = build(t.data, "eval.test.data")
             log.info("test episodes from %s (%d test classes)", target.name, len(target.test.classes))
             test_data = target.test
-        return Evaluator(test_data, protocols(t, ev.seed), "test", ev.batch_size, t.max_per_class, progress)
+        return Evaluator(test_data, protocols(t, ev.seed), "test", ev.batch_size, t.max_per_class, progress, dist)
     check_choice("eval.test.protocol", t.protocol, ("episodes", "per_class"))
     shots = list(t.shots) if OmegaConf.is_list(t.shots) else [t.shots]
     try:
@@ -120,33 +122,40 @@ def make_test_evaluator(ev: DictConfig, test_data, progress: bool):
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     started = time.time()
-    run_dir = Path(run_dir or _hydra_output_dir() or os.getcwd())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("results.json", DONE, FAILED):  # never leave a stale outcome behind a rerun
-        (run_dir / stale).unlink(missing_ok=True)
-    config = OmegaConf.to_container(cfg, resolve=True)
-
     trainer: Trainer = build(cfg.trainer, "trainer")
+    dist = distributed.setup(trainer.device)  # rank 0 of 1 unless started by torchrun
+    trainer.device = distributed.local_device(trainer.device)
+    trainer.check_world(dist)
+    own_dir = Path(run_dir or _hydra_output_dir() or os.getcwd())
+    run_dir = Path(dist.broadcast(str(own_dir)))  # every rank works in rank 0's folder; only rank 0 writes
+    if own_dir != run_dir:
+        shutil.rmtree(own_dir, ignore_errors=True)  # the folder Hydra made for this rank at its own time
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("results.json", DONE, FAILED):  # never leave a stale outcome behind a rerun
+            (run_dir / stale).unlink(missing_ok=True)
+        write_json(run_dir / "run_info.json", run_info.collect(str(trainer.device)) | {"world_size": dist.world})
+    config = OmegaConf.to_container(cfg, resolve=True)
     seed_everything(cfg.seed)
-    write_json(run_dir / "run_info.json", run_info.collect(str(trainer.device)))
     data = build(cfg.data, "data")
     encoder = build(cfg.encoder, "encoder")
     learner = build_learner(cfg.learner, encoder, data.train.classes)
     check_nota(cfg, learner)
     sampler = build(cfg.sampler, "sampler", dataset=data.train, seed=cfg.seed, role="training")
     ev = cfg.eval
-    val = Evaluator(data.val, protocols(ev.val, ev.seed), "val", ev.batch_size, ev.val.max_per_class, trainer.progress)
-    test = make_test_evaluator(ev, data.test, trainer.progress)
+    val = Evaluator(data.val, protocols(ev.val, ev.seed), "val", ev.batch_size, ev.val.max_per_class, trainer.progress,
+                    dist)
+    test = make_test_evaluator(ev, data.test, trainer.progress, dist)
     log.info("data %s: %d train / %d val / %d test classes (%d / %d / %d examples); run dir %s",
              data.name, len(data.train.classes), len(data.val.classes), len(data.test.classes),
              len(data.train), len(data.val), len(data.test), run_dir)
 
-    writer = MetricsWriter(run_dir, **cfg.logger)
+    writer = MetricsWriter(run_dir, **cfg.logger) if dist.main else MetricsWriter(run_dir, False, False)
     ckpt = Checkpointer(run_dir)
     episodes = EpisodeDataset(sampler, encoder.tokenize, trainer.max_steps * trainer.meta_batch)
     try:
         state = trainer.fit(learner, episodes, lambda lr: val(lr, trainer.device, trainer.autocast_dtype),
-                            ckpt, writer, config, lambda saved: check_resumable(saved, config, ckpt.last))
+                            ckpt, writer, config, lambda saved: check_resumable(saved, config, ckpt.last), dist)
         if state.best_step >= 0:
             learner.load_state_dict(ckpt.load(ckpt.best)["model"])
             val_scores = state.best_val
@@ -176,6 +185,8 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         "wall_time_s": round(time.time() - started, 1),
         "run_dir": str(run_dir),
     }
+    if not dist.main:
+        return results
     write_json(run_dir / "results.json", results)
     plot_run(run_dir)
     (run_dir / DONE).touch()  # written last: a folder with DONE holds a complete run

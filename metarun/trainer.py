@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from metarun.data.collate import EpisodeDataset
+from metarun.distributed import Dist
 from metarun.errors import CheckpointError, ConfigError, NonFiniteLossError, check_choice
 from metarun.learners.base import Learner
 from metarun.tracking.checkpoint import Checkpointer
@@ -79,6 +80,12 @@ class Trainer:
         if precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("trainer.precision=fp16 needs a CUDA device; use fp32 or bf16 on CPU.")
         self.precision = precision
+        self.dist = Dist()  # fit() sets the torchrun process group's
+
+    def check_world(self, dist: Dist) -> None:
+        if self.meta_batch < dist.world:
+            raise ConfigError(f"trainer.meta_batch={self.meta_batch} gives some of the {dist.world} processes no task; "
+                              f"use a meta-batch of at least {dist.world} (a multiple of it balances the work).")
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -89,8 +96,12 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype) if dtype else nullcontext()
 
     def fit(self, learner: Learner, episodes: EpisodeDataset, validate: Callable[[Learner], dict],
-            ckpt: Checkpointer, log: MetricsWriter, config: dict, check_config: Callable[[dict], None]) -> TrainState:
-        """Train for `max_steps` optimiser steps, resuming from `ckpt.last` when it exists."""
+            ckpt: Checkpointer, log: MetricsWriter, config: dict, check_config: Callable[[dict], None],
+            dist: Dist = Dist()) -> TrainState:
+        """Train for `max_steps` optimiser steps, resuming from `ckpt.last` when it exists. Under
+        torchrun each rank trains on its share of every meta-batch and only rank 0 writes."""
+        self.check_world(dist)
+        self.dist = dist
         learner.to(self.device).train()
         groups = [g for g in learner.param_groups(self.lr) if g["params"]]
         opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay) if groups else None
@@ -104,7 +115,8 @@ class Trainer:
             log.resume_at(state.step)
             tqdm.write(f"resuming from {ckpt.last} at step {state.step}")
         loader = self._loader(episodes, state.step)
-        bar = tqdm(total=self.max_steps, initial=state.step, desc="train", disable=not self.progress, unit="step")
+        bar = tqdm(total=self.max_steps, initial=state.step, desc="train", disable=not (self.progress and dist.main),
+                   unit="step")
         while state.step < self.max_steps and not state.finished:
             metrics = self._train_step(learner, loader, opt, sched, scaler, state.step)
             state.step += 1
@@ -114,16 +126,17 @@ class Trainer:
             if state.step % self.eval_every == 0 or state.step == self.max_steps:
                 self._validate(learner, validate, state, ckpt, log, config)
             state.finished = state.step >= self.max_steps or state.finished
-            if state.step % self.checkpoint_every == 0 or state.finished:
+            if (state.step % self.checkpoint_every == 0 or state.finished) and dist.main:
                 ckpt.save(ckpt.last, self._snapshot(learner, opt, sched, scaler, state, config))
             if self.debug_kill_at_step is not None and state.step == self.debug_kill_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)  # crash-resume tests: die like a killed job
         bar.close()
+        dist.barrier()  # rank 0's checkpoints are on disk before anyone reads best.pt
         return state
 
     def _train_step(self, learner, loader, opt, sched, scaler, step: int) -> dict[str, float]:
         losses, extra = [], {}
-        episodes = [next(loader).to(self.device, non_blocking=True) for _ in range(self.meta_batch)]
+        episodes = [next(loader).to(self.device, non_blocking=True) for _ in self.dist.mine(self.meta_batch)]
         # One backward per task bounds memory; learners that batch tasks (vmap) take them all at once.
         batched = getattr(learner, "vmap_tasks", False)
         for group in [episodes] if batched else [[e] for e in episodes]:
@@ -140,6 +153,7 @@ class Trainer:
             for k, v in {"acc": float("nan"), **out.metrics}.items():  # learner metrics, e.g. per-task losses
                 extra.setdefault(k, []).append(float(v))
         if opt is not None:
+            self.dist.all_reduce_grads([p for g in opt.param_groups for p in g["params"]])  # sum over ranks
             scaler.unscale_(opt)
             if self.grad_clip:
                 torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.grad_clip)
@@ -148,8 +162,8 @@ class Trainer:
             sched.step()
             opt.zero_grad(set_to_none=True)
         lr = sched.get_last_lr()[0] if sched else 0.0
-        return {"train/loss": sum(losses) / len(losses), "train/lr": lr,
-                **{f"train/{k}": sum(v) / len(v) for k, v in extra.items()}}
+        means = self.dist.mean({"loss": losses, **extra})  # over every task of the meta-batch
+        return {"train/lr": lr, **{f"train/{k}": v for k, v in means.items()}}
 
     def _validate(self, learner, validate, state: TrainState, ckpt, log, config) -> None:
         scores = validate(learner)
@@ -157,17 +171,22 @@ class Trainer:
         score = sum(v["acc"] for v in scores.values()) / len(scores)
         if score > state.best_score:
             state.best_score, state.best_step, state.best_val, state.bad_evals = score, state.step, scores, 0
-            ckpt.save(ckpt.best, {"model": learner.state_dict(), "step": state.step, "score": score, "config": config})
+            if self.dist.main:
+                ckpt.save(ckpt.best, {"model": learner.state_dict(), "step": state.step, "score": score,
+                                      "config": config})
         else:
             state.bad_evals += 1
             if self.patience is not None and state.bad_evals >= self.patience:
                 tqdm.write(f"early stopping at step {state.step}: no improvement in {state.bad_evals} evaluations")
                 state.finished = True
-        tqdm.write(f"step {state.step}: " + ", ".join(f"{k} {v['acc']:.2f} ± {v['ci95']:.2f}" for k, v in scores.items())
-                   + f" (best {state.best_score:.2f} at step {state.best_step})")
+        if self.dist.main:
+            tqdm.write(f"step {state.step}: " + ", ".join(f"{k} {v['acc']:.2f} ± {v['ci95']:.2f}" for k, v in scores.items())
+                       + f" (best {state.best_score:.2f} at step {state.best_step})")
 
     def _loader(self, episodes: EpisodeDataset, start_step: int):
-        indices = range(start_step * self.meta_batch, self.max_steps * self.meta_batch)
+        # this rank's tasks of every step: task j of step s is episode s * meta_batch + j
+        mine = self.dist.mine(self.meta_batch)
+        indices = [s * self.meta_batch + j for s in range(start_step, self.max_steps) for j in mine]
         # A private generator: creating worker iterators must not consume the global torch RNG.
         loader = torch.utils.data.DataLoader(
             episodes, batch_size=None, sampler=indices, num_workers=self.num_workers,
