@@ -33,8 +33,9 @@ def _main(cfg: DictConfig) -> float | None:
 
     hc = HydraConfig.get()
     run_dir, sweep = Path(hc.runtime.output_dir), hc.mode == RunMode.MULTIRUN
-    if cfg.get("skip_done", True) and (done := finished_results(run_dir)) is not None:
-        log.info("skipping %s: it is marked DONE (delete the DONE file, or set skip_done=false, to run it again)", run_dir)
+    if cfg.get("skip_done", True) and (done := finished_results(run_dir, cfg)) is not None:
+        log.info("skipping %s: a run of this config finished there (DONE); delete DONE or set skip_done=false "
+                 "to run it again", run_dir)
         return _score(done)
     attempts = 1 + (int(cfg.get("retries", 0)) if sweep else 0)
     for attempt in range(1, attempts + 1):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
@@ -189,15 +190,23 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         return results
     write_json(run_dir / "results.json", results)
     plot_run(run_dir)
-    (run_dir / DONE).touch()  # written last: a folder with DONE holds a complete run
+    (run_dir / DONE).write_text(config_digest(config) + "\n")  # written last: the folder holds a complete run
     log.info("results (%s, %.0f s):\n%s", run_dir, results["wall_time_s"], format_results(results["results"]))
     return results
 
 
-def finished_results(run_dir: Path) -> dict | None:
-    """results.json of a run folder marked DONE, else None."""
-    if (run_dir / DONE).is_file() and (run_dir / "results.json").is_file():
-        return json.loads((run_dir / "results.json").read_text())
+def config_digest(config: dict) -> str:
+    """A digest of what decides a run's results: the resume keys and the evaluation protocol."""
+    relevant = {k: config.get(k) for k in (*RESUME_KEYS, "eval")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def finished_results(run_dir: Path, cfg: DictConfig) -> dict | None:
+    """results.json of a run folder marked DONE by a run of this same config, else None."""
+    done, results = run_dir / DONE, run_dir / "results.json"
+    if done.is_file() and results.is_file():
+        if done.read_text().strip() == config_digest(OmegaConf.to_container(cfg, resolve=True)):
+            return json.loads(results.read_text())
     return None
 
 

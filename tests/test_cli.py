@@ -35,9 +35,11 @@ def test_end_to_end_run_writes_every_file(tmp_path):
 def test_help_lists_groups_and_their_options(tmp_path):
     res = run_cli(["--help"], cwd=tmp_path)
     assert res.returncode == 0
-    for line in ["learner: anil, distill, finetune, fomaml, maml, metasgd, multitask, protonet, reptile", "eval: episodic, per_class", "debug: fast", "trainer: default, gpu", "encoder: minilm, minilm_markers, tiny"]:
+    for line in ["learner: anil, distill, finetune, fomaml, maml, matching, metasgd, multitask, pair, protonet, relation, reptile",
+                 "eval: episodic, fewrel_official, per_class", "debug: fast", "trainer: default, gpu",
+                 "encoder: cnn, minilm, minilm_markers, tiny"]:
         assert line in res.stdout, res.stdout
-    assert "data: 20newsgroups, banking77, clinc150, fewrel, hwu64, intents3, table" in res.stdout
+    assert "data: 20newsgroups, banking77, clinc150, fewrel, fewrel_file, fewrel_val_split, hwu64, intents3, table" in res.stdout
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path):

@@ -26,7 +26,7 @@ def test_relaunched_sweep_skips_finished_jobs_and_a_failing_job_does_not_stop_it
     assert not (bad / "DONE").exists() and "K+Q = 500+5" in (bad / "FAILED").read_text()
     stamp = (ok / "results.json").stat().st_mtime_ns
     res = run_cli(args, cwd=tmp_path)
-    assert res.returncode == 0 and "is marked DONE" in res.stdout + res.stderr
+    assert res.returncode == 0 and "finished there (DONE)" in res.stdout + res.stderr
     assert (ok / "results.json").stat().st_mtime_ns == stamp  # not run again
     assert (bad / "FAILED").exists()
 
@@ -73,3 +73,16 @@ def test_parallel_and_slurm_launchers_give_the_basic_launchers_results(tmp_path)
         assert res.returncode == 0, res.stderr[-2000:]
         results[name] = [read_json(f)["results"] for f in sorted(sweep.glob("*/results.json"))]
     assert len(results["basic"]) == 2 and results["parallel"] == results["basic"] == results["slurm_local"]
+
+
+def test_optuna_preset_maximises_validation_accuracy(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    import yaml
+
+    sweep = tmp_path / "tune"
+    res = run_cli(["-m", "hydra/sweeper=tune", "hydra.sweeper.n_trials=2", *FAST,
+                   "trainer.lr=tag(log, interval(1e-5, 1e-2))", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    vals = [read_json(f)["results"]["val/5way_5shot"]["acc"] for f in sweep.glob("*/results.json")]
+    assert len(vals) == 2 and best["best_value"] == max(vals) and "trainer.lr" in best["best_params"]
