@@ -18,6 +18,7 @@ def test_wheel_install_finds_configs(tmp_path):
     assert build.returncode == 0, build.stderr[-2000:]
     assert (target / "metarun" / "configs" / "run.yaml").is_file()
     assert (target / "metarun" / "configs" / "class_splits" / "banking77.json").is_file()
+    assert (target / "metarun" / "configs" / "hydra" / "launcher" / "slurm.yaml").is_file()
     env = {**os.environ, "PYTHONPATH": str(target)}
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
