@@ -55,6 +55,20 @@ class Learner(nn.Module):
         raise NotImplementedError
 
 
+class FeatureLearner(Learner):
+    """A learner that predicts from fixed embeddings of support and query (metric learners, probes):
+    `predict` embeds both sets and calls `predict_from_features`, and evaluation caches features."""
+
+    feature_eval = True
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.encoder(batch)
+
+    def predict(self, episode: Episode) -> torch.Tensor:
+        return self.predict_from_features(self.embed(episode.support), episode.support_labels,
+                                          self.embed(episode.query), episode.n_way)
+
+
 NOTA_LR = 1e-3
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from metarun.data.sampler import Episode
 from metarun.errors import ConfigError, check_choice
-from metarun.learners.base import Learner, StepOutput, accuracy
+from metarun.learners.base import FeatureLearner, StepOutput, accuracy
 from metarun.learners.heads import (
     HEADS,
     cosine_logits,
@@ -33,10 +33,8 @@ from metarun.learners.heads import (
 CLASSIFIERS = ("linear", "cosine")
 
 
-class ProbedLearner(Learner):
+class ProbedLearner(FeatureLearner):
     """A learner evaluated by fitting a fresh head on each episode's frozen support features."""
-
-    feature_eval = True
 
     def __init__(self, encoder: nn.Module, test_head: str = "logreg", C: float = 1.0, test_steps: int = 100,
                  test_lr: float = 0.01, scale: float = 10.0, head_lr: float | None = 1e-3):
@@ -62,9 +60,6 @@ class ProbedLearner(Learner):
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in {id(q) for q in slow}]
         return [{"params": slow, "lr": lr}, {"params": rest, "lr": self.head_lr or lr}]
 
-    def embed(self, batch) -> torch.Tensor:
-        return self.encoder(batch)
-
     def predict_from_features(self, support, support_labels, query, n_way):
         if self.test_head == "logreg":
             w, b = fit_logistic_regression(support, support_labels, n_way, C=self.C)
@@ -72,9 +67,6 @@ class ProbedLearner(Learner):
         logits = fit_head(support, support_labels, n_way, self.test_head, self.test_steps, self.test_lr, scale=self.scale)
         return logits(query)
 
-    def predict(self, episode: Episode) -> torch.Tensor:
-        return self.predict_from_features(self.embed(episode.support), episode.support_labels,
-                                          self.embed(episode.query), episode.n_way)
 
 
 class FineTune(ProbedLearner):

@@ -16,13 +16,12 @@ from torch import nn
 
 from metarun.data.sampler import Episode
 from metarun.errors import ConfigError
-from metarun.learners.base import Learner, StepOutput, accuracy, with_nota
+from metarun.learners.base import FeatureLearner, StepOutput, accuracy, with_nota
 from metarun.learners.functional import cosine_similarity
 
 
-class MatchingNet(Learner):
+class MatchingNet(FeatureLearner):
     name = "matching"
-    feature_eval = True
 
     def __init__(self, encoder: nn.Module, scale: float = 10.0, learn_scale: bool = True, nota: bool = False):
         super().__init__()
@@ -34,19 +33,12 @@ class MatchingNet(Learner):
         log_scale = torch.tensor(float(scale)).log()
         self.log_scale = nn.Parameter(log_scale, requires_grad=learn_scale)
 
-    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.encoder(batch)
-
     def predict_from_features(self, support, support_labels, query, n_way):
         """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) log-probabilities (N+1 logits with `nota`)."""
         attention = torch.softmax(self.log_scale.exp() * cosine_similarity(query.float(), support.float()), dim=-1)
         probs = attention @ F.one_hot(support_labels, n_way).to(attention.dtype)  # (N*Q, N*K) @ (N*K, N)
         log_probs = probs.clamp_min(1e-12).log()
         return torch.log_softmax(with_nota(log_probs, self.nota_offset), -1) if self.nota else log_probs
-
-    def predict(self, episode: Episode) -> torch.Tensor:
-        return self.predict_from_features(self.embed(episode.support), episode.support_labels,
-                                          self.embed(episode.query), episode.n_way)
 
     def training_loss(self, episode: Episode) -> StepOutput:
         log_probs = self.predict(episode)

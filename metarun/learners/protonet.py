@@ -12,15 +12,14 @@ from torch import nn
 
 from metarun.data.sampler import Episode
 from metarun.errors import ConfigError, check_choice
-from metarun.learners.base import Learner, StepOutput, accuracy, with_nota
+from metarun.learners.base import FeatureLearner, StepOutput, accuracy, with_nota
 from metarun.learners.functional import cosine_similarity, prototypes, squared_euclidean
 
 DISTANCES = ("euclidean", "cosine")
 
 
-class ProtoNet(Learner):
+class ProtoNet(FeatureLearner):
     name = "protonet"
-    feature_eval = True
 
     def __init__(self, encoder: nn.Module, distance: str = "euclidean", scale: float = 1.0, learn_scale: bool = False,
                  nota: bool = False):
@@ -36,9 +35,6 @@ class ProtoNet(Learner):
         if not learn_scale:
             self.register_buffer("_log_scale", log_scale)
 
-    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.encoder(batch)
-
     def predict_from_features(self, support, support_labels, query, n_way):
         """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) logits (N+1 with `nota`)."""
         protos = prototypes(support.float(), support_labels, n_way)
@@ -48,10 +44,6 @@ class ProtoNet(Learner):
         else:
             logits = scale * cosine_similarity(query.float(), protos)
         return with_nota(logits, self.nota_offset) if self.nota else logits
-
-    def predict(self, episode: Episode) -> torch.Tensor:
-        return self.predict_from_features(self.embed(episode.support), episode.support_labels,
-                                          self.embed(episode.query), episode.n_way)
 
     def training_loss(self, episode: Episode) -> StepOutput:
         logits = self.predict(episode)

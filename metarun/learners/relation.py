@@ -15,13 +15,12 @@ from torch import nn
 
 from metarun.data.sampler import Episode
 from metarun.errors import ConfigError
-from metarun.learners.base import Learner, StepOutput, accuracy, with_nota
+from metarun.learners.base import FeatureLearner, StepOutput, accuracy, with_nota
 from metarun.learners.functional import prototypes
 
 
-class RelationNet(Learner):
+class RelationNet(FeatureLearner):
     name = "relation"
-    feature_eval = True
 
     def __init__(self, encoder: nn.Module, hidden: int = 256, head_lr: float | None = 1e-3, nota: bool = False):
         super().__init__()
@@ -38,9 +37,6 @@ class RelationNet(Learner):
                 {"params": [*self.relation.parameters(), *([self.nota_offset] if self.nota else [])],
                  "lr": self.head_lr or lr}]
 
-    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.encoder(batch)
-
     def predict_from_features(self, support, support_labels, query, n_way):
         """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) relation scores in (0, 1) (and a NOTA score with `nota`)."""
         classes = prototypes(support.float(), support_labels, n_way)  # (N, D)
@@ -49,10 +45,6 @@ class RelationNet(Learner):
         dtype = self.relation[0].weight.dtype
         scores = torch.sigmoid(self.relation(pairs.to(dtype)).squeeze(-1).float())
         return with_nota(scores, self.nota_offset) if self.nota else scores
-
-    def predict(self, episode: Episode) -> torch.Tensor:
-        return self.predict_from_features(self.embed(episode.support), episode.support_labels,
-                                          self.embed(episode.query), episode.n_way)
 
     def training_loss(self, episode: Episode) -> StepOutput:
         scores = self.predict(episode)
