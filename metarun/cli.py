@@ -10,18 +10,23 @@ crashed sweep is relaunched with the same command and `hydra.sweep.dir=<its fold
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from metarun.errors import MetarunError
 from metarun.paths import config_dir
 
 log = logging.getLogger("metarun")
+
+# `${pid:}` in hydra.run.dir: runs started in the same microsecond by different processes still get
+# different folders. Registered on import, so launcher workers that unpickle `_main` have it too.
+OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="run")

@@ -32,6 +32,23 @@ def test_end_to_end_run_writes_every_file(tmp_path):
     assert "test/5way_5shot" in res.stdout + res.stderr  # the summary is printed
 
 
+def test_runs_started_together_get_their_own_folders(tmp_path):
+    """The default run folder holds the start time to the microsecond and the process id."""
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "metarun", *FAST, "trainer.max_steps=0", "eval.test.episodes=2", "eval.test.shots=[1]"]
+    procs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}) for _ in range(2)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    folders = sorted(d.name for d in (tmp_path / "outputs").glob("*/*") if (d / "results.json").is_file())
+    assert len(folders) == 2
+    assert sorted(int(f.split("_")[1]) for f in folders) == sorted(p.pid for p in procs)
+    assert all(f.endswith("_protonet_banking77") for f in folders)
+
+
 def test_help_lists_groups_and_their_options(tmp_path):
     res = run_cli(["--help"], cwd=tmp_path)
     assert res.returncode == 0

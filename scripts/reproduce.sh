@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Reproduce a published table: run its preset (a sweep) and print our numbers beside the published ones.
+#
+#   scripts/reproduce.sh NAME [extra overrides...]     NAME: protaugment_protonet | intentbert_protocol | mteb_banking77
+#   scripts/reproduce.sh protaugment_protonet trainer=gpu       # e.g. the GPU schedule
+#
+# Runs land in outputs/reproduce/NAME (METARUN_REPRO_DIR to change). A relaunch after a crash skips
+# finished jobs and resumes the others, so the script can simply be started again. The comparison is
+# printed and written to outputs/reproduce/NAME/table_vs_published.md (published numbers:
+# scripts/published/NAME.yaml; the presets: configs/experiment/NAME.yaml).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+names="protaugment_protonet intentbert_protocol mteb_banking77"
+name=${1:-}
+if [[ -z "$name" || " $names " != *" $name "* ]]; then
+  echo "usage: scripts/reproduce.sh NAME [overrides...]; NAME is one of: ${names// /, }" >&2
+  exit 2
+fi
+shift
+out=${METARUN_REPRO_DIR:-outputs/reproduce}/$name
+
+case $name in
+  protaugment_protonet)  # 30 runs: 5 class splits x 3 datasets x 2 data profiles
+    sweep=(data.split=1,2,3,4,5 data=banking77,hwu64,clinc150 data.train_per_class=10,null) ;;
+  intentbert_protocol)   # 4 runs: frozen and pre-trained encoder x 2 targets
+    sweep=(trainer.max_steps=0,300 data@eval.test.data=banking77,hwu64) ;;
+  mteb_banking77)        # 1 run
+    sweep=() ;;
+esac
+
+metarun -m "experiment=$name" "${sweep[@]}" "hydra.sweep.dir=$out" "$@"
+metarun-table "$out" --published "scripts/published/$name.yaml"
