@@ -73,6 +73,14 @@ class Dist:
                 merged.setdefault(k, []).extend(v)
         return {k: sum(v) / len(v) for k, v in merged.items()}
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any rank (a collective stop)."""
+        if not self.active:
+            return flag
+        parts = [None] * self.world
+        dist.all_gather_object(parts, bool(flag))
+        return any(parts)
+
     def broadcast(self, obj):
         """Rank 0's `obj` on every rank."""
         if not self.active:

@@ -139,19 +139,23 @@ class Trainer:
         episodes = [next(loader).to(self.device, non_blocking=True) for _ in self.dist.mine(self.meta_batch)]
         # One backward per task bounds memory; learners that batch tasks (vmap) take them all at once.
         batched = getattr(learner, "vmap_tasks", False)
+        stop = None
         for group in [episodes] if batched else [[e] for e in episodes]:
             with self.autocast():
                 out = learner.training_loss_tasks(group) if batched else learner.training_loss(group[0])
             if not torch.isfinite(out.loss):
-                raise NonFiniteLossError(
-                    f"training loss became {out.loss.item()} at step {step + 1} (episodes "
-                    f"{[e.meta.get('index') for e in group]}); the run stopped. Lower trainer.lr or the learner's "
-                    f"inner_lr, keep trainer.grad_clip, or use trainer.precision=fp32. Earlier checkpoints are kept."
-                )
+                stop = f"training loss became {out.loss.item()} at step {step + 1} (episodes {[e.meta.get('index') for e in group]})"
+                break
             scaler.scale(out.loss * len(group) / self.meta_batch).backward()
             losses.append(out.loss.item())
             for k, v in {"acc": float("nan"), **out.metrics}.items():  # learner metrics, e.g. per-task losses
                 extra.setdefault(k, []).append(float(v))
+        if self.dist.any(stop is not None):  # every process stops together, or the others would wait forever
+            raise NonFiniteLossError(
+                f"{stop or f'training loss became non-finite in another process at step {step + 1}'}; the run "
+                f"stopped. Lower trainer.lr or the learner's inner_lr, keep trainer.grad_clip, or use "
+                f"trainer.precision=fp32. Earlier checkpoints are kept."
+            )
         if opt is not None:
             self.dist.all_reduce_grads([p for g in opt.param_groups for p in g["params"]])  # sum over ranks
             scaler.unscale_(opt)

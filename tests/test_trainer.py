@@ -59,6 +59,25 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
         fit(tmp_path, Quadratic(nan_at=3), max_steps=10, lr=0.1)
 
 
+def test_non_finite_loss_in_another_process_stops_this_one_too(tmp_path):
+    """Under torchrun a process whose own loss is finite must stop when another's is not; otherwise it
+    would wait forever in the next gradient all-reduce."""
+    from metarun.distributed import Dist
+
+    class OtherRankFails(Dist):  # one process of a run whose other process's loss is NaN at step 3
+        steps = [0]
+
+        def any(self, flag):
+            self.steps[0] += 1
+            return flag or self.steps[0] >= 3
+
+    trainer = Trainer(device="cpu", progress=False, warmup_steps=0, schedule="constant", max_steps=10, lr=0.1)
+    fake = OtherRankFails()
+    with pytest.raises(NonFiniteLossError, match=r"non-finite in another process at step 3"):
+        trainer.fit(Quadratic(), Episodes(), distance_to_optimum, Checkpointer(tmp_path),
+                    MetricsWriter(tmp_path, tensorboard=False), {}, lambda saved: None, dist=fake)
+
+
 def test_early_stopping(tmp_path):
     learner = Quadratic()
     flat = lambda lr: {"val/x": {"acc": 50.0, "ci95": 0.0, "episodes": 1}}  # noqa: E731
