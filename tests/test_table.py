@@ -105,3 +105,17 @@ def test_reproduce_script_runs_a_preset_and_prints_it_beside_the_published_table
     assert tiny[0] == "| tiny" and float(tiny[1].split(" ± ")[0]) > 1.3  # 77-way: above chance, far below MiniLM
     assert published[0] == "| all-MiniLM-L6-v2 frozen + logistic regression" and published[2] == "80.04 |"
     assert "| tiny |" in res.stdout
+
+
+def test_sweep_tables_get_a_row_for_every_key_the_sweep_varies():
+    from metarun.tracking.callbacks import SweepSummary, swept_keys
+
+    overrides = ["experiment=x", "learner=protonet,maml", "trainer.max_steps=0,300", "data@eval.test.data=a,b",
+                 "seed=0,1,2", "data.split=1,2", "hydra/launcher=parallel", "trainer.progress=false"]
+    assert swept_keys(overrides) == ["learner", "trainer.max_steps", "test_data", "seed", "data.split"]
+    same = [{"data": "banking77", "test_data": "banking77"}]
+    assert SweepSummary().table_rows(overrides, same) == ["learner", "trainer.max_steps"]  # seeds, splits averaged
+    assert SweepSummary().table_rows(["data=a,b", "data.train_per_class=10,null"], same) == ["learner", "data.train_per_class"]
+    cross = [{"data": "fewrel", "test_data": "pubmed"}]
+    assert SweepSummary().table_rows(["data=a,b"], cross) == ["learner", "data"]  # data is not the test column
+    assert SweepSummary(rows="encoder").table_rows(overrides, same) == ["encoder"]

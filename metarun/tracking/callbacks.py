@@ -10,22 +10,51 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from metarun.tracking.plots import plot_sweep
-from metarun.tracking.table import load_runs, write_tables
+from metarun.tracking.table import BUILTIN, load_runs, write_tables
 
 log = logging.getLogger("metarun")
 
+AGGREGATED = ("seed", "data.split")  # runs that differ only in these share a cell (mean over them)
+
+
+def swept_keys(task_overrides) -> list[str]:
+    """Table keys of the values a sweep varies: `learner=a,b` -> learner, `sampler.k_shot=1,5` ->
+    sampler.k_shot, `data@eval.test.data=a,b` -> test_data. Other config-group choices are left out."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = []
+    for o in OverridesParser.create().parse_overrides(list(task_overrides)):
+        if not o.is_sweep_override():
+            continue
+        if o.package == "eval.test.data":
+            keys.append("test_data")
+        elif o.package is None and ("." in o.key_or_group or o.key_or_group in BUILTIN):
+            keys.append(o.key_or_group)
+    return keys
+
 
 class SweepSummary(Callback):
-    """Writes table.md / table.csv / table.tex into the sweep folder (rows x cols as `metarun-table`)."""
+    """Writes table.md / table.csv / table.tex into the sweep folder (rows x cols as `metarun-table`).
+    rows=auto: `learner` plus every key the sweep varies that is not a column or aggregated over
+    (seeds and class splits are averaged within a cell)."""
 
-    def __init__(self, rows: str = "learner", cols: str = "data,setting", agg: str = "ci"):
+    def __init__(self, rows: str = "auto", cols: str = "test_data,setting", agg: str = "ci"):
         self.rows, self.cols, self.agg = rows.split(","), cols.split(","), agg
+
+    def table_rows(self, task_overrides, runs: list[dict]) -> list[str]:
+        if self.rows != ["auto"]:
+            return self.rows
+        skip = {*self.cols, *AGGREGATED, "learner"}
+        if "test_data" in self.cols and all(r.get("data") == r.get("test_data") for r in runs):
+            skip.add("data")  # the same as the test_data column
+        return ["learner", *dict.fromkeys(k for k in swept_keys(task_overrides) if k not in skip)]
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
         if not sweep.is_dir():
             return
-        md = write_tables([sweep], sweep, self.rows, self.cols, self.agg)
+        rows = self.table_rows(config.hydra.overrides.task, load_runs([sweep]))
+        md = write_tables([sweep], sweep, rows, self.cols, self.agg)
         if md:
             log.info("sweep results (%s/table.md):\n%s", sweep, md)
             plot_sweep(load_runs([sweep]), sweep)

@@ -7,7 +7,7 @@ splits) are aggregated: `--agg std` gives mean ± standard deviation over runs, 
 mean ± 95% CI (the mean of the runs' means; the runs' standard errors combined). One run shows its
 own mean ± CI. Tables are written as Markdown, CSV and LaTeX.
 
-    metarun-table outputs/multirun/2026-11-23/10-00-00 --rows learner --cols data,setting
+    metarun-table outputs/multirun/2026-11-23/10-00-00 --rows learner --cols test_data,setting
 
 `--published FILE` prints the table beside published numbers (`table_vs_published.md`). The file is
 YAML: `source` (a citation), `rows`, `cols` and `agg` (defaults for those options), optional
@@ -156,7 +156,7 @@ def render_published(rows: list[str], cols: list[str], table, spec: dict) -> str
     header = [" / ".join(rows)] + [f"{c} {side}" for c in col_names for side in ("ours", "published")]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in all_rows:
-        out = [names.get(" / ".join(r), " / ".join(r))]
+        out = [names.get(" / ".join(r), " / ".join(r)).replace("|", "\\|")]
         for c in col_names:
             key = (r, tuple(c.split(" / ")))
             if key in cells:
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="metarun-table", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="run folders, sweep folders or results.json files")
     parser.add_argument("--rows", help="comma-separated config keys (default: learner)")
-    parser.add_argument("--cols", help="comma-separated config keys (default: data,setting)")
+    parser.add_argument("--cols", help="comma-separated config keys (default: test_data,setting)")
     parser.add_argument("--agg", choices=("ci", "std"),
                         help="several runs per cell: pooled mean ± 95%% CI (ci, the default) or mean ± std over runs (std)")
     parser.add_argument("--published", help="YAML of published numbers to print beside ours (writes table_vs_published.md)")
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (args.paths[0] if Path(args.paths[0]).is_dir() else ".")
     keys = lambda given, default: [k for k in (given or default).split(",") if k]  # noqa: E731
     rows = keys(args.rows, ",".join(spec.get("rows", ["learner"])))
-    cols = keys(args.cols, ",".join(spec.get("cols", ["data", "setting"])))
+    cols = keys(args.cols, ",".join(spec.get("cols", ["test_data", "setting"])))
     how = args.agg or spec.get("agg", "ci")
     md = write_tables(args.paths, out, rows, cols, how, args.metric)
     if md is None:
