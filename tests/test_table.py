@@ -100,7 +100,7 @@ def test_reproduce_script_runs_a_preset_and_prints_it_beside_the_published_table
                          timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     lines = (tmp_path / "mteb_banking77" / "table_vs_published.md").read_text().splitlines()
-    assert lines[0] == "| encoder | banking77_8per_class ours | banking77_8per_class published |"
+    assert lines[0] == "| model | banking77_8per_class ours | banking77_8per_class published |"
     tiny, published = lines[2].split(" | "), lines[3].split(" | ")
     assert tiny[0] == "| tiny" and float(tiny[1].split(" ± ")[0]) > 1.3  # 77-way: above chance, far below MiniLM
     assert published[0] == "| all-MiniLM-L6-v2 frozen + logistic regression" and published[2] == "80.04 |"

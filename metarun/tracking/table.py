@@ -11,8 +11,9 @@ own mean ± CI. Tables are written as Markdown, CSV and LaTeX.
 
 `--published FILE` prints the table beside published numbers (`table_vs_published.md`). The file is
 YAML: `source` (a citation), `rows`, `cols` and `agg` (defaults for those options), optional
-`row_names` (display names for row labels), and `values`: row label -> "col label" (the column's
-values joined with " / ", as the table heads them) -> published accuracy. See scripts/published/.
+`row_header` and `row_names` (display names for the row key and its labels), and `values`: row
+label -> "col label" (the column's values joined with " / ", as the table heads them) -> published
+accuracy. See scripts/published/.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def render_published(rows: list[str], cols: list[str], table, spec: dict) -> str
     col_names += sorted({c for v in published.values() for c in v} - set(col_names), key=lambda c: _natural((c,)))
     all_rows = list(row_labels) + [r for r in published if r not in row_labels]
     names = {str(k): str(v) for k, v in (spec.get("row_names") or {}).items()}
-    header = [" / ".join(rows)] + [f"{c} {side}" for c in col_names for side in ("ours", "published")]
+    header = [str(spec.get("row_header", " / ".join(rows)))] + [f"{c} {side}" for c in col_names for side in ("ours", "published")]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in all_rows:
         out = [names.get(" / ".join(r), " / ".join(r)).replace("|", "\\|")]
