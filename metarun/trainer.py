@@ -144,7 +144,8 @@ class Trainer:
             with self.autocast():
                 out = learner.training_loss_tasks(group) if batched else learner.training_loss(group[0])
             if not torch.isfinite(out.loss):
-                stop = f"training loss became {out.loss.item()} at step {step + 1} (episodes {[e.meta.get('index') for e in group]})"
+                where = [e.meta.get("index") for e in group]
+                stop = f"training loss became {out.loss.item()} at step {step + 1} (episodes {where})"
                 break
             scaler.scale(out.loss * len(group) / self.meta_batch).backward()
             losses.append(out.loss.item())

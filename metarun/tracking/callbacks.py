@@ -53,11 +53,11 @@ class SweepSummary(Callback):
         sweep = Path(config.hydra.sweep.dir)
         if not sweep.is_dir():
             return
-        rows = self.table_rows(config.hydra.overrides.task, load_runs([sweep]))
-        md = write_tables([sweep], sweep, rows, self.cols, self.agg)
+        runs = load_runs([sweep])
+        md = write_tables([sweep], sweep, self.table_rows(config.hydra.overrides.task, runs), self.cols, self.agg)
         if md:
             log.info("sweep results (%s/table.md):\n%s", sweep, md)
-            plot_sweep(load_runs([sweep]), sweep)
+            plot_sweep(runs, sweep)
         failed = sorted(p.parent.name for p in sweep.glob("*/FAILED"))
         if failed:
             log.error("%d job(s) failed (see FAILED in each folder; relaunch the same command with "

@@ -31,6 +31,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from metarun.errors import ConfigError
+
 log = logging.getLogger("metarun")
 
 BUILTIN = ("learner", "data", "test_data", "encoder", "seed")
@@ -134,8 +136,6 @@ def render(rows: list[str], cols: list[str], table, fmt: str) -> str:
 
 def load_published(path: str | Path) -> dict:
     """A published-numbers file (see the module docstring), checked for the keys it needs."""
-    from metarun.errors import ConfigError
-
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"published-numbers file {file} does not exist.")
@@ -154,7 +154,8 @@ def render_published(rows: list[str], cols: list[str], table, spec: dict) -> str
     col_names += sorted({c for v in published.values() for c in v} - set(col_names), key=lambda c: _natural((c,)))
     all_rows = list(row_labels) + [r for r in published if r not in row_labels]
     names = {str(k): str(v) for k, v in (spec.get("row_names") or {}).items()}
-    header = [str(spec.get("row_header", " / ".join(rows)))] + [f"{c} {side}" for c in col_names for side in ("ours", "published")]
+    header = [str(spec.get("row_header", " / ".join(rows)))]
+    header += [f"{c} {side}" for c in col_names for side in ("ours", "published")]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in all_rows:
         out = [names.get(" / ".join(r), " / ".join(r)).replace("|", "\\|")]
@@ -204,8 +205,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = {}
     if args.published:
-        from metarun.errors import ConfigError
-
         try:
             spec = load_published(args.published)
         except ConfigError as e:
