@@ -119,3 +119,16 @@ def test_sweep_tables_get_a_row_for_every_key_the_sweep_varies():
     cross = [{"data": "fewrel", "test_data": "pubmed"}]
     assert SweepSummary().table_rows(["data=a,b"], cross) == ["learner", "data"]  # data is not the test column
     assert SweepSummary(rows="encoder").table_rows(overrides, same) == ["encoder"]
+
+
+def test_sweep_plot_draws_a_line_per_row_label(tmp_path):
+    from metarun.tracking.plots import plot_sweep
+    from metarun.tracking.table import load_runs, row_label
+
+    for i, (k, seed, acc) in enumerate([(1, 0, 80.0), (5, 1, 95.0)]):
+        fake_run(tmp_path / "sweep", f"{i}_job", "protonet", k, seed, acc)
+    runs = load_runs([tmp_path / "sweep"])
+    assert [row_label(r, ["learner", "seed", "sampler.k_shot"], "test/5way_1shot") for r in runs] == \
+        ["protonet / 0 / 1", "protonet / 1 / 5"]
+    png = plot_sweep(runs, tmp_path, lines=["learner", "seed"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

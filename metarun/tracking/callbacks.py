@@ -54,10 +54,11 @@ class SweepSummary(Callback):
         if not sweep.is_dir():
             return
         runs = load_runs([sweep])
-        md = write_tables([sweep], sweep, self.table_rows(config.hydra.overrides.task, runs), self.cols, self.agg)
+        rows = self.table_rows(config.hydra.overrides.task, runs)
+        md = write_tables([sweep], sweep, rows, self.cols, self.agg)
         if md:
             log.info("sweep results (%s/table.md):\n%s", sweep, md)
-            plot_sweep(runs, sweep)
+            plot_sweep(runs, sweep, lines=rows)
         failed = sorted(p.parent.name for p in sweep.glob("*/FAILED"))
         if failed:
             log.error("%d job(s) failed (see FAILED in each folder; relaunch the same command with "

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 log = logging.getLogger("metarun")
@@ -56,16 +57,18 @@ def plot_run(run_dir: str | Path) -> Path | None:
     return out
 
 
-def plot_sweep(runs: list[dict], out: str | Path) -> Path | None:
-    """Test accuracy against K (from `test/<N>way_<K>shot` keys), CI bands; runs of the same learner,
-    data, N and K are averaged (their CIs pooled)."""
-    from metarun.tracking.table import aggregate
+def plot_sweep(runs: list[dict], out: str | Path, lines: Sequence[str] = ("learner",)) -> Path | None:
+    """Test accuracy against K (from `test/<N>way_<K>shot` keys), CI bands, a panel per test data and N,
+    a line per value of the `lines` keys (table keys, as `metarun-table --rows`); runs that share all
+    of these are averaged (their CIs pooled)."""
+    from metarun.tracking.table import aggregate, row_label
 
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
         for key, score in run["results"].items():
             if m := SETTING.match(key):
-                cells[run.get("test_data", run.get("data")), int(m[1]), run["learner"], int(m[2])].append(score)
+                line = row_label(run, lines, key)
+                cells[run.get("test_data", run.get("data")), int(m[1]), line, int(m[2])].append(score)
     panels = sorted({(d, n) for d, n, _, _ in cells})
     if not panels:
         return None
@@ -81,7 +84,7 @@ def plot_sweep(runs: list[dict], out: str | Path) -> Path | None:
                             alpha=0.2)
         ax.set(xlabel="K (shots)", ylabel="test accuracy (%)", title=f"{data}, {n}-way", xticks=sorted(
             {k for d, nn, _, k in cells if (d, nn) == (data, n)}))
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, title=" / ".join(lines), title_fontsize=8)
     fig.tight_layout()
     path = Path(out) / "accuracy_vs_k.png"
     fig.savefig(path, dpi=120)

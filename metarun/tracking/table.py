@@ -65,6 +65,11 @@ def _lookup(run: dict, key: str, setting: str):
     return node
 
 
+def row_label(run: dict, keys: Sequence[str], metric: str, prefix: str = "test/") -> str:
+    """The values of `keys` for one run and metric, joined with " / " (a table row or a plot line)."""
+    return " / ".join(str(_lookup(run, k, metric[len(prefix):])) for k in keys)
+
+
 def aggregate(scores: list[dict], how: str) -> tuple[float, float, int]:
     """-> (mean, half-width or std, number of runs)."""
     means = [s["acc"] for s in scores]
@@ -223,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         from metarun.tracking.plots import plot_sweep
 
-        plot_sweep(load_runs(args.paths), out)
+        plot_sweep(load_runs(args.paths), out, lines=rows)
     if spec:
         md = render_published(rows, cols, build_table(load_runs(args.paths), rows, cols, args.metric, how), spec)
         (Path(out) / "table_vs_published.md").write_text(md)
