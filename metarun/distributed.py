@@ -74,12 +74,14 @@ class Dist:
         return {k: sum(v) / len(v) for k, v in merged.items()}
 
     def any(self, flag: bool) -> bool:
-        """True on every rank when `flag` is true on any rank (a collective stop)."""
+        """True on every rank when `flag` is true on any rank (a collective stop; one 1-element
+        all-reduce, cheap enough for every training step)."""
         if not self.active:
             return flag
-        parts = [None] * self.world
-        dist.all_gather_object(parts, bool(flag))
-        return any(parts)
+        nccl = dist.get_backend() == "nccl"
+        t = torch.tensor([float(flag)], device=torch.device("cuda", torch.cuda.current_device()) if nccl else "cpu")
+        dist.all_reduce(t)
+        return bool(t.item() > 0)
 
     def broadcast(self, obj):
         """Rank 0's `obj` on every rank."""

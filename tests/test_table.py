@@ -123,12 +123,12 @@ def test_sweep_tables_get_a_row_for_every_key_the_sweep_varies():
 
 def test_sweep_plot_draws_a_line_per_row_label(tmp_path):
     from metarun.tracking.plots import plot_sweep
-    from metarun.tracking.table import load_runs, row_label
+    from metarun.tracking.table import labels, load_runs
 
     for i, (k, seed, acc) in enumerate([(1, 0, 80.0), (5, 1, 95.0)]):
         fake_run(tmp_path / "sweep", f"{i}_job", "protonet", k, seed, acc)
     runs = load_runs([tmp_path / "sweep"])
-    assert [row_label(r, ["learner", "seed", "sampler.k_shot"], "test/5way_1shot") for r in runs] == \
+    assert [" / ".join(labels(r, ["learner", "seed", "sampler.k_shot"], "5way_1shot")) for r in runs] == \
         ["protonet / 0 / 1", "protonet / 1 / 5"]
     png = plot_sweep(runs, tmp_path, lines=["learner", "seed"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -68,7 +68,6 @@ class ProbedLearner(FeatureLearner):
         return logits(query)
 
 
-
 class FineTune(ProbedLearner):
     name = "finetune"
 

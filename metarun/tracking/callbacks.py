@@ -55,7 +55,7 @@ class SweepSummary(Callback):
             return
         runs = load_runs([sweep])
         rows = self.table_rows(config.hydra.overrides.task, runs)
-        md = write_tables([sweep], sweep, rows, self.cols, self.agg)
+        md = write_tables(runs, sweep, rows, self.cols, self.agg)
         if md:
             log.info("sweep results (%s/table.md):\n%s", sweep, md)
             plot_sweep(runs, sweep, lines=rows)

@@ -61,13 +61,13 @@ def plot_sweep(runs: list[dict], out: str | Path, lines: Sequence[str] = ("learn
     """Test accuracy against K (from `test/<N>way_<K>shot` keys), CI bands, a panel per test data and N,
     a line per value of the `lines` keys (table keys, as `metarun-table --rows`); runs that share all
     of these are averaged (their CIs pooled)."""
-    from metarun.tracking.table import aggregate, row_label
+    from metarun.tracking.table import aggregate, labels
 
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
         for key, score in run["results"].items():
             if m := SETTING.match(key):
-                line = row_label(run, lines, key)
+                line = " / ".join(labels(run, lines, key.removeprefix("test/")))
                 cells[run.get("test_data", run.get("data")), int(m[1]), line, int(m[2])].append(score)
     panels = sorted({(d, n) for d, n, _, _ in cells})
     if not panels:

@@ -65,9 +65,9 @@ def _lookup(run: dict, key: str, setting: str):
     return node
 
 
-def row_label(run: dict, keys: Sequence[str], metric: str, prefix: str = "test/") -> str:
-    """The values of `keys` for one run and metric, joined with " / " (a table row or a plot line)."""
-    return " / ".join(str(_lookup(run, k, metric[len(prefix):])) for k in keys)
+def labels(run: dict, keys: Sequence[str], setting: str) -> tuple[str, ...]:
+    """The values of `keys` for one run and setting: a table row or column label, or a plot line."""
+    return tuple(str(_lookup(run, k, setting)) for k in keys)
 
 
 def aggregate(scores: list[dict], how: str) -> tuple[float, float, int]:
@@ -90,9 +90,7 @@ def build_table(runs: list[dict], rows: list[str], cols: list[str], prefix: str 
             if not metric.startswith(prefix) or "acc" not in score:
                 continue
             setting = metric[len(prefix):]
-            r = tuple(str(_lookup(run, k, setting)) for k in rows)
-            c = tuple(str(_lookup(run, k, setting)) for k in cols)
-            cells[r, c].append(score)
+            cells[labels(run, rows, setting), labels(run, cols, setting)].append(score)
     row_labels = sorted({r for r, _ in cells}, key=_natural)
     col_labels = sorted({c for _, c in cells}, key=_natural)
     return row_labels, col_labels, {k: aggregate(v, how) for k, v in cells.items()}
@@ -178,10 +176,10 @@ def render_published(rows: list[str], cols: list[str], table, spec: dict) -> str
     return "\n".join(lines) + "\n" + source
 
 
-def write_tables(paths: Sequence[str | Path], out_dir: str | Path, rows: list[str], cols: list[str],
+def write_tables(runs: list[dict], out_dir: str | Path, rows: list[str], cols: list[str],
                  how: str = "ci", prefix: str = "test/") -> str | None:
-    """Write table.md / table.csv / table.tex into `out_dir`; -> the Markdown (None: no results)."""
-    runs = load_runs(paths)
+    """Write table.md / table.csv / table.tex of `runs` (from `load_runs`) into `out_dir`; -> the
+    Markdown (None: no results)."""
     if not runs:
         return None
     table = build_table(runs, rows, cols, prefix, how)
@@ -220,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = keys(args.rows, ",".join(spec.get("rows", ["learner"])))
     cols = keys(args.cols, ",".join(spec.get("cols", ["test_data", "setting"])))
     how = args.agg or spec.get("agg", "ci")
-    md = write_tables(args.paths, out, rows, cols, how, args.metric)
+    runs = load_runs(args.paths)
+    md = write_tables(runs, out, rows, cols, how, args.metric)
     if md is None:
         print(f"metarun-table: error: no results.json under {', '.join(args.paths)}; finished runs write one.",
               file=sys.stderr)
@@ -228,9 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         from metarun.tracking.plots import plot_sweep
 
-        plot_sweep(load_runs(args.paths), out, lines=rows)
+        plot_sweep(runs, out, lines=rows)
     if spec:
-        md = render_published(rows, cols, build_table(load_runs(args.paths), rows, cols, args.metric, how), spec)
+        md = render_published(rows, cols, build_table(runs, rows, cols, args.metric, how), spec)
         (Path(out) / "table_vs_published.md").write_text(md)
     print(md, end="")
     print(f"(written to {Path(out) / 'table.md'}, table.csv, table.tex)", file=sys.stderr)
