@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
@@ -14,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from metarun.data.collate import EpisodeDataset
+from metarun import distributed
 from metarun.distributed import Dist
 from metarun.errors import CheckpointError, ConfigError, NonFiniteLossError, check_choice
 from metarun.learners.base import Learner
@@ -80,12 +80,17 @@ class Trainer:
         if precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("trainer.precision=fp16 needs a CUDA device; use fp32 or bf16 on CPU.")
         self.precision = precision
-        self.dist = Dist()  # fit() sets the torchrun process group's
+        self.dist = Dist()  # rank 0 of 1 until `join_processes`
 
-    def check_world(self, dist: Dist) -> None:
+    def join_processes(self) -> Dist:
+        """Join the torchrun process group, if started by torchrun (else rank 0 of 1): each rank takes
+        its own GPU, and the meta-batch must give every process a task."""
+        dist = distributed.setup(self.device)
         if self.meta_batch < dist.world:
             raise ConfigError(f"trainer.meta_batch={self.meta_batch} gives some of the {dist.world} processes no task; "
                               f"use a meta-batch of at least {dist.world} (a multiple of it balances the work).")
+        self.device, self.dist = distributed.local_device(self.device), dist
+        return dist
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -95,22 +100,23 @@ class Trainer:
         dtype = self.autocast_dtype
         return torch.autocast(self.device.type, dtype=dtype) if dtype else nullcontext()
 
-    def fit(self, learner: Learner, episodes: EpisodeDataset, validate: Callable[[Learner], dict],
-            ckpt: Checkpointer, log: MetricsWriter, config: dict, check_config: Callable[[dict], None],
-            dist: Dist = Dist()) -> TrainState:
-        """Train for `max_steps` optimiser steps, resuming from `ckpt.last` when it exists. Under
-        torchrun each rank trains on its share of every meta-batch and only rank 0 writes."""
-        self.check_world(dist)
-        self.dist = dist
+    def evaluate(self, evaluator, learner: Learner) -> dict:
+        """Scores of `evaluator` (see metarun.evaluate) on this trainer's device and precision."""
+        return evaluator(learner, self.device, self.autocast_dtype)
+
+    def fit(self, learner: Learner, episodes: EpisodeDataset, validate, ckpt: Checkpointer,
+            log: MetricsWriter) -> TrainState:
+        """Train for `max_steps` optimiser steps, resuming from `ckpt.last` when it exists (and the
+        checkpointer finds this run's config compatible with it), validating with the evaluator
+        `validate`. Under torchrun each rank trains on its share of every meta-batch; rank 0 writes."""
+        dist = self.dist
         learner.to(self.device).train()
         groups = [g for g in learner.param_groups(self.lr) if g["params"]]
         opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay) if groups else None
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor) if opt else None
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         state = TrainState()
-        if ckpt.last.exists():
-            saved = ckpt.load(ckpt.last)
-            check_config(saved["config"])
+        if (saved := ckpt.resume_state()) is not None:
             state = self._restore(saved, learner, opt, sched, scaler)
             log.resume_at(state.step)
             tqdm.write(f"resuming from {ckpt.last} at step {state.step}")
@@ -124,10 +130,10 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{100 * metrics['train/acc']:.1f}")
             if state.step % self.eval_every == 0 or state.step == self.max_steps:
-                self._validate(learner, validate, state, ckpt, log, config)
+                self._validate(learner, validate, state, ckpt, log)
             state.finished = state.step >= self.max_steps or state.finished
             if (state.step % self.checkpoint_every == 0 or state.finished) and dist.main:
-                ckpt.save(ckpt.last, self._snapshot(learner, opt, sched, scaler, state, config))
+                ckpt.save(ckpt.last, self._snapshot(learner, opt, sched, scaler, state))
             if self.debug_kill_at_step is not None and state.step == self.debug_kill_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)  # crash-resume tests: die like a killed job
         bar.close()
@@ -138,11 +144,10 @@ class Trainer:
         losses, extra = [], {}
         episodes = [next(loader).to(self.device, non_blocking=True) for _ in self.dist.mine(self.meta_batch)]
         # One backward per task bounds memory; learners that batch tasks (vmap) take them all at once.
-        batched = getattr(learner, "vmap_tasks", False)
         stop = None
-        for group in [episodes] if batched else [[e] for e in episodes]:
+        for group in [episodes] if learner.batch_tasks else [[e] for e in episodes]:
             with self.autocast():
-                out = learner.training_loss_tasks(group) if batched else learner.training_loss(group[0])
+                out = learner.training_loss_tasks(group)
             if not torch.isfinite(out.loss):
                 where = [e.meta.get("index") for e in group]
                 stop = f"training loss became {out.loss.item()} at step {step + 1} (episodes {where})"
@@ -170,22 +175,21 @@ class Trainer:
         means = self.dist.mean({"loss": losses, **extra})  # over every task of the meta-batch
         return {"train/lr": lr, **{f"train/{k}": v for k, v in means.items()}}
 
-    def _validate(self, learner, validate, state: TrainState, ckpt, log, config) -> None:
-        scores = validate(learner)
+    def _validate(self, learner, validate, state: TrainState, ckpt, log) -> None:
+        scores = self.evaluate(validate, learner)
         log.write(state.step, {f"{k}/{m}": v[m] for k, v in scores.items() for m in ("acc", "ci95")})
         score = sum(v["acc"] for v in scores.values()) / len(scores)
         if score > state.best_score:
             state.best_score, state.best_step, state.best_val, state.bad_evals = score, state.step, scores, 0
             if self.dist.main:
-                ckpt.save(ckpt.best, {"model": learner.state_dict(), "step": state.step, "score": score,
-                                      "config": config})
+                ckpt.save(ckpt.best, {"model": learner.state_dict(), "step": state.step, "score": score})
         else:
             state.bad_evals += 1
             if self.patience is not None and state.bad_evals >= self.patience:
                 tqdm.write(f"early stopping at step {state.step}: no improvement in {state.bad_evals} evaluations")
                 state.finished = True
         if self.dist.main:
-            tqdm.write(f"step {state.step}: " + ", ".join(f"{k} {v['acc']:.2f} ± {v['ci95']:.2f}" for k, v in scores.items())
+            tqdm.write(f"step {state.step}: " + ", ".join(f"{k} {v['acc']:.2f} ± {v['ci95']}" for k, v in scores.items())
                        + f" (best {state.best_score:.2f} at step {state.best_step})")
 
     def _loader(self, episodes: EpisodeDataset, start_step: int):
@@ -210,7 +214,7 @@ class Trainer:
             return max(0.0, 1.0 - progress)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    def _snapshot(self, learner, opt, sched, scaler, state: TrainState, config: dict) -> dict:
+    def _snapshot(self, learner, opt, sched, scaler, state: TrainState) -> dict:
         return {
             "model": learner.state_dict(),
             "optimizer": opt.state_dict() if opt else None,
@@ -220,7 +224,6 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "state": asdict(state),
             "next_episode": state.step * self.meta_batch,
-            "config": config,
         }
 
     def _restore(self, saved: dict, learner, opt, sched, scaler) -> TrainState:

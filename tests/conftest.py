@@ -1,4 +1,5 @@
-"""Shared helpers: compose configs in-process, and run the `metarun` CLI in a subprocess."""
+"""Shared helpers: compose configs and run them in-process, and run the `metarun` CLI in a subprocess
+(kept for what only the CLI does: exit codes, messages, multirun, kills)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from metarun.models.base import Encoder
 from metarun.paths import config_dir
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -20,9 +22,19 @@ FEWREL_VAL = SHARED / "data" / "fewrel" / "val_wiki.json"
 
 
 def compose_cfg(overrides: list[str] | None = None):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("run", overrides=list(overrides or []))
+    """The config `metarun OVERRIDES` runs with (Hydra initialised on the shipped configs once)."""
+    if not GlobalHydra.instance().is_initialized():
+        initialize_config_dir(config_dir=str(config_dir()), version_base="1.3")  # stays initialised
+    return compose("run", overrides=list(overrides or []))
+
+
+def run_in_process(args: list[str], run_dir: Path) -> dict:
+    """`metarun ARGS hydra.run.dir=RUN_DIR` as `run(cfg)` in this process: the config composed as the
+    CLI composes it, without the subprocess (imports and model loading once per test session).
+    Returns the results; user errors raise MetarunError (the CLI prints them and exits 2)."""
+    from metarun.run import run
+
+    return run(compose_cfg(args), run_dir)
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -39,7 +51,7 @@ def read_json(path: Path) -> dict:
 FAST = ["debug=fast", "trainer.progress=false", "logger=jsonl"]
 
 
-class FeatureEncoder(torch.nn.Module):
+class FeatureEncoder(Encoder):
     """A trainable encoder over feature vectors, (B, in_dim) -> (B, out_dim), for learner unit tests."""
 
     def __init__(self, in_dim: int, out_dim: int):

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from conftest import compose_cfg
 from metarun.errors import ConfigError
 from metarun.paths import config_dir
-from metarun.run import build, build_learner
+from metarun.config import build
+from metarun.run import build_learner
 
 GROUPS = ["data", "sampler", "learner", "encoder", "trainer", "eval", "logger", "experiment", "debug"]
 

@@ -41,7 +41,7 @@ def test_train_per_class_profile():
 
 def test_intentbert_preset_pretrains_on_six_clinc_domains_and_tests_on_every_target_intent():
     from conftest import compose_cfg
-    from metarun.run import build
+    from metarun.config import build
 
     cfg = compose_cfg(["experiment=intentbert_protocol"])
     source = build(cfg.data, "data")

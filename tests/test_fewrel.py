@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, FEWREL_VAL, FeatureEncoder, read_json, run_cli
+from conftest import FAST, FEWREL_VAL, FeatureEncoder, read_json, run_in_process
 from metarun.data.dataset import Example, FewShotDataset
 from metarun.data.fewrel import load_fewrel_split
-from metarun.data.sampler import Episode, EpisodeSampler
+from metarun.data.collate import Episode
+from metarun.data.sampler import EpisodeSampler
 from metarun.errors import ConfigError, DataError
 from metarun.learners.matching import MatchingNet
 from metarun.learners.pair import PairNet, pair_batch
@@ -42,7 +43,7 @@ def test_real_val_split_when_available():
     if not FEWREL_VAL.exists():
         pytest.skip("../shared/data/fewrel is not present")
     from conftest import compose_cfg
-    from metarun.run import build
+    from metarun.config import build
 
     d = build(compose_cfg(["data=fewrel_val_split", f"data.root={FEWREL_VAL.parent}"]).data, "data")
     assert (len(d.train.classes), len(d.test.classes), len(d.train), len(d.val), len(d.test)) == (6, 10, 3600, 600, 7000)
@@ -85,10 +86,13 @@ def test_single_query_episodes_hold_one_query_of_a_uniform_class():
 
 def test_official_protocol_config_makes_four_settings():
     from conftest import compose_cfg
-    from metarun.run import protocols
+    from metarun.config import build
+    from metarun.evaluate import EpisodicEvaluator, build_evaluator
 
-    cfg = compose_cfg(["eval=fewrel_official"])
-    keys = [(p.key, p.episodes, p.seed, p.single_query) for p in protocols(cfg.eval.test, cfg.eval.seed)]
+    cfg = compose_cfg(["eval=fewrel_official"])  # on BANKING77's 27 test classes: enough for 10-way
+    ev = build_evaluator(cfg.eval, "test", build(cfg.data, "data"), progress=False)
+    assert isinstance(ev, EpisodicEvaluator)
+    keys = [(p.key, p.episodes, p.seed, p.single_query) for p in ev.protocols]
     assert keys == [(k, 10000, 12345, True) for k in ("5way_1shot", "5way_5shot", "10way_1shot", "10way_5shot")]
 
 
@@ -174,9 +178,8 @@ def test_fewrel_cli_runs_each_new_learner_with_the_official_protocol(fewrel_file
             "eval.val.shots=[1]"]
     for learner, encoder in (("protonet", "cnn"), ("matching", "cnn"), ("relation", "tiny"), ("pair", "tiny")):
         run = tmp_path / learner
-        res = run_cli([*args, f"learner={learner}", f"encoder={encoder}", "encoder.init=random"
-                       if encoder == "cnn" else "encoder.max_length=32", f"hydra.run.dir={run}"], cwd=tmp_path)
-        assert res.returncode == 0, (learner, res.stderr[-2000:])
+        run_in_process([*args, f"learner={learner}", f"encoder={encoder}", "encoder.init=random"
+                        if encoder == "cnn" else "encoder.max_length=32"], run)
         out = read_json(run / "results.json")
         assert set(out["results"]) == {"val/3way_1shot", "test/2way_1shot", "test/2way_5shot", "test/3way_1shot",
                                        "test/3way_5shot"}
@@ -220,10 +223,9 @@ def test_nota_needs_a_learner_that_predicts_it(fewrel_file, tmp_path):
             "sampler.n_way=2", "sampler.na_rate=1", "sampler.n_query=2", "eval.val.n_way=2", "eval.val.shots=[1]",
             "eval.val.n_query=2", "eval.test.n_way=2", "eval.test.na_rate=1",
             "eval.test.episodes=10"]
-    res = run_cli([*args, "learner=maml", f"hydra.run.dir={tmp_path / 'maml'}"], cwd=tmp_path)
-    assert res.returncode == 2 and "sampler.na_rate=1, eval.test.na_rate=1" in res.stderr and "learner.nota=true" in res.stderr
-    res = run_cli([*args, "learner=protonet", "learner.nota=true", f"hydra.run.dir={tmp_path / 'proto'}"], cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-2000:]
+    with pytest.raises(ConfigError, match=r"sampler.na_rate=1, eval.test.na_rate=1.*learner.nota=true"):
+        run_in_process([*args, "learner=maml"], tmp_path / "maml")
+    run_in_process([*args, "learner=protonet", "learner.nota=true"], tmp_path / "proto")
     assert {"test/2way_1shot_na1", "test/2way_5shot_na1"} <= set(read_json(tmp_path / "proto" / "results.json")["results"])
 
 
@@ -250,16 +252,16 @@ def read_fewrel_count(path):
     return len(read_fewrel(path).classes)
 
 
-def test_domain_adaptation_tests_on_another_file(fewrel_file, tmp_path):
+def test_domain_adaptation_tests_on_another_file(fewrel_file, tmp_path, caplog):
+    caplog.set_level("INFO", logger="metarun")
     other = tmp_path / "pubmed.json"  # a "different domain": other relation ids, same format
     raw = json.loads(fewrel_file.read_text())
     other.write_text(json.dumps({f"PM{i}": v for i, v in enumerate(raw.values())}))
     run = tmp_path / "da"
-    res = run_cli([*FAST, "data=fewrel_val_split", f"data.root={fewrel_file.parent}", "data.train=[P100,P101,P102]",
+    run_in_process([*FAST, "data=fewrel_val_split", f"data.root={fewrel_file.parent}", "data.train=[P100,P101,P102]",
                    "data.test=[P103,P104,P105]", "data.val_per_class=4", "encoder=cnn", "encoder.init=random",
                    "sampler.n_way=3", "sampler.n_query=2", "eval.val.n_way=3", "eval.val.shots=[1]", "eval.val.n_query=2",
-                   "+data@eval.test.data=fewrel_file", f"eval.test.data.path={other}", f"hydra.run.dir={run}"], cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-2000:]
+                   "+data@eval.test.data=fewrel_file", f"eval.test.data.path={other}"], run)
     out = read_json(run / "results.json")
     assert (out["data"], out["test_data"]) == ("fewrel_val_split", "fewrel_file")
-    assert "test episodes from fewrel_file (6 test classes)" in res.stdout + res.stderr
+    assert "test episodes from fewrel_file (6 test classes)" in caplog.text

@@ -6,12 +6,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from metarun.data.sampler import Episode
+from metarun.data.collate import Episode
 from metarun.errors import ConfigError
 from metarun.learners.functional import adapt
 from metarun.learners.maml import MAML, Reptile
+from metarun.models.base import Encoder
 from metarun.models.encoders import TransformerEncoder
 from metarun.models.mlp import MLPEncoder
 
@@ -82,7 +82,7 @@ def test_first_and_second_order_differ_and_first_order_matches_its_definition():
         assert torch.allclose(first[n], ref[n], atol=1e-5), n
 
 
-class PlainMLP(nn.Module):
+class PlainMLP(Encoder):
     """An MLP without `forward_batched`: batched tasks then go through torch.func.vmap."""
 
     def __init__(self):
@@ -118,11 +118,12 @@ def tiny_encoder():
         hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32))
 
 
-def text_episode(enc, n=3, k=2, q=2):
+def text_episode(enc, n=3, k=2, q=2, shift=0):
     from metarun.data.dataset import Example
 
     words = ["card", "payment", "refund", "transfer", "atm", "pin", "top up", "fee"]
-    ex = lambda c, i: Example(f"{words[c]} {words[(c + i) % 8]} please", str(c))  # noqa: E731
+    ex = lambda c, i: Example(f"{words[(c + shift) % 8]} {words[(c + i) % 8]} please" + " now" * (shift * i % 3),  # noqa: E731
+                              str(c))
     s = [ex(c, i) for c in range(n) for i in range(k)]
     qq = [ex(c, i + k) for c in range(n) for i in range(q)]
     return Episode(enc.tokenize(s), torch.arange(n).repeat_interleave(k), enc.tokenize(qq),
@@ -130,7 +131,7 @@ def text_episode(enc, n=3, k=2, q=2):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(first_order=True), dict(adapt="head"), dict(adapt="top_k", top_k=1),
-                                dict(learn_step_lrs=True), dict(per_param_lr=True, first_order=True)])
+                                dict(step_size="per_step"), dict(step_size="per_param", first_order=True)])
 def test_every_meta_parameter_gets_a_gradient_and_predict_is_pure(kw):
     enc = tiny_encoder()
     learner = MAML(enc, inner_steps=2, inner_lr=0.01, **kw)
@@ -172,9 +173,9 @@ def test_anil_feature_eval_matches_episode_eval():
 
 
 def test_metasgd_learning_rates_receive_gradients():
-    learner = mlp_maml(inner_steps=1, per_param_lr=True)
+    learner = mlp_maml(inner_steps=1, step_size="per_param")
     meta_grads(learner, feature_episode())
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.inner_lrs)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.policy.lrs)
 
 
 def test_reptile_pseudo_gradient_is_theta_minus_phi():
@@ -197,7 +198,7 @@ def test_reptile_pseudo_gradient_is_theta_minus_phi():
 @pytest.mark.parametrize("kw,match", [
     (dict(inner_steps=-1), "learner.inner_steps"), (dict(inner_lr=0.0), "learner.inner_lr"),
     (dict(inner_lr=-1e-3), "learner.inner_lr"), (dict(adapt="some"), "all, head, top_k"),
-    (dict(head_init="random"), "proto, zeros"), (dict(test_inner_steps=-2), "test_inner_steps"),
+    (dict(head_init="random"), "proto, zeros"), (dict(step_size="adam"), "scalar, per_step, per_param"), (dict(test_inner_steps=-2), "test_inner_steps"),
 ])
 def test_bad_options_are_named(kw, match):
     with pytest.raises(ConfigError, match=match):
@@ -207,3 +208,27 @@ def test_bad_options_are_named(kw, match):
 def test_vmap_with_an_adapting_transformer_is_refused_at_start_up():
     with pytest.raises(ConfigError, match=r"vmap_tasks=true.*vmap_tasks=false"):
         MAML(tiny_encoder(), vmap_tasks=True, first_order=True)
+
+
+@pytest.mark.parametrize("head_init", ["proto", "zeros"])
+def test_anil_runs_a_meta_batch_of_text_tasks_in_one_forward_with_the_sequential_meta_gradient(head_init):
+    enc = tiny_encoder()
+    learner = MAML(enc, adapt="head", inner_steps=3, inner_lr=0.5, head_init=head_init, vmap_tasks=True).eval()
+    episodes = [text_episode(enc, shift=s) for s in range(4)]  # sentences of different lengths per task
+    assert len({e.support["input_ids"].shape[1] for e in episodes}) > 1
+    assert learner.batch_tasks
+    learner.zero_grad()
+    out = learner.training_loss_tasks(episodes)
+    out.loss.backward()
+    batched = {n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None}
+    learner.zero_grad()
+    sequential = 0.0
+    for ep in episodes:
+        loss = learner.training_loss(ep).loss / 4
+        loss.backward()
+        sequential += loss.item()
+    assert out.loss.item() == pytest.approx(sequential, abs=1e-5)
+    assert batched.keys() == {n for n, p in learner.named_parameters() if p.grad is not None} and batched
+    for n, p in learner.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(batched[n], p.grad, atol=1e-5), n

@@ -10,7 +10,8 @@ import torch
 
 from metarun.data.dataset import DataSplits, Example, FewShotDataset
 from metarun.data.multitask import load_multitask
-from metarun.data.sampler import Episode, MultiTaskSampler, task_probabilities
+from metarun.data.collate import Episode
+from metarun.data.sampler import MultiTaskSampler, task_probabilities
 from metarun.errors import ConfigError, DataError
 from metarun.learners.mtl import (
     dwa_weights,
@@ -19,7 +20,7 @@ from metarun.learners.mtl import (
     uncertainty_weighted,
 )
 from metarun.learners.multitask import MultiTask
-from tests.conftest import FAST, FeatureEncoder, read_json, run_cli
+from tests.conftest import FAST, FeatureEncoder, read_json, run_in_process
 
 
 def test_pcgrad_projects_only_conflicting_gradients():
@@ -181,9 +182,8 @@ def test_leave_one_dataset_out_trains_on_every_class_of_the_other_sources():
 
 
 def test_multitask_cli_end_to_end(tmp_path):
-    res = run_cli([*FAST, "experiment=multitask_intents", "learner.weighting=uw", "sampler.batch_size=4",
-                   f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
+    run_in_process([*FAST, "experiment=multitask_intents", "learner.weighting=uw", "sampler.batch_size=4"],
+                   tmp_path / "run")
     out = read_json(tmp_path / "run" / "results.json")
     assert out["learner"] == "multitask" and out["data"] == "intents3" and out["test_data"] == "intents3"
     assert {"test/task_banking77", "test/task_clinc150", "test/task_hwu64", "test/5way_1shot"} <= set(out["results"])

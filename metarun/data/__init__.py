@@ -1,4 +1,5 @@
 from metarun.data.dataset import DataSplits, Example, FewShotDataset
-from metarun.data.sampler import Episode, EpisodeSampler, EpisodeSpec
+from metarun.data.collate import Episode
+from metarun.data.sampler import EpisodeSampler, EpisodeSpec
 
 __all__ = ["DataSplits", "Example", "FewShotDataset", "Episode", "EpisodeSampler", "EpisodeSpec"]

@@ -1,13 +1,38 @@
-"""Turn episode specs into tensors: look up examples, tokenise, pad (runs in DataLoader workers)."""
+"""Where episodes become tensors: `Episode` (what a learner receives) and `EpisodeDataset`, which looks
+up examples, tokenises and pads (in DataLoader workers)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from metarun.data.dataset import Example, FewShotDataset
-from metarun.data.sampler import BatchSampler, Episode, EpisodeSampler, MultiTaskSampler
+from metarun.data.sampler import BatchSampler, EpisodeSampler, MultiTaskSampler
+
+
+@dataclass
+class Episode:
+    """Tensors of one episode. `support`/`query` are tokeniser outputs (dicts) or feature matrices."""
+
+    support: dict[str, torch.Tensor] | torch.Tensor
+    support_labels: torch.Tensor  # (N*K,)
+    query: dict[str, torch.Tensor] | torch.Tensor | None  # None for supervised batches (BatchSpec)
+    query_labels: torch.Tensor  # (N*Q,)
+    n_way: int
+    meta: dict = field(default_factory=dict)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Episode":
+        def move(x):
+            if x is None:
+                return None
+            if isinstance(x, dict):
+                return {k: v.to(device, non_blocking=non_blocking) for k, v in x.items()}
+            return x.to(device, non_blocking=non_blocking)
+
+        return Episode(move(self.support), move(self.support_labels), move(self.query), move(self.query_labels), self.n_way, self.meta)
+
 
 Tokenize = Callable[[Sequence[Example]], dict[str, torch.Tensor]]
 

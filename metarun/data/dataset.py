@@ -69,7 +69,8 @@ class FewShotDataset:
 class DataSplits:
     """Class-disjoint training, validation and test sets of one data source. `val_seen_classes`:
     validation uses held-out examples of the training classes (when too few classes exist for a
-    separate validation split); `class_names`: readable names of class ids (FewRel relations)."""
+    separate validation split); `class_names`: readable names of class ids (FewRel relations);
+    `heldout`: per training task, examples kept out of training (multi-task data; else empty)."""
 
     name: str
     train: FewShotDataset
@@ -77,6 +78,7 @@ class DataSplits:
     test: FewShotDataset
     val_seen_classes: bool = False
     class_names: dict[str, str] = field(default_factory=dict)
+    heldout: dict[str, FewShotDataset] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         parts = {"train": self.train, "val": self.val, "test": self.test}

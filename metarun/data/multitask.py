@@ -8,7 +8,7 @@ episodes come from the target's validation and test classes, which no source may
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -26,8 +26,6 @@ def task_of(label: str) -> str:
 class MultiTaskSplits(DataSplits):
     """`train`: all tasks' training examples (labels `task/class`); `heldout`: per task, examples
     kept out of training for per-task accuracy; `val`/`test`: the target's few-shot classes."""
-
-    heldout: dict[str, FewShotDataset] = field(default_factory=dict)
 
     @property
     def tasks(self) -> list[str]:

@@ -6,10 +6,9 @@ integer and DataLoader workers cannot disturb the stream.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from metarun.data.dataset import FewShotDataset
 from metarun.data.multitask import task_of
@@ -224,25 +223,3 @@ class MultiTaskSampler:
             idx += picks
             labels += [self._labels[j] for j in picks]
         return MultiTaskSpec(self._classes, tuple(idx), tuple(labels), slices=tuple(slices))
-
-
-@dataclass
-class Episode:
-    """Tensors of one episode. `support`/`query` are tokeniser outputs (dicts) or feature matrices."""
-
-    support: dict[str, torch.Tensor] | torch.Tensor
-    support_labels: torch.Tensor  # (N*K,)
-    query: dict[str, torch.Tensor] | torch.Tensor | None  # None for supervised batches (BatchSpec)
-    query_labels: torch.Tensor  # (N*Q,)
-    n_way: int
-    meta: dict = field(default_factory=dict)
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Episode":
-        def move(x):
-            if x is None:
-                return None
-            if isinstance(x, dict):
-                return {k: v.to(device, non_blocking=non_blocking) for k, v in x.items()}
-            return x.to(device, non_blocking=non_blocking)
-
-        return Episode(move(self.support), move(self.support_labels), move(self.query), move(self.query_labels), self.n_way, self.meta)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from metarun.data.sampler import Episode
+from metarun.data.collate import Episode
 
 
 @dataclass
@@ -20,26 +20,54 @@ class StepOutput:
 
 
 class Learner(nn.Module):
-    """Base class. Subclasses set `name` and implement `training_loss` and `predict`.
+    """Base class: subclasses implement `training_loss` and `predict`; every optional capability is
+    declared here with its default, so the runner and the trainer never probe with `hasattr`.
 
-    A learner whose predictions depend on the encoder only through fixed embeddings (no test-time
-    fine-tuning of the encoder) sets `feature_eval = True` and implements `embed` and
-    `predict_from_features`; evaluation then encodes each distinct sentence once and samples
-    thousands of episodes from cached features.
+    - `name`: the config's `learner.name` (set by the runner when it builds the learner; results.json
+      and run folders use it, so `learner=anil` is "anil" although its class is MAML).
+    - `trains_on_classes`: the constructor takes `train_classes` (learners with a classifier over
+      every training class: finetune, multitask, distill).
+    - `feature_eval`: predictions depend on the encoder only through fixed embeddings (no test-time
+      fine-tuning of the encoder); the learner implements `embed` and `predict_from_features`, and
+      evaluation encodes each distinct sentence once and samples thousands of episodes from cached
+      features.
+    - `batch_tasks`: `training_loss_tasks` takes a whole meta-batch at once (vmap / batched inner loops);
+      otherwise the trainer hands it one task at a time (one backward each, bounded memory).
+    - `nota`: predicts none-of-the-above as class N; `nota_offset` is its learned offset, if any.
+    - `task_heads`: has a head per training task, scored on held-out examples by `task_accuracy`.
+    - `report(batches)`: extra facts for results.json (distill: sizes and speeds), or None.
     """
 
     name: str = "learner"
+    trains_on_classes: bool = False
     feature_eval: bool = False
-    nota: bool = False  # predicts none-of-the-above as class N (learners with a `nota` option)
+    batch_tasks: bool = False
+    nota: bool = False
+    task_heads: bool = False
+
+    def __init__(self):
+        super().__init__()
+        self.nota_offset: nn.Parameter | None = None  # learners with a `nota` option assign a Parameter
 
     def training_loss(self, episode: Episode) -> StepOutput:
         raise NotImplementedError
+
+    def training_loss_tasks(self, episodes: list[Episode]) -> StepOutput:
+        """The mean loss of several tasks (and their mean metrics). Learners with `batch_tasks` override
+        it to run the tasks together; this default runs them one after another."""
+        outs = [self.training_loss(e) for e in episodes]
+        if len(outs) == 1:
+            return outs[0]
+        keys = {k for o in outs for k in o.metrics}
+        metrics = {k: sum(float(o.metrics[k]) for o in outs if k in o.metrics) / sum(k in o.metrics for o in outs)
+                   for k in keys}
+        return StepOutput(torch.stack([o.loss for o in outs]).mean(), metrics)
 
     def param_groups(self, lr: float) -> list[dict]:
         """Optimiser parameter groups; the trainer's schedule scales each group's lr. Default: one group,
         and the fresh none-of-the-above offset (if any) at NOTA_LR."""
         rest = [p for n, p in self.named_parameters() if p.requires_grad and n != "nota_offset"]
-        nota = [self.nota_offset] if getattr(self, "nota_offset", None) is not None else []
+        nota = [self.nota_offset] if self.nota_offset is not None else []
         return [{"params": rest, "lr": lr}] + ([{"params": nota, "lr": max(lr, NOTA_LR)}] if nota else [])
 
     def predict(self, episode: Episode) -> torch.Tensor:
@@ -47,12 +75,18 @@ class Learner(nn.Module):
         raise NotImplementedError
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+        return self.encoder(batch)
 
     def predict_from_features(
         self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int
     ) -> torch.Tensor:
         raise NotImplementedError
+
+    def task_accuracy(self, task: str, features: torch.Tensor, labels: list[str]) -> float:
+        raise NotImplementedError
+
+    def report(self, batches: list[dict[str, torch.Tensor]]) -> dict | None:
+        return None
 
 
 class FeatureLearner(Learner):
@@ -60,9 +94,6 @@ class FeatureLearner(Learner):
     `predict` embeds both sets and calls `predict_from_features`, and evaluation caches features."""
 
     feature_eval = True
-
-    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.encoder(batch)
 
     def predict(self, episode: Episode) -> torch.Tensor:
         return self.predict_from_features(self.embed(episode.support), episode.support_labels,

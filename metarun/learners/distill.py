@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarun.data.sampler import Episode
+from metarun.data.collate import Episode
 from metarun.errors import ConfigError
 from metarun.learners.base import StepOutput, accuracy
 from metarun.learners.finetune import FineTune, ProbedLearner
-from metarun.models.encoders import resolve_model_path
+from metarun.models.encoders import TransformerEncoder, resolve_model_path
 from metarun.tracking.checkpoint import Checkpointer
 
 
@@ -42,14 +42,13 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
 
 
-def truncated_copy(encoder: nn.Module, layers: Sequence[int]) -> nn.Module:
+def truncated_copy(encoder: TransformerEncoder, layers: Sequence[int]) -> TransformerEncoder:
     """A deep copy of a TransformerEncoder keeping only the given transformer layers."""
+    n = len(encoder.transformer_layers())
+    if not layers or any(not 0 <= i < n for i in layers):
+        raise ConfigError(f"learner.student_layers={list(layers)} must name layers of the teacher (0..{n - 1}).")
     student = copy.deepcopy(encoder)
-    blocks = student.model.encoder.layer
-    if not layers or any(not 0 <= i < len(blocks) for i in layers):
-        raise ConfigError(f"learner.student_layers={list(layers)} must name layers of the teacher (0..{len(blocks) - 1}).")
-    student.model.encoder.layer = nn.ModuleList([blocks[i] for i in layers])
-    student.model.config.num_hidden_layers = len(layers)
+    student.keep_layers(layers)
     return student
 
 
@@ -129,7 +128,7 @@ def _hf_teacher(path: str, encoder: nn.Module, train_classes: Sequence[str]) -> 
 
 
 class Distill(ProbedLearner):
-    name = "distill"
+    trains_on_classes = True
 
     def __init__(self, encoder: nn.Module, train_classes: Sequence[str], teacher: str | None = None,
                  student_layers: Sequence[int] = (0, 5), temperature: float = 2.0, alpha: float = 0.5,
@@ -188,7 +187,7 @@ class Distill(ProbedLearner):
             return round(sum(len(b["input_ids"]) for b in batches) / best, 1)
 
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-        out = {"student_layers": len(self.encoder.model.encoder.layer), "student_params": count(self.encoder),
+        out = {"student_layers": len(self.encoder.transformer_layers()), "student_params": count(self.encoder),
                "teacher_params": count(self.teacher.encoder), "student_sentences_per_s": speed(self.encoder),
                "teacher_sentences_per_s": speed(self.teacher)}
         results = self.teacher_dir / "results.json" if self.teacher_dir else None

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarun.data.sampler import Episode
+from metarun.data.collate import Episode
 from metarun.errors import ConfigError, check_choice
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy
 from metarun.learners.heads import (
@@ -55,7 +55,7 @@ class ProbedLearner(FeatureLearner):
         """The pre-trained encoder at trainer.lr; freshly initialised heads (and loss weights, and an
         encoder's `fast_parameters`) at `head_lr`, since a few hundred steps at a fine-tuning rate
         barely move a random head."""
-        fresh = {id(p) for p in getattr(self.encoder, "fast_parameters", list)()}  # e.g. cross-stitch units
+        fresh = {id(p) for p in self.encoder.fast_parameters()}  # e.g. cross-stitch units
         slow = [p for p in self.encoder.parameters() if p.requires_grad and id(p) not in fresh]
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in {id(q) for q in slow}]
         return [{"params": slow, "lr": lr}, {"params": rest, "lr": self.head_lr or lr}]
@@ -69,7 +69,7 @@ class ProbedLearner(FeatureLearner):
 
 
 class FineTune(ProbedLearner):
-    name = "finetune"
+    trains_on_classes = True
 
     def __init__(self, encoder: nn.Module, train_classes: Sequence[str], classifier: str = "linear",
                  scale: float = 10.0, test_head: str = "logreg", C: float = 1.0, test_steps: int = 100,

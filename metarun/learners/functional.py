@@ -23,8 +23,8 @@ def cosine_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def linear_head(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """(M, D), (N, D), (N,) -> (M, N) logits."""
-    return features @ weight.T + bias
+    """(..., M, D), (..., N, D), (..., N) -> (..., M, N) logits; leading dims are tasks."""
+    return features @ weight.transpose(-1, -2) + bias.unsqueeze(-2)
 
 
 def proto_head(support: torch.Tensor, labels: torch.Tensor, n_way: int) -> tuple[torch.Tensor, torch.Tensor]:

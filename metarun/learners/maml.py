@@ -2,8 +2,9 @@
 Meta-SGD and ANIL, plus Reptile.
 
 - MAML: Finn, Abbeel & Levine, ICML 2017 (first_order=true: FOMAML).
-- MAML++ learned per-step, per-tensor inner learning rates: Antoniou, Edwards & Storkey, ICLR 2019.
-- Meta-SGD learned per-parameter inner learning rates: Li, Zhou, Chen & Li, 2017.
+- MAML++ learned per-step, per-tensor inner learning rates (step_size=per_step): Antoniou, Edwards &
+  Storkey, ICLR 2019.
+- Meta-SGD learned per-parameter inner learning rates (step_size=per_param): Li, Zhou, Chen & Li, 2017.
 - ANIL (only the head adapts in the inner loop): Raghu, Raghu, Bengio & Vinyals, ICLR 2020.
 - Proto-MAML head initialisation: Triantafillou et al., ICLR 2020.
 - Reptile: Nichol, Achiam & Schulman, 2018.
@@ -25,13 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from metarun.data.sampler import Episode
+from metarun.data.collate import Episode
 from metarun.errors import ConfigError, check_choice
 from metarun.learners.base import Learner, StepOutput, accuracy
 from metarun.learners.functional import adapt, linear_head, proto_head
+from metarun.models.base import Encoder
 
 ADAPT = ("all", "head", "top_k")
 HEAD_INIT = ("proto", "zeros")
+STEP_SIZES = ("scalar", "per_step", "per_param")
 HEAD = ("head.weight", "head.bias")
 
 
@@ -40,30 +43,65 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def adapted_encoder_names(encoder: nn.Module, mode: str, top_k: int) -> list[str]:
-    """Names of encoder parameters adapted in the inner loop: all, none (head) or the top-k layers."""
+def adapted_encoder_names(encoder: Encoder, mode: str, top_k: int) -> list[str]:
+    """Names of encoder parameters adapted in the inner loop: all, none (head) or the top-k
+    transformer layers."""
     trainable = [n for n, p in encoder.named_parameters() if p.requires_grad]
     if mode == "all":
         return trainable
     if mode == "head":
         return []
-    layers = sorted({int(part) for n in trainable for prev, part in zip(n.split(".")[:-1], n.split(".")[1:])
-                     if prev == "layer" and part.isdigit()})
-    if not layers:
-        raise ConfigError("learner.adapt=top_k needs an encoder with numbered layers (`...layer.<i>...`); "
-                          "use learner.adapt=all or head.")
-    keep = {str(i) for i in layers[-top_k:]} if top_k > 0 else set()
-    return [n for n in trainable if any(f"layer.{i}." in n for i in keep)]
+    if not encoder.transformer:
+        raise ConfigError(f"learner.adapt=top_k adapts the top transformer layers, but encoder={encoder.name} has "
+                          f"none; use learner.adapt=all or head.")
+    top = {id(p) for layer in list(encoder.transformer_layers())[-top_k:] if top_k > 0 for p in layer.parameters()}
+    return [n for n, p in encoder.named_parameters() if p.requires_grad and id(p) in top]
+
+
+class InnerLoopPolicy(nn.Module):
+    """What the inner loop adapts and how large its steps are; the variants of MAML differ only here.
+
+    - `names`: the adapted tensors (`encoder.<...>` and the head): all of them (MAML), the head alone
+      (ANIL) or the top-k layers and the head.
+    - `step_size`: `scalar`, one fixed inner_lr (MAML, ANIL); `per_step`, a learned lr for every step
+      and tensor (MAML++); `per_param`, a learned lr for every element (Meta-SGD).
+    - `zero_first`: tensors whose first inner gradient is exactly zero (the encoder below a
+      zero-initialised head: dL/dfeatures = dL/dlogits @ W = 0, and so is its derivative), skipped at
+      step 0.
+    """
+
+    def __init__(self, names: list[str], shapes: dict[str, torch.Size], inner_lr: float, step_size: str,
+                 steps: int, zero_first: tuple[str, ...] = ()):
+        super().__init__()
+        self.names, self.step_size, self.inner_lr, self.zero_first = names, step_size, float(inner_lr), zero_first
+        if step_size == "per_param":
+            self.lrs = nn.ParameterList([nn.Parameter(torch.full(shapes[n], self.inner_lr)) for n in names])
+        elif step_size == "per_step":
+            self.lrs = nn.Parameter(torch.full((max(steps, 1), len(names)), self.inner_lr))
+        else:
+            self.lrs = None
+
+    def lr_at(self, step: int) -> dict[str, torch.Tensor | float]:
+        if self.step_size == "scalar":
+            return {n: self.inner_lr for n in self.names}
+        if self.step_size == "per_param":
+            return dict(zip(self.names, self.lrs))
+        row = self.lrs[min(step, len(self.lrs) - 1)]
+        return {n: row[i] for i, n in enumerate(self.names)}
 
 
 class MAML(Learner):
-    """MAML and its variants over an encoder and a per-task linear head."""
+    """MAML and its variants (an `InnerLoopPolicy`) over an encoder and a per-task linear head.
 
-    name = "maml"
+    One driver, `_adapt_and_predict`, runs the inner loop for one task or for T tasks at once (leading
+    task dimension): tasks one at a time; under torch.func.vmap; through an encoder's
+    `forward_batched` (feature inputs); or, when only the head adapts, on the features of every task
+    of the meta-batch encoded in one padded forward (`vmap_tasks=true` with a text encoder).
+    """
 
     def __init__(
         self,
-        encoder: nn.Module,
+        encoder: Encoder,
         inner_steps: int = 1,
         test_inner_steps: int | None = None,
         inner_lr: float = 0.01,
@@ -71,8 +109,7 @@ class MAML(Learner):
         adapt: str = "all",
         top_k: int = 1,
         head_init: str = "proto",
-        learn_step_lrs: bool = False,
-        per_param_lr: bool = False,
+        step_size: str = "scalar",
         freeze_encoder: bool = False,
         vmap_tasks: bool = False,
     ):
@@ -84,92 +121,74 @@ class MAML(Learner):
         _check(inner_lr > 0, f"learner.inner_lr must be positive, got {inner_lr}.")
         check_choice("learner.adapt", adapt, ADAPT)
         check_choice("learner.head_init", head_init, HEAD_INIT)
-        _check(not (learn_step_lrs and per_param_lr), "choose one of learner.learn_step_lrs (MAML++) and learner.per_param_lr (Meta-SGD).")
+        check_choice("learner.step_size", step_size, STEP_SIZES)
         self.encoder = encoder
         if freeze_encoder:
             encoder.requires_grad_(False)
         self.inner_steps, self.test_inner_steps, self.first_order = inner_steps, test_inner_steps, first_order
-        self.head_init, self.vmap_tasks = head_init, vmap_tasks
+        self.head_init, self.batch_tasks = head_init, vmap_tasks
         self.enc_names = adapted_encoder_names(encoder, adapt, top_k)
-        self.names = [f"encoder.{n}" for n in self.enc_names] + list(HEAD)
-        # Under a zero-initialised head the encoder's first inner gradient is exactly zero (and so is
-        # its derivative, so skipping it is exact for second order too).
-        self._zero_first = tuple(f"encoder.{n}" for n in self.enc_names) if head_init == "zeros" else ()
+        names = [f"encoder.{n}" for n in self.enc_names] + list(HEAD)
+        shapes = {f"encoder.{n}": p.shape for n, p in encoder.named_parameters()}
+        shapes.update({"head.weight": torch.Size([1, encoder.out_dim]), "head.bias": torch.Size([1])})  # broadcast over classes
+        zero_first = tuple(names[:-2]) if head_init == "zeros" else ()
+        self.policy = InnerLoopPolicy(names, shapes, inner_lr, step_size, max(inner_steps, test_inner_steps), zero_first)
         # The encoder is only run at test time, with fixed weights, when nothing in it adapts:
         # evaluation can then cache features.
         self.feature_eval = not self.enc_names
-        d = encoder.out_dim
-        shapes = {f"encoder.{n}": p.shape for n, p in encoder.named_parameters()}
-        shapes.update({"head.weight": torch.Size([1, d]), "head.bias": torch.Size([1])})  # broadcast over classes
-        if per_param_lr:
-            self.inner_lrs = nn.ParameterList([nn.Parameter(torch.full(shapes[n], float(inner_lr))) for n in self.names])
-        elif learn_step_lrs:
-            steps = max(inner_steps, test_inner_steps, 1)
-            self.inner_lrs = nn.Parameter(torch.full((steps, len(self.names)), float(inner_lr)))
-        else:
-            self.inner_lrs = None
-        self.per_param_lr, self.inner_lr = per_param_lr, float(inner_lr)
-        if vmap_tasks and hasattr(encoder, "tokenize") and self.enc_names:
+        if vmap_tasks and encoder.tokenize is not None and self.enc_names:
             raise ConfigError(
-                "learner.vmap_tasks=true cannot batch tasks through a Hugging Face transformer whose weights "
-                "adapt (inputs differ in length per task); use learner.vmap_tasks=false (the default), or "
-                "learner=anil, whose head-only inner loop is cheap."
+                "learner.vmap_tasks=true cannot batch tasks through a text encoder whose weights adapt (inputs "
+                "differ in length per task); use learner.vmap_tasks=false (the default), or learner=anil, whose "
+                "head-only inner loop batches the tasks of a meta-batch."
             )
         if not first_order and self.enc_names:
-            self._use_double_backward_attention()
+            encoder.use_double_backward_attention()
 
-    def _use_double_backward_attention(self) -> None:
-        model = getattr(self.encoder, "model", None)
-        impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
-        if impl is None or impl == "eager":
-            return
-        if impl != "sdpa":
-            raise ConfigError(
-                f"second-order MAML differentiates attention twice, which the {impl!r} attention kernel cannot "
-                f"do; set learner.first_order=true, use learner=anil, or encoder.attn_implementation=eager."
-            )
-        model.set_attn_implementation("eager")  # fused SDPA kernels (flash, mem-efficient) lack double backward
-
-    # -- pieces of the pure inner loop ------------------------------------------------------------
-    def _lr_at(self, step: int) -> dict[str, torch.Tensor | float]:
-        if self.inner_lrs is None:
-            return {n: self.inner_lr for n in self.names}
-        if self.per_param_lr:
-            return dict(zip(self.names, self.inner_lrs))
-        row = self.inner_lrs[min(step, len(self.inner_lrs) - 1)]
-        return {n: row[i] for i, n in enumerate(self.names)}
-
-    def _features(self, params: dict, inputs) -> torch.Tensor:
-        enc = {n[len("encoder."):]: params[n] for n in self.names if n.startswith("encoder.")}
+    # -- the one inner-loop driver ----------------------------------------------------------------
+    def _encode(self, params: dict, inputs) -> torch.Tensor:
+        """Features under the adapted encoder tensors in `params` (the rest read from the module)."""
+        enc = {n[len("encoder."):]: params[n] for n in params if n.startswith("encoder.")}
         return functional_call(self.encoder, enc, (inputs,)) if enc else self.encoder(inputs)
 
     def _init_head(self, support_feats: torch.Tensor | None, labels: torch.Tensor, n_way: int):
+        """(..., N*K, D) support features -> head (..., N, D), (..., N); leading dims are tasks."""
         if self.head_init == "proto":
             return proto_head(support_feats, labels, n_way)
         ref = support_feats if support_feats is not None else next(self.encoder.parameters())
-        return ref.new_zeros(n_way, self.encoder.out_dim), ref.new_zeros(n_way)
+        lead = labels.shape[:-1]
+        return ref.new_zeros(*lead, n_way, self.encoder.out_dim), ref.new_zeros(*lead, n_way)
 
     def _adapt_and_predict(self, support, support_labels, query, n_way: int, steps: int, first_order: bool,
-                           precomputed: tuple | None = None, func_grad: bool = False) -> torch.Tensor:
-        """Adapt on the support set, return query logits (N*Q, N). `precomputed` = (support, query)
-        features when only the head adapts (they are computed once, outside the inner loop)."""
-        params = {n: p for n, p in self.named_parameters() if n in self.names}
-        if precomputed:
-            s_feats = precomputed[0]
+                           params: dict | None = None, encode=None, features: tuple | None = None,
+                           func_grad: bool = False) -> torch.Tensor:
+        """Adapt on the support set, return query logits (..., N*Q, N); leading dims are tasks.
+
+        `params`: the encoder tensors the inner loop starts from (default: the adapted meta-parameters;
+        expanded to (T, ...) for `forward_batched`), read by `encode(params, inputs)` (default
+        `_encode`). `features` = (support, query) features when only the head adapts (computed once,
+        outside the inner loop); `func_grad`: differentiate with torch.func.grad (inside vmap)."""
+        encode = encode or self._encode
+        if params is None:
+            params = {n: p for n, p in self.named_parameters() if n in self.policy.names}
+        if features is not None:
+            s_feats = features[0]
         elif self.head_init == "zeros" and self.enc_names:
             s_feats = None  # the inner loss recomputes the features; a zero head needs only their width
         else:
-            s_feats = self._features(params, support)
+            s_feats = encode(params, support)
         w, b = self._init_head(s_feats, support_labels, n_way)
-        params.update({"head.weight": w, "head.bias": b})
+        params = {**params, "head.weight": w, "head.bias": b}
+        n_tasks = support_labels[..., 0].numel()  # 1 for a single task
 
-        def support_loss(p):
-            # (N*K, D) features: recomputed from the adapted encoder weights, or fixed (head-only)
-            feats = self._features(p, support) if self.enc_names else s_feats
-            return F.cross_entropy(linear_head(feats, p["head.weight"], p["head.bias"]), support_labels)
+        def support_loss(p):  # the sum over tasks of each task's mean loss
+            feats = encode(p, support) if self.enc_names else s_feats  # recomputed, or fixed (head-only)
+            logits = linear_head(feats, p["head.weight"], p["head.bias"])
+            return F.cross_entropy(logits.flatten(0, -2), support_labels.flatten()) * n_tasks
 
-        fast = adapt(support_loss, params, self.names, steps, self._lr_at, first_order, func_grad, self._zero_first)
-        q_feats = precomputed[1] if precomputed else self._features(fast, query)
+        policy = self.policy
+        fast = adapt(support_loss, params, policy.names, steps, policy.lr_at, first_order, func_grad, policy.zero_first)
+        q_feats = features[1] if features is not None else encode(fast, query)
         return linear_head(q_feats, fast["head.weight"], fast["head.bias"])
 
     # -- the learner contract ---------------------------------------------------------------------
@@ -180,92 +199,78 @@ class MAML(Learner):
         return StepOutput(loss, {"acc": accuracy(logits.detach(), episode.query_labels)})
 
     def training_loss_tasks(self, episodes: list[Episode]) -> StepOutput:
-        """All tasks of a meta-batch at once (inputs must be same-shaped tensors); the meta-gradient
-        equals that of the sequential path. Encoders with `forward_batched` run every task in one set
-        of batched matrix products; others go through torch.func.vmap."""
-        if not all(isinstance(e.support, torch.Tensor) for e in episodes):
-            raise ConfigError("learner.vmap_tasks=true needs feature tensors as inputs; use learner.vmap_tasks=false.")
+        """All tasks of a meta-batch at once (same N, K and Q); the meta-gradient equals that of the
+        sequential path. Text encoders (head-only inner loop): every task's sentences in one padded
+        forward. Encoders with `batched_params`: one set of batched matrix products. Others:
+        torch.func.vmap."""
+        if not self.batch_tasks:
+            return super().training_loss_tasks(episodes)
         n_way = episodes[0].n_way
-        stack = lambda key: torch.stack([getattr(e, key) for e in episodes])  # noqa: E731  (T, ...) per field
-        xs, ys, xq, yq = stack("support"), stack("support_labels"), stack("query"), stack("query_labels")
-        if hasattr(self.encoder, "forward_batched"):
-            logits = self._batched_adapt_and_predict(xs, ys, xq, n_way)  # (T, N*Q, N)
-            loss = F.cross_entropy(logits.flatten(0, 1), yq.flatten())
-            return StepOutput(loss, {"acc": accuracy(logits.detach().flatten(0, 1), yq.flatten())})
-
-        def task(xs, ys, xq, yq):
-            logits = self._adapt_and_predict(xs, ys, xq, n_way, self.inner_steps, self.first_order, func_grad=True)
-            return F.cross_entropy(logits, yq), (logits.argmax(-1) == yq).float().mean()
-
-        losses, accs = torch.func.vmap(task, randomness="different")(xs, ys, xq, yq)
-        return StepOutput(losses.mean(), {"acc": accs.mean().item()})
-
-    def _batched_adapt_and_predict(self, xs, ys, xq, n_way: int) -> torch.Tensor:
-        """T tasks in one pass: every parameter is expanded (a view, no copy) to (T, ...), so the
-        gradient of the summed support losses w.r.t. the expanded tensor is each task's own gradient.
-        (T, N*K, D), (T, N*K), (T, N*Q, D) -> (T, N*Q, N)."""
-        t = xs.shape[0]
-        params = {f"encoder.{n}": p.expand(t, *p.shape) for n, p in self.encoder.named_parameters()}
-        encode = lambda p, x: self.encoder.forward_batched({n[8:]: v for n, v in p.items() if n.startswith("encoder.")}, x)  # noqa: E731
-        s_feats = encode(params, xs) if self.head_init == "proto" or not self.enc_names else None  # (T, N*K, H)
-        if self.head_init == "proto":
-            w, b = proto_head(s_feats, ys, n_way)  # (T, N, H), (T, N)
+        ys, yq = torch.stack([e.support_labels for e in episodes]), torch.stack([e.query_labels for e in episodes])
+        if self.encoder.tokenize is not None:  # text: only the head adapts (checked at start-up)
+            logits = self._adapt_and_predict(None, ys, None, n_way, self.inner_steps, self.first_order,
+                                             features=self._encode_tasks(episodes))
         else:
-            w, b = xs.new_zeros(t, n_way, self.encoder.out_dim), xs.new_zeros(t, n_way)
-        params.update({"head.weight": w, "head.bias": b})
-        head = lambda f, p: torch.baddbmm(p["head.bias"].unsqueeze(1), f, p["head.weight"].transpose(1, 2))  # noqa: E731
+            xs, xq = torch.stack([e.support for e in episodes]), torch.stack([e.query for e in episodes])
+            if self.encoder.batched_params:
+                t = len(episodes)
+                params = {f"encoder.{n}": p.expand(t, *p.shape) for n, p in self.encoder.named_parameters()}
+                encode = lambda p, x: self.encoder.forward_batched(  # noqa: E731
+                    {n[len("encoder."):]: v for n, v in p.items() if n.startswith("encoder.")}, x)
+                logits = self._adapt_and_predict(xs, ys, xq, n_way, self.inner_steps, self.first_order, params, encode)
+            else:
+                task = lambda xs, ys, xq: self._adapt_and_predict(  # noqa: E731
+                    xs, ys, xq, n_way, self.inner_steps, self.first_order, func_grad=True)
+                logits = torch.func.vmap(task, randomness="different")(xs, ys, xq)
+        loss = F.cross_entropy(logits.flatten(0, 1), yq.flatten())  # (T, N*Q, N): the mean over tasks
+        return StepOutput(loss, {"acc": accuracy(logits.detach().flatten(0, 1), yq.flatten())})
 
-        def support_loss(p):  # sum over tasks of each task's mean loss
-            feats = encode(p, xs) if self.enc_names else s_feats
-            return F.cross_entropy(head(feats, p).flatten(0, 1), ys.flatten()) * t
-
-        fast = adapt(support_loss, params, self.names, self.inner_steps, self._lr_at, self.first_order,
-                     zero_first=self._zero_first)
-        return head(encode(fast, xq), fast)
+    def _encode_tasks(self, episodes: list[Episode]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every task's support and query sentences in one padded encoder forward:
+        -> (T, N*K, D) support and (T, N*Q, D) query features."""
+        batches = [b for e in episodes for b in (e.support, e.query)]
+        feats = self.encoder(_concat(*batches)).split([len(b["input_ids"]) for b in batches])
+        return torch.stack(feats[0::2]), torch.stack(feats[1::2])
 
     def predict(self, episode: Episode) -> torch.Tensor:
         with torch.enable_grad():  # test-time adaptation needs gradients; meta-parameters are untouched
             return self._adapt_and_predict(episode.support, episode.support_labels, episode.query, episode.n_way,
                                            self.test_inner_steps, first_order=True).detach()
 
-    def embed(self, batch) -> torch.Tensor:
-        return self.encoder(batch)
-
     def predict_from_features(self, support, support_labels, query, n_way):
         with torch.inference_mode(False), torch.enable_grad():
-            s, q = support.clone(), query.clone()  # leave inference mode: the head adapts with torch.func.grad
+            s, q = support.clone(), query.clone()  # leave inference mode: the head adapts with autograd
             return self._adapt_and_predict(None, support_labels.clone(), None, n_way, self.test_inner_steps,
-                                           first_order=True, precomputed=(s, q)).detach()
+                                           first_order=True, features=(s, q)).detach()
 
 
 class Reptile(MAML):
     """Reptile (Nichol et al. 2018): adapt a copy of the adapted parameters with SGD on the task, then
     move the meta-parameters towards it. The outer optimiser receives the pseudo-gradient theta - phi."""
 
-    name = "reptile"
-
-    def __init__(self, encoder: nn.Module, **kwargs):
+    def __init__(self, encoder: Encoder, **kwargs):
         super().__init__(encoder, **kwargs)
         _check(bool(self.enc_names), "learner=reptile moves encoder weights towards adapted ones, so some must "
                "adapt: set learner.adapt=all or top_k, and learner.freeze_encoder=false.")
-        _check(not self.vmap_tasks, "learner=reptile runs tasks in sequence; set learner.vmap_tasks=false.")
+        _check(not self.batch_tasks, "learner=reptile runs tasks in sequence; set learner.vmap_tasks=false.")
 
     def training_loss(self, episode: Episode) -> StepOutput:
-        meta = {n: p for n, p in self.named_parameters() if n in self.names}
+        policy = self.policy
+        meta = {n: p for n, p in self.named_parameters() if n in policy.names}
         x = _concat(episode.support, episode.query)
         y = torch.cat([episode.support_labels, episode.query_labels])
         with torch.no_grad():
-            w, b = self._init_head(self._features(meta, episode.support), episode.support_labels, episode.n_way)
+            w, b = self._init_head(self._encode(meta, episode.support), episode.support_labels, episode.n_way)
         fast = {n: p.detach().clone().requires_grad_() for n, p in meta.items()}
         fast.update({"head.weight": w.detach().requires_grad_(), "head.bias": b.detach().requires_grad_()})
 
         def task_loss(p):
-            return F.cross_entropy(linear_head(self._features(p, x), p["head.weight"], p["head.bias"]), y)
+            return F.cross_entropy(linear_head(self._encode(p, x), p["head.weight"], p["head.bias"]), y)
 
-        fast = adapt(task_loss, fast, self.names, self.inner_steps, self._lr_at, first_order=True,
-                     zero_first=self._zero_first)
+        fast = adapt(task_loss, fast, policy.names, self.inner_steps, policy.lr_at, first_order=True,
+                     zero_first=policy.zero_first)
         with torch.no_grad():
-            logits = linear_head(self._features(fast, episode.query), fast["head.weight"], fast["head.bias"])
+            logits = linear_head(self._encode(fast, episode.query), fast["head.weight"], fast["head.bias"])
             query_loss = F.cross_entropy(logits, episode.query_labels)
         # d/dtheta of sum(theta * (theta - phi)) = theta - phi; its value is replaced by the query loss.
         surrogate = sum((p * (p.detach() - fast[n].detach())).sum() for n, p in meta.items())
@@ -273,10 +278,11 @@ class Reptile(MAML):
         return StepOutput(loss, {"acc": accuracy(logits, episode.query_labels)})
 
 
-def _concat(a, b):
-    if isinstance(a, dict):
-        length = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
-        pad = lambda t, n: F.pad(t, (0, n - t.shape[1]))  # noqa: E731  (pad id 0 / mask 0 on the right)
-        return {k: torch.cat([pad(a[k], length), pad(b[k], length)]) for k in a if a[k].dim() == 2} | \
-               {k: torch.cat([a[k], b[k]]) for k in a if a[k].dim() == 1}
-    return torch.cat([a, b])
+def _concat(*batches):
+    """Tokenised batches (dicts of (B_i, L_i) tensors), or feature tensors, stacked along the batch,
+    padded on the right to the longest L (pad id 0, mask 0)."""
+    if not isinstance(batches[0], dict):
+        return torch.cat(batches)
+    length = max(b["input_ids"].shape[1] for b in batches)
+    pad = lambda t: F.pad(t, (0, length - t.shape[1])) if t.dim() == 2 else t  # noqa: E731  (1-D: positions)
+    return {k: torch.cat([pad(b[k]) for b in batches]) for k in batches[0]}

@@ -14,14 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarun.data.sampler import Episode
+from metarun.data.collate import Episode
 from metarun.errors import ConfigError
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, with_nota
 from metarun.learners.functional import cosine_similarity
 
 
 class MatchingNet(FeatureLearner):
-    name = "matching"
 
     def __init__(self, encoder: nn.Module, scale: float = 10.0, learn_scale: bool = True, nota: bool = False):
         super().__init__()

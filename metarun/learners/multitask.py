@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.data.multitask import task_of
-from metarun.data.sampler import Episode
+from metarun.data.collate import Episode
 from metarun.errors import ConfigError, check_choice
 from metarun.learners.base import StepOutput, accuracy
 from metarun.learners.finetune import ProbedLearner
@@ -35,7 +35,7 @@ SHARINGS = ("hard", "cross_stitch")
 
 
 class MultiTask(ProbedLearner):
-    name = "multitask"
+    trains_on_classes, task_heads = True, True
 
     def __init__(self, encoder: nn.Module, train_classes: Sequence[str], weighting: str = "ew",
                  dwa_temperature: float = 2.0, dwa_window: int = 20, gradnorm_alpha: float = 1.5,

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarun.data.sampler import Episode
+from metarun.data.collate import Episode
 from metarun.errors import ConfigError
 from metarun.learners.base import Learner, StepOutput, accuracy
+from metarun.models.base import Encoder
 
 
 def pair_batch(support: dict[str, torch.Tensor], query: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -37,17 +38,16 @@ def pair_batch(support: dict[str, torch.Tensor], query: dict[str, torch.Tensor])
 
 
 class PairNet(Learner):
-    name = "pair"
 
-    def __init__(self, encoder: nn.Module, head_lr: float | None = 1e-3, pair_batch_size: int = 256,
+    def __init__(self, encoder: Encoder, head_lr: float | None = 1e-3, pair_batch_size: int = 256,
                  nota: bool = False):
         super().__init__()
         self.nota = nota
-        if not hasattr(encoder, "model"):
-            raise ConfigError("learner=pair scores sentence pairs with a transformer; use a transformer encoder "
-                              "(encoder=minilm or encoder=minilm_markers), not encoder=cnn.")
+        if not encoder.transformer:
+            raise ConfigError(f"learner=pair scores sentence pairs with a transformer; use a transformer encoder "
+                              f"(encoder=minilm or encoder=minilm_markers), not encoder={encoder.name}.")
         self.encoder, self.head_lr, self.pair_batch_size = encoder, head_lr, pair_batch_size
-        self.classifier = nn.Linear(encoder.model.config.hidden_size, 2)  # (different, same)
+        self.classifier = nn.Linear(encoder.hidden_size, 2)  # (different, same)
 
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": [p for p in self.encoder.parameters() if p.requires_grad], "lr": lr},
@@ -58,7 +58,7 @@ class PairNet(Learner):
         out = []
         for start in range(0, len(pairs["input_ids"]), self.pair_batch_size):
             chunk = {k: v[start : start + self.pair_batch_size] for k, v in pairs.items()}
-            cls = self.encoder.model(**chunk).last_hidden_state[:, 0]  # (P, H)
+            cls = self.encoder.backbone(**chunk).last_hidden_state[:, 0]  # (P, H)
             out.append(self.classifier(cls))
         return torch.cat(out)
 

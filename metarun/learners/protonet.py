@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarun.data.sampler import Episode
+from metarun.data.collate import Episode
 from metarun.errors import ConfigError, check_choice
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, with_nota
 from metarun.learners.functional import cosine_similarity, prototypes, squared_euclidean
@@ -19,7 +19,6 @@ DISTANCES = ("euclidean", "cosine")
 
 
 class ProtoNet(FeatureLearner):
-    name = "protonet"
 
     def __init__(self, encoder: nn.Module, distance: str = "euclidean", scale: float = 1.0, learn_scale: bool = False,
                  nota: bool = False):

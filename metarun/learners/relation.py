@@ -13,14 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarun.data.sampler import Episode
+from metarun.data.collate import Episode
 from metarun.errors import ConfigError
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, with_nota
 from metarun.learners.functional import prototypes
 
 
 class RelationNet(FeatureLearner):
-    name = "relation"
 
     def __init__(self, encoder: nn.Module, hidden: int = 256, head_lr: float | None = 1e-3, nota: bool = False):
         super().__init__()

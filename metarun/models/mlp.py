@@ -5,8 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from metarun.models.base import Encoder
 
-class MLPEncoder(nn.Module):
+
+class MLPEncoder(Encoder):
+    name, batched_params = "mlp", True
+
     def __init__(self, in_dim: int = 384, hidden: int = 256, layers: int = 1, dropout: float = 0.0):
         super().__init__()
         blocks: list[nn.Module] = []

@@ -10,7 +10,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from metarun.tracking.plots import plot_sweep
-from metarun.tracking.table import BUILTIN, load_runs, write_tables
+from metarun.tracking.results import BUILTIN, load_runs
+from metarun.tracking.table import write_tables
 
 log = logging.getLogger("metarun")
 

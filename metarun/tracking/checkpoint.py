@@ -2,6 +2,8 @@
 
 Writes are atomic (temporary file + `os.replace`), so a kill during a save leaves the previous file.
 Files hold only tensors, numbers, strings, lists and dicts, so they load with `weights_only=True`.
+Every file records the run's resolved config; `resume_state` refuses a `last.pt` written by a run
+whose config differs in a section that shapes the model or the episode stream (`RESUME_KEYS`).
 """
 
 from __future__ import annotations
@@ -15,15 +17,34 @@ from metarun.tracking.files import atomic_write
 
 FORMAT_VERSION = 1
 
+# Config sections a resumed run must share with the checkpoint it resumes from.
+RESUME_KEYS = ("seed", "data", "encoder", "learner", "sampler")
+
 
 class Checkpointer:
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, config: dict | None = None):
         self.dir = Path(run_dir) / "checkpoints"
         self.last, self.best = self.dir / "last.pt", self.dir / "best.pt"
+        self.config = config or {}
 
     def save(self, path: Path, state: dict) -> None:
-        state = {"format_version": FORMAT_VERSION, **state}
+        state = {"format_version": FORMAT_VERSION, **state, "config": self.config}
         atomic_write(path, lambda f: torch.save(state, f))
+
+    def resume_state(self) -> dict | None:
+        """`last.pt` when there is one and this run's config may continue it, else None."""
+        if not self.last.exists():
+            return None
+        saved = self.load(self.last)
+        diffs = [k for k in RESUME_KEYS if saved.get("config", {}).get(k) != self.config.get(k)]
+        if diffs:
+            detail = "; ".join(f"{k}: checkpoint {_short(saved['config'].get(k))} vs now {_short(self.config.get(k))}"
+                               for k in diffs)
+            raise CheckpointError(
+                f"cannot resume from {self.last}: it was written by a run with a different config ({detail}). "
+                f"The file was kept; rerun with the same settings, or use a new hydra.run.dir."
+            )
+        return saved
 
     def load(self, path: Path) -> dict:
         try:
@@ -39,3 +60,8 @@ class Checkpointer:
                 f"kept; move it away to start from scratch, or use a new hydra.run.dir."
             )
         return state
+
+
+def _short(x: object) -> str:
+    s = repr(x)
+    return s if len(s) < 120 else s[:117] + "..."

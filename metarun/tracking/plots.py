@@ -11,6 +11,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from metarun.tracking.results import aggregate, labels
+
 log = logging.getLogger("metarun")
 SETTING = re.compile(r"^test/(\d+)way_(\d+)shot$")
 
@@ -61,7 +63,6 @@ def plot_sweep(runs: list[dict], out: str | Path, lines: Sequence[str] = ("learn
     """Test accuracy against K (from `test/<N>way_<K>shot` keys), CI bands, a panel per test data and N,
     a line per value of the `lines` keys (table keys, as `metarun-table --rows`); runs that share all
     of these are averaged (their CIs pooled)."""
-    from metarun.tracking.table import aggregate, labels
 
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:

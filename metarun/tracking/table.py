@@ -21,66 +21,18 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
-import math
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from metarun.errors import ConfigError
+from metarun.tracking.plots import plot_sweep
+from metarun.tracking.results import aggregate, labels, load_runs
 
 log = logging.getLogger("metarun")
-
-BUILTIN = ("learner", "data", "test_data", "encoder", "seed")
-
-
-def load_runs(paths: Sequence[str | Path]) -> list[dict]:
-    """Every results.json under `paths` (files or folders), with its run's saved config."""
-    runs = []
-    for path in map(Path, paths):
-        files = [path] if path.is_file() else sorted(path.rglob("results.json"))
-        for file in files:
-            record = json.loads(file.read_text())
-            saved = file.parent / ".hydra" / "config.yaml"
-            record["config"] = OmegaConf.to_container(OmegaConf.load(saved)) if saved.is_file() else {}
-            record["folder"] = str(file.parent)
-            runs.append(record)
-    return runs
-
-
-def _lookup(run: dict, key: str, setting: str):
-    if key == "setting":
-        return setting
-    if key in BUILTIN and key in run:
-        return run[key]
-    node = run["config"]
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def labels(run: dict, keys: Sequence[str], setting: str) -> tuple[str, ...]:
-    """The values of `keys` for one run and setting: a table row or column label, or a plot line."""
-    return tuple(str(_lookup(run, k, setting)) for k in keys)
-
-
-def aggregate(scores: list[dict], how: str) -> tuple[float, float, int]:
-    """-> (mean, half-width or std, number of runs)."""
-    means = [s["acc"] for s in scores]
-    mean = sum(means) / len(means)
-    if len(scores) == 1:
-        return mean, scores[0]["ci95"], 1
-    if how == "std":
-        return mean, math.sqrt(sum((m - mean) ** 2 for m in means) / (len(means) - 1)), len(means)
-    se = math.sqrt(sum((s["ci95"] / 1.96) ** 2 for s in scores)) / len(scores)
-    return mean, 1.96 * se, len(scores)
-
 
 def build_table(runs: list[dict], rows: list[str], cols: list[str], prefix: str = "test/", how: str = "ci"):
     """-> (row labels, column labels, {(row, col): (mean, spread, n)})."""
@@ -111,7 +63,8 @@ def render(rows: list[str], cols: list[str], table, fmt: str) -> str:
         if (r, c) not in cells:
             return ""
         mean, spread, n = cells[r, c]
-        return f"{mean:.2f} {plus} {spread:.2f}" + (f" (n={n})" if n > 1 else "")
+        spread_text = "n/a" if spread is None else f"{spread:.2f}"
+        return f"{mean:.2f} {plus} {spread_text}" + (f" (n={n})" if n > 1 else "")
 
     if fmt == "csv":
         out = io.StringIO()
@@ -225,8 +178,6 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     if args.plot:
-        from metarun.tracking.plots import plot_sweep
-
         plot_sweep(runs, out, lines=rows)
     if spec:
         md = render_published(rows, cols, build_table(runs, rows, cols, args.metric, how), spec)

@@ -1,0 +1,85 @@
+"""What every evaluation protocol shares: the eval-mode / autocast context, sentence encoding, the
+mean with its 95% confidence interval."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from metarun.data.dataset import FewShotDataset
+from metarun.learners.base import Learner
+
+
+class Evaluator:
+    """An evaluation protocol: `evaluator(learner, device, autocast_dtype) -> {key: {acc, ci95, ...}}`.
+    `unused_keys`: settings of other protocols that a preset may leave in this one's config and that
+    it does not take (build_evaluator drops them)."""
+
+    unused_keys: tuple[str, ...] = ()
+
+    def __call__(self, learner: Learner, device: torch.device, autocast_dtype: torch.dtype | None = None) -> dict:
+        raise NotImplementedError
+
+
+@contextmanager
+def evaluating(learner: Learner, device: torch.device, autocast_dtype: torch.dtype | None) -> Iterator:
+    """The learner in eval mode (restored afterwards); yields the autocast context for forwards."""
+    was_training = learner.training
+    learner.eval()
+    try:
+        yield torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    finally:
+        learner.train(was_training)
+
+
+def mean_ci95(values: list[float] | np.ndarray) -> tuple[float, float | None]:
+    """Mean and half-width of the normal-approximation 95% interval (1.96 standard errors)."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:  # no spread from one value: the interval is unknown (null in results.json)
+        return float(v.mean()), None
+    return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def summary(accuracies: list[float] | np.ndarray) -> dict:
+    """Accuracies in [0, 1] -> {"acc", "ci95"} in percent, rounded to 2 decimals (ci95 None, JSON null,
+    for a single value: one episode or draw has no spread)."""
+    acc, ci = mean_ci95(100.0 * np.asarray(accuracies, dtype=np.float64))
+    if ci is None:
+        warnings.warn("one episode (or draw) gives no confidence interval; ci95 is null. Use at least 2.",
+                      stacklevel=2)
+    return {"acc": round(acc, 2), "ci95": None if ci is None else round(ci, 2)}
+
+
+def limit_per_class(data: FewShotDataset, max_per_class: int | None, seed: int) -> FewShotDataset:
+    """A fixed random subset of at most `max_per_class` examples per class (cheap validation)."""
+    if max_per_class is None:
+        return data
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in data.classes:
+        idx = data.indices_of(c)
+        keep += [idx[j] for j in sorted(rng.permutation(len(idx))[:max_per_class])]
+    return FewShotDataset(tuple(data[i] for i in sorted(keep)), f"{data.source}, {max_per_class} per class")
+
+
+def encode_examples(learner: Learner, data: FewShotDataset, device: torch.device, batch_size: int,
+                    desc: str, progress: bool) -> torch.Tensor:
+    """(M,) examples -> (M, D) float32 features on `device`, batched by length to limit padding."""
+    order = sorted(range(len(data)), key=lambda i: len(data[i].text))
+    feats: list[torch.Tensor] = [None] * len(order)  # type: ignore[list-item]
+    tokenize = learner.encoder.tokenize
+    bar = tqdm(range(0, len(order), batch_size), desc=f"{desc} {len(order)} examples", disable=not progress,
+               leave=False, unit="batch")
+    for start in bar:
+        idx = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in tokenize([data[i] for i in idx]).items()}
+        out = learner.embed(batch).float()
+        for j, i in enumerate(idx):
+            feats[i] = out[j]
+    return torch.stack(feats)

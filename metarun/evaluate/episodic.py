@@ -1,0 +1,115 @@
+"""Episodic evaluation with a fixed protocol (`eval=episodic`, `fewrel_official`): N-way K-shot
+episodes, mean accuracy and 95% confidence interval over episodes, in percent.
+
+For learners with `feature_eval` (metric learners, frozen encoders) every distinct sentence is encoded
+once and all episodes are sampled from the cached features; other learners get tokenised episodes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from metarun.data.collate import EpisodeDataset
+from metarun.data.dataset import DataSplits, FewShotDataset
+from metarun.data.sampler import EpisodeSampler
+from metarun.distributed import Dist
+from metarun.evaluate.common import Evaluator, encode_examples, evaluating, limit_per_class, summary
+from metarun.learners.base import Learner
+
+log = logging.getLogger("metarun")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    n_way: int
+    k_shot: int
+    n_query: int
+    episodes: int
+    seed: int
+    single_query: bool = False  # one query per episode (FewRel's official protocol) instead of n_query per class
+    na_rate: int = 0  # none-of-the-above queries: na_rate * n_query per episode (FewRel 2.0)
+
+    @property
+    def key(self) -> str:
+        return f"{self.n_way}way_{self.k_shot}shot" + (f"_na{self.na_rate}" if self.na_rate else "")
+
+
+def _as_list(x) -> list:
+    return list(x) if isinstance(x, Sequence) and not isinstance(x, str) else [x]
+
+
+class EpisodicEvaluator(Evaluator):
+    """Evaluate a learner on one dataset under every (n_way, shot) protocol; returns
+    {"<prefix>/<N>way_<K>shot": {acc, ci95, episodes}}. The config (`eval.val`, `eval.test`) gives the
+    protocol; the runner passes the run's split of that role (`data`), or `target`, another dataset
+    whose test classes are used instead (cross-dataset transfer: `+data@eval.test.data=banking77`)."""
+
+    def __init__(self, data: FewShotDataset, prefix: str, seed: int, n_way: int | Sequence[int] = 5,
+                 shots: int | Sequence[int] = 5, n_query: int = 5, episodes: int = 600,
+                 max_per_class: int | None = None, na_rate: int = 0, single_query: bool = False,
+                 batch_size: int = 128, progress: bool = True, dist: Dist = Dist(),
+                 target: DataSplits | None = None):
+        if target is not None:
+            log.info("%s episodes from %s (%d test classes)", prefix, target.name, len(target.test.classes))
+            data = target.test
+        protocols = [Protocol(int(n), int(k), int(n_query), int(episodes), seed, bool(single_query), int(na_rate))
+                     for n in _as_list(n_way) for k in _as_list(shots)]
+        self.data = limit_per_class(data, max_per_class, seed=seed)
+        self.protocols, self.prefix, self.batch_size, self.dist = protocols, prefix, batch_size, dist
+        self.progress = progress and dist.main
+        # Build samplers now so impossible protocols (N too large, K+Q too many) fail before training.
+        self.samplers = [EpisodeSampler(self.data, p.n_way, p.k_shot, p.n_query, p.seed, role=prefix,
+                                        single_query=p.single_query, na_rate=p.na_rate) for p in protocols]
+
+    def __call__(self, learner: Learner, device: torch.device, autocast_dtype: torch.dtype | None = None) -> dict:
+        with evaluating(learner, device, autocast_dtype) as amp:
+            if learner.feature_eval:
+                with torch.inference_mode(), amp:
+                    features = self.encode(learner, device)
+            out = {}
+            for proto, sampler in zip(self.protocols, self.samplers):
+                if learner.feature_eval:
+                    accs = self._feature_episodes(learner, features, sampler, proto)
+                else:
+                    accs = self._episodes(learner, sampler, proto, device, amp)
+                out[f"{self.prefix}/{proto.key}"] = {**summary(accs), "episodes": len(accs)}
+            return out
+
+    def encode(self, learner: Learner, device: torch.device) -> torch.Tensor:
+        return encode_examples(learner, self.data, device, self.batch_size, f"{self.prefix}: encoding", self.progress)
+
+    def _feature_episodes(self, learner, features, sampler, proto) -> list[float]:
+        accs = []  # this rank's episodes; gathered in episode order
+        bar = tqdm(self.dist.mine(proto.episodes), desc=f"{self.prefix}/{proto.key}", disable=not self.progress,
+                   leave=False)
+        with torch.inference_mode():
+            for i in bar:
+                spec = sampler[i]
+                s, q = features[list(spec.support_idx)], features[list(spec.query_idx)]
+                logits = learner.predict_from_features(s, torch.as_tensor(spec.support_labels(), device=s.device), q, spec.n_way)
+                accs.append((logits.argmax(-1).cpu().numpy() == spec.query_labels()).mean())
+                if i % 50 == 0:
+                    bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}")
+        return self.dist.gather(accs, proto.episodes)
+
+    def _episodes(self, learner, sampler, proto, device, amp) -> list[float]:
+        episodes = EpisodeDataset(sampler, learner.encoder.tokenize, proto.episodes)
+        accs = []
+        bar = tqdm(self.dist.mine(proto.episodes), desc=f"{self.prefix}/{proto.key}", disable=not self.progress,
+                   leave=False)
+        for i in bar:
+            ep = episodes[i].to(device)
+            with amp:
+                logits = learner.predict(ep)
+            accs.append((logits.argmax(-1) == ep.query_labels).float().mean().item())
+            if i % 20 == 0:
+                bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}")
+        return self.dist.gather(accs, proto.episodes)
+
+

