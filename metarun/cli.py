@@ -1,16 +1,25 @@
 """The `metarun` command: Hydra composes the config, `run(cfg)` does the work.
 
-Errors the user can fix (MetarunError) print as one paragraph and exit with status 2, no traceback.
+Exit codes: 0 done; 2 a mistake the user can fix (a bad value, a missing file, a run folder that holds
+another run's work, a full disk or a folder it may not write): one paragraph, no traceback; 3 a sweep
+finished but some of its jobs failed (FAILED in their folders); 130 interrupted (Ctrl-C): the message
+names the last checkpoint, and the same command resumes from it.
+
 In a sweep (`metarun -m ...`) no job takes the others down: a failing job writes FAILED (with the
 error) into its folder and the sweep goes on; unexpected errors are retried `retries` times, each
-attempt resuming from the job's last checkpoint. A job whose folder is marked DONE is skipped, so a
-crashed sweep is relaunched with the same command and `hydra.sweep.dir=<its folder>`.
+attempt resuming from the job's last checkpoint. A job whose folder is marked DONE by a run of the
+same config is skipped, so a crashed sweep is relaunched with the same command and
+`hydra.sweep.dir=<its folder>`.
 """
 
 from __future__ import annotations
 
+import difflib
+import errno
+import hashlib
 import logging
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -24,9 +33,37 @@ from metarun.paths import config_dir
 
 log = logging.getLogger("metarun")
 
+EXIT_USER_ERROR, EXIT_SWEEP_FAILED, EXIT_INTERRUPTED = 2, 3, 130
+USER_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def safe_dirname(overrides: str, limit: int = 120) -> str:
+    """Hydra's `override_dirname` ("k=v,k2=v2") as one folder name that stays inside the sweep folder:
+    a path-like or long value becomes its last part and a hash of the whole (stable across
+    relaunches), and no `/` or other unsafe character is left."""
+    def value(v: str) -> str:
+        if "/" in v or "\\" in v or len(v) > 40:
+            tail = re.sub(r"[^A-Za-z0-9._-]", "_", re.split(r"[/\\]", v.rstrip("/\\"))[-1])[:24].strip(".")
+            return f"{tail or 'path'}-{hashlib.sha256(v.encode()).hexdigest()[:8]}"
+        return v
+
+    def item(text: str) -> str:
+        key, sep, val = text.partition("=")
+        return f"{key}{sep}{value(val)}" if sep else value(text)
+
+    items = re.split(r",(?=[^,=\[\]{}]+=)", overrides) if overrides else []  # commas inside [..] stay
+    out = re.sub(r"[^A-Za-z0-9._,=+@:\[\]{}-]", "_", ",".join(map(item, items)))
+    if len(out) > limit:
+        out = f"{out[: limit - 9]}-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
+    return out
+
+
 # `${pid:}` in hydra.run.dir: runs started in the same microsecond by different processes still get
-# different folders. Registered on import, so launcher workers that unpickle `_main` have it too.
+# different folders; `${safe_dirname:...}` names sweep job folders. Registered on import, so launcher
+# workers that unpickle `_main` have them too.
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
+_task_started = False  # set when Hydra hands over: a SystemExit(1) before it is Hydra's composition error
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="run")
@@ -36,22 +73,35 @@ def _main(cfg: DictConfig) -> float | None:
 
     from metarun.run import FAILED, finished_results, run  # imported here so `metarun --help` stays fast
 
+    global _task_started
+    _task_started = True
     hc = HydraConfig.get()
     run_dir, sweep = Path(hc.runtime.output_dir), hc.mode == RunMode.MULTIRUN
-    if cfg.get("skip_done", True) and (done := finished_results(run_dir, cfg)) is not None:
-        log.info("skipping %s: a run of this config finished there (DONE); delete DONE or set skip_done=false "
-                 "to run it again", run_dir)
-        return _score(done)
     attempts = 1 + (int(cfg.get("retries", 0)) if sweep else 0)
     for attempt in range(1, attempts + 1):
         try:
+            if cfg.get("skip_done", True) and (done := finished_results(run_dir, cfg)) is not None:
+                log.info("skipping %s: a run of this config finished there (DONE); set skip_done=false to test it "
+                         "again", run_dir)
+                return _score(done)
             return _score(run(cfg))
-        except (MissingMandatoryValue, MetarunError) as e:  # the config is wrong: retrying cannot help
+        except (MissingMandatoryValue, MetarunError, OSError) as e:  # the config is wrong: retrying cannot help
+            if isinstance(e, OSError) and e.errno not in USER_OS_ERRORS:
+                if not sweep:
+                    raise
+                _record_failure(run_dir / FAILED, traceback.format_exc())
+                continue
             message = _message(e)
             if not sweep:
                 _fail(message)
             _record_failure(run_dir / FAILED, f"metarun: error: {message}\n")
             return None
+        except KeyboardInterrupt:
+            last = run_dir / "checkpoints" / "last.pt"
+            where = (f"the last checkpoint is {last}" if last.is_file() else "no checkpoint was written yet")
+            print(f"metarun: interrupted; {where}. Run the same command (with hydra.run.dir={run_dir}) to resume.",
+                  file=sys.stderr)
+            sys.exit(EXIT_INTERRUPTED)
         except Exception:
             if not sweep:
                 raise
@@ -71,19 +121,66 @@ def _message(e: Exception) -> str:
     if isinstance(e, MissingMandatoryValue):
         return (f"the config value {e.full_key} is required but not set; give it on the command line, "
                 f"e.g. `metarun {e.full_key}=...`.")
+    if isinstance(e, OSError):
+        what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                errno.EROFS: "the file system is read-only"}.get(e.errno, "permission was denied")
+        return (f"cannot write {e.filename or 'the run folder'}: {what} ({e.strerror}). Free space or choose a "
+                f"folder you can write (hydra.run.dir=...); finished files were left as they were.")
     return str(e)
 
 
 def _record_failure(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as e:  # the folder itself cannot be written: say so, and go on with the sweep
+        log.error("cannot write %s (%s)", path, e.strerror)
     log.error("job in %s failed; the sweep goes on. Error in %s:\n%s", path.parent, path, text.strip().splitlines()[-1])
 
 
 def _fail(message: str) -> None:
     print(f"metarun: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def suggest_keys(args: list[str]) -> list[str]:
+    """For `key=value` arguments naming no key of the config: `did you mean` lines (closest keys)."""
+    from hydra import compose, initialize_config_dir
+
+    from metarun.tracking.run_dir import flatten
+
+    groups = {d.name for d in config_dir().iterdir() if d.is_dir()}
+    choices = [a for a in args if "=" in a and a.split("=", 1)[0].split("@")[0] in groups]
+    keys = [a.split("=", 1)[0] for a in args
+            if "=" in a and not a.startswith(("+", "~", "-")) and a not in choices and not a.startswith("hydra")]
+    if not keys:
+        return []
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            known = list(flatten(OmegaConf.to_container(compose("run", overrides=choices))))
+    except Exception:  # the choices themselves do not compose: Hydra's message says why
+        return []
+    lines = []
+    for key in keys:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}?" if close else "no key of the config is close to it"
+        lines.append(f"metarun: error: {key} is not a config key: {hint} (`metarun --cfg job` prints every key; "
+                     f"+{key}=... adds a new one).")
+    return lines
 
 
 def main() -> None:
-    _main()
+    from metarun.tracking import callbacks
+
+    try:
+        _main()
+    except SystemExit as e:
+        if e.code == 1 and not _task_started:  # Hydra could not compose the config; its message is out
+            for line in suggest_keys(sys.argv[1:]):
+                print(line, file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        raise
+    if callbacks.failed_jobs:
+        sys.exit(EXIT_SWEEP_FAILED)

@@ -21,6 +21,10 @@ class NonFiniteLossError(MetarunError):
     pass
 
 
+class RunDirError(MetarunError):
+    """The run folder holds work this run may not touch, or another process is using it."""
+
+
 def check_choice(option: str, value: object, choices) -> None:
     """Stop with `option=value is not valid; choose one of: ...` unless `value` is one of `choices`."""
     if value not in choices:

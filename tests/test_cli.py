@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST, read_json, run_cli, run_in_process
-from metarun.errors import CheckpointError, MetarunError
+from metarun.errors import CheckpointError, MetarunError, RunDirError
 
 
 def test_end_to_end_run_writes_every_file(tmp_path):
@@ -115,8 +115,10 @@ def test_bad_data_or_protocol_is_a_user_error_naming_the_fix(tmp_path, case):
 
 def test_corrupt_checkpoint_is_kept_and_explained(tmp_path):
     run_dir = tmp_path / "run"
+    run_in_process(FAST, run_dir)
+    for name in ("DONE", "results.json"):  # as if killed before it finished
+        (run_dir / name).unlink()
     last = run_dir / "checkpoints" / "last.pt"
-    last.parent.mkdir(parents=True)
     last.write_bytes(b"PK\x03\x04 this is not a checkpoint")
     with pytest.raises(CheckpointError, match="last.pt cannot be read.*kept"):
         run_in_process(FAST, run_dir)
@@ -124,8 +126,28 @@ def test_corrupt_checkpoint_is_kept_and_explained(tmp_path):
     assert not (run_dir / "results.json").exists()
 
 
+def test_a_checkpoint_without_a_saved_config_is_never_touched(tmp_path):
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"someone's checkpoint")
+    with pytest.raises(RunDirError, match="no .hydra/config.yaml"):
+        run_in_process(FAST, run_dir)
+    assert last.read_bytes() == b"someone's checkpoint"
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "checkpoints"]
+
+
 def test_incompatible_checkpoint_names_the_difference(tmp_path):
     run_dir = tmp_path / "run"
     run_in_process([*FAST, "trainer.max_steps=2"], run_dir)
+    with pytest.raises(RunDirError, match=r"another config \(sampler.k_shot: 5 there, 1 now\)"):
+        run_in_process([*FAST, "trainer.max_steps=2", "sampler.k_shot=1"], run_dir)
+
+
+def test_the_checkpointer_refuses_a_checkpoint_of_another_config(tmp_path):
+    from metarun.tracking.checkpoint import Checkpointer
+
+    Checkpointer(tmp_path, {"seed": 0, "sampler": {"k_shot": 5}}).save(tmp_path / "checkpoints" / "last.pt", {"step": 3})
     with pytest.raises(CheckpointError, match="different config.*sampler"):
-        run_in_process([*FAST, "sampler.k_shot=1"], run_dir)
+        Checkpointer(tmp_path, {"seed": 0, "sampler": {"k_shot": 1}}).resume_state()
+    assert Checkpointer(tmp_path, {"seed": 0, "sampler": {"k_shot": 5}}).resume_state()["step"] == 3

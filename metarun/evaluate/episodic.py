@@ -20,6 +20,7 @@ from metarun.data.dataset import DataSplits, FewShotDataset
 from metarun.data.sampler import EpisodeSampler
 from metarun.distributed import Dist
 from metarun.evaluate.common import Evaluator, encode_examples, evaluating, limit_per_class, summary
+from metarun.errors import ConfigError
 from metarun.learners.base import Learner
 
 log = logging.getLogger("metarun")
@@ -55,6 +56,17 @@ class EpisodicEvaluator(Evaluator):
                  max_per_class: int | None = None, na_rate: int = 0, single_query: bool = False,
                  batch_size: int = 128, progress: bool = True, dist: Dist = Dist(),
                  target: DataSplits | None = None):
+        for key, value, low in (("episodes", episodes, 1), ("max_per_class", max_per_class, 1),
+                                ("n_query", n_query, 1), ("na_rate", na_rate, 0)):
+            if key == "max_per_class" and value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"eval.{prefix}.{key}={value!r} is not valid; it must be a whole number of at least "
+                                  f"{low}" + (" (or null for all)." if key == "max_per_class" else "."))
+        for key, values in (("n_way", _as_list(n_way)), ("shots", _as_list(shots))):
+            if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
+                raise ConfigError(f"eval.{prefix}.{key}={values!r} is not valid; give positive whole numbers, "
+                                  f"e.g. eval.{prefix}.{key}=[1,5].")
         if target is not None:
             log.info("%s episodes from %s (%d test classes)", prefix, target.name, len(target.test.classes))
             data = target.test

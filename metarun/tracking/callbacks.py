@@ -15,6 +15,7 @@ from metarun.tracking.table import write_tables
 
 log = logging.getLogger("metarun")
 
+failed_jobs: list[str] = []  # folders of the failed jobs of the last sweep (the CLI then exits with 3)
 AGGREGATED = ("seed", "data.split")  # runs that differ only in these share a cell (mean over them)
 
 
@@ -61,6 +62,7 @@ class SweepSummary(Callback):
             log.info("sweep results (%s/table.md):\n%s", sweep, md)
             plot_sweep(runs, sweep, lines=rows)
         failed = sorted(p.parent.name for p in sweep.glob("*/FAILED"))
+        failed_jobs[:] = failed
         if failed:
             log.error("%d job(s) failed (see FAILED in each folder; relaunch the same command with "
                       "hydra.sweep.dir=%s to retry them and skip the finished ones): %s", len(failed), sweep,

@@ -8,6 +8,9 @@ whose config differs in a section that shapes the model or the episode stream (`
 
 from __future__ import annotations
 
+import io
+import os
+import signal
 from pathlib import Path
 
 import torch
@@ -27,9 +30,21 @@ class Checkpointer:
         self.last, self.best = self.dir / "last.pt", self.dir / "best.pt"
         self.config = config or {}
 
-    def save(self, path: Path, state: dict) -> None:
+    def save(self, path: Path, state: dict, die_midway: bool = False) -> None:
+        """Write `state` atomically. `die_midway` (crash tests, `trainer.debug_kill_during_save`): the
+        process is killed after half of the file is written."""
         state = {"format_version": FORMAT_VERSION, **state, "config": self.config}
-        atomic_write(path, lambda f: torch.save(state, f))
+
+        def write(f) -> None:
+            if not die_midway:
+                return torch.save(state, f)
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            f.write(buffer.getvalue()[: buffer.tell() // 2])
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        atomic_write(path, write)
 
     def resume_state(self) -> dict | None:
         """`last.pt` when there is one and this run's config may continue it, else None."""

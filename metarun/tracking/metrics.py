@@ -24,16 +24,17 @@ class MetricsWriter:
         if self.use_tensorboard:
             self._tensorboard(purge_step=step + 1)
 
-    def write(self, step: int, metrics: dict[str, float]) -> None:
-        row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+    def write(self, step: int, metrics: dict[str, float | None]) -> None:
+        """One line; a value that is missing or not finite (a CI of one episode) is written as null."""
+        values = {k: float(v) if v is not None and math.isfinite(float(v)) else None for k, v in metrics.items()}
         if self.path is not None:
             with open(self.path, "a") as f:
-                f.write(json.dumps(row, allow_nan=True) + "\n")
+                f.write(json.dumps({"step": step, **values}, allow_nan=False) + "\n")
         if self.use_tensorboard:
             tb = self._tensorboard()
-            for k, v in metrics.items():
-                if math.isfinite(float(v)):
-                    tb.add_scalar(k, float(v), step)
+            for k, v in values.items():
+                if v is not None:
+                    tb.add_scalar(k, v, step)
             tb.flush()
 
     def _tensorboard(self, purge_step: int | None = None):
@@ -57,4 +58,11 @@ def _step_of(line: str) -> int | None:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """Every complete line of a metrics.jsonl (a line cut short by a kill is skipped)."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return [r for r in rows if isinstance(r, dict) and "step" in r]

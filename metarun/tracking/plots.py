@@ -4,13 +4,13 @@ per learner and one panel per dataset and N (`accuracy_vs_k.png` in the sweep fo
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from metarun.tracking.metrics import read_metrics
 from metarun.tracking.results import aggregate, labels
 
 log = logging.getLogger("metarun")
@@ -33,12 +33,11 @@ def plot_run(run_dir: str | Path) -> Path | None:
     if not metrics.is_file():
         return None
     loss, val = [], defaultdict(list)
-    for line in metrics.read_text().splitlines():
-        row = json.loads(line)
-        if "train/loss" in row:
+    for row in read_metrics(metrics):
+        if row.get("train/loss") is not None:
             loss.append((row["step"], row["train/loss"]))
         for k, v in row.items():
-            if k.startswith("val/") and k.endswith("/acc"):
+            if k.startswith("val/") and k.endswith("/acc") and v is not None:
                 val[k[4:-4]].append((row["step"], v))
     if not loss and not val:
         return None

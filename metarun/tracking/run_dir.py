@@ -1,0 +1,205 @@
+"""A run folder as a unit of work: one process at a time, and nothing in it changes until the new
+run is known to be allowed there.
+
+What a folder may hold, and what a new run with config C may do with it:
+- nothing of a run (a new folder, or one with only logs): start;
+- a run of C (the same config, `.hydra/config.yaml`, up to the keys in IGNORED): resume from its last
+  checkpoint, or, when it finished (DONE), skip it (`skip_done`, the CLI) or test it again;
+- a run of C with a smaller `trainer.max_steps`: continue it to the new step count (its results so
+  far are kept as `results.steps<N>.json`);
+- anything else (another config; a checkpoint or results without a saved config): refused, naming
+  the keys that differ. Nothing is deleted, overwritten or relabelled.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+from metarun.errors import RunDirError
+from metarun.tracking.files import atomic_write, write_json
+
+log = logging.getLogger("metarun")
+
+DONE, FAILED, RESULTS, CONFIG = "DONE", "FAILED", "results.json", ".hydra/config.yaml"
+LAST = "checkpoints/last.pt"
+# Keys that cannot change what a run computes: a relaunch may differ in them.
+IGNORED = ("skip_done", "retries", "trainer.progress", "trainer.num_workers", "trainer.debug_kill_at_step",
+           "trainer.debug_kill_during_save")
+CONTINUABLE = ("trainer.max_steps",)  # a larger value continues a run of the smaller one
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists are values."""
+    out = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_diff(saved: dict, new: dict) -> dict[str, tuple]:
+    """Dotted keys whose values differ (missing keys count as None), IGNORED keys left out."""
+    a, b = flatten(saved), flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys())
+            if k not in IGNORED and a.get(k) != b.get(k)}
+
+
+def config_digest(config: dict) -> str:
+    relevant = {k: v for k, v in flatten(config).items() if k not in IGNORED}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def describe(diff: dict[str, tuple], limit: int = 4) -> str:
+    items = [f"{k}: {_short(old)} there, {_short(new)} now" for k, (old, new) in list(diff.items())[:limit]]
+    more = f"; and {len(diff) - limit} more" if len(diff) > limit else ""
+    return "; ".join(items) + more
+
+
+def _short(x: object) -> str:
+    s = json.dumps(x, default=str)
+    return s if len(s) < 60 else s[:57] + "..."
+
+
+class RunDir:
+    """`path` as a run folder. `claim(config)` (under `lock()`) decides what a run of `config` may do."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock_file = None
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # -- what the folder holds --------------------------------------------------------------------
+    def saved_config(self) -> dict | None:
+        file = self / CONFIG
+        if not file.is_file():
+            return None
+        try:
+            saved = yaml.safe_load(file.read_text())
+        except yaml.YAMLError:
+            return None
+        return saved if isinstance(saved, dict) else None
+
+    def finished(self) -> bool:
+        return (self / DONE).is_file() and (self / RESULTS).is_file()
+
+    def finished_results(self, config: dict) -> dict | None:
+        """results.json when the folder holds a finished run of this config, else None."""
+        saved = self.saved_config()
+        if saved is None or not self.finished() or config_diff(saved, config):
+            return None
+        try:
+            return json.loads((self / RESULTS).read_text())
+        except (OSError, ValueError):
+            return None
+
+    # -- one process at a time --------------------------------------------------------------------
+    def lock(self) -> "RunDir":
+        """Take the folder's lock (`.lock`, an flock: released when this process exits, however it
+        exits), or refuse with the holder's pid."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        f = open(self / ".lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                f.close()
+                raise
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise RunDirError(
+                f"another metarun process (pid {holder}) is running in {self.path}; wait for it to finish, or "
+                f"give this run its own folder (hydra.run.dir=...)."
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._lock_file = f
+        return self
+
+    def unlock(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def __enter__(self) -> "RunDir":
+        return self.lock()
+
+    def __exit__(self, *exc) -> None:
+        self.unlock()
+
+    # -- what a new run may do ----------------------------------------------------------------------
+    def claim(self, config: dict) -> str:
+        """-> "new", "resume" (same config, a checkpoint or a finished run) or "continue" (a larger
+        trainer.max_steps); raises RunDirError when the folder holds another run's work."""
+        has_work = self.finished() or (self / LAST).is_file() or (self / RESULTS).is_file()
+        saved = self.saved_config()
+        if saved is None:
+            if has_work:
+                raise RunDirError(
+                    f"{self.path} holds a run ({'results.json' if (self / RESULTS).is_file() else LAST}) but no "
+                    f"{CONFIG} saying what config made it, so this run cannot know it may use the folder; nothing "
+                    f"was changed. Use a new hydra.run.dir."
+                )
+            return "new"
+        diff = config_diff(saved, config)
+        if not diff:
+            return "resume" if has_work else "new"
+        if not has_work:
+            log.warning("%s held an unfinished run of another config with no checkpoint (%s); starting afresh",
+                        self.path, describe(diff))
+            return "new"
+        if set(diff) <= set(CONTINUABLE) and _larger(diff["trainer.max_steps"]):
+            return "continue"
+        what = "finished" if self.finished() else "resumable"
+        raise RunDirError(
+            f"{self.path} holds a {what} run of another config ({describe(diff)}); it was left as it is. Use a new "
+            f"hydra.run.dir for this run, or rerun with the settings it was made with"
+            + (" (only a larger trainer.max_steps may continue it)." if "trainer.max_steps" in diff else ".")
+        )
+
+    def prepare(self, mode: str, config: dict, overrides: list[str] | None = None) -> None:
+        """Make the folder ready for a run of `config` that `claim` allowed: remove what no finished
+        work needs (orphan temp files of killed writes, a stale FAILED, DONE of a run that goes on),
+        keep a continued run's results, save the config."""
+        for tmp in [*self.path.glob(".*.tmp"), *(self / "checkpoints").glob(".*.tmp")]:
+            tmp.unlink(missing_ok=True)  # we hold the lock: no live write is in flight
+        (self / FAILED).unlink(missing_ok=True)
+        if mode == "continue" and (self / RESULTS).is_file():
+            steps = json.loads((self / RESULTS).read_text()).get("steps", "previous")
+            os.replace(self / RESULTS, self / f"results.steps{steps}.json")
+        if mode in ("continue", "resume"):
+            (self / DONE).unlink(missing_ok=True)  # written again when this run finishes
+        if mode == "new":
+            for stale in (RESULTS, DONE):
+                (self / stale).unlink(missing_ok=True)
+        atomic_write(self / CONFIG, lambda f: f.write(yaml.safe_dump(config, sort_keys=False).encode()))
+        if overrides is not None:
+            atomic_write(self / ".hydra" / "overrides.yaml",
+                         lambda f: f.write(yaml.safe_dump(list(overrides)).encode()))
+
+    def finish(self, results: dict, config: dict) -> None:
+        """results.json, then DONE (with the config's digest): the folder holds a complete run."""
+        write_json(self / RESULTS, results)
+        atomic_write(self / DONE, lambda f: f.write(f"{config_digest(config)} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode()))
+
+
+def _larger(change: tuple) -> bool:
+    old, new = change
+    return isinstance(old, int) and isinstance(new, int) and new > old
