@@ -147,11 +147,13 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         if dist.main:
             folder.prepare(claim, config, _hydra_overrides() if run_dir is None else None)
             write_json(folder / "run_info.json", run_info.collect(str(trainer.device)) | {"world_size": dist.world})
-        log.info("run dir %s (%s)", folder.path, {"new": "new run", "resume": "resuming", "continue": "continuing"}[claim])
-        state, scores, report = fit_and_test(c, folder.path)
-        results = results_record(cfg, c, state, scores, report, time.time() - started, folder.path)
-        if dist.main:
-            write_results(folder, results, config)
+        with folder.log_file() if dist.main else contextlib.nullcontext():
+            log.info("run dir %s (%s)", folder.path, {"new": "new run", "resume": "resuming",
+                                                       "continue": "continuing to more steps"}[claim])
+            state, scores, report = fit_and_test(c, folder.path)
+            results = results_record(cfg, c, state, scores, report, time.time() - started, folder.path)
+            if dist.main:
+                write_results(folder, results, config)
         return results
     finally:
         folder.unlock()

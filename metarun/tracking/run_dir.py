@@ -13,6 +13,7 @@ What a folder may hold, and what a new run with config C may do with it:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -193,6 +194,19 @@ class RunDir:
         if overrides is not None:
             atomic_write(self / ".hydra" / "overrides.yaml",
                          lambda f: f.write(yaml.safe_dump(list(overrides)).encode()))
+
+    @contextlib.contextmanager
+    def log_file(self, name: str = "run.log"):
+        """Log records of the `metarun` logger (and Hydra's) into the folder while the run works in it."""
+        handler = logging.FileHandler(self / name)
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+            handler.close()
 
     def finish(self, results: dict, config: dict) -> None:
         """results.json, then DONE (with the config's digest): the folder holds a complete run."""

@@ -1,0 +1,152 @@
+"""A run folder as a unit of work: continued runs, strict JSON, file modes, sweep folders and exit
+codes, crashes during a checkpoint write, metrics after restarts, and the CLI's messages for
+interrupts and unwritable folders."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+
+import pytest
+import torch
+
+from conftest import FAST, read_json, run_cli, run_in_process
+
+ARGS = [*FAST, "trainer.max_steps=6", "trainer.eval_every=2", "trainer.checkpoint_every=3"]
+
+
+def steps_logged(run_dir) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if "train/loss" in json.loads(line)]
+
+
+def test_a_larger_max_steps_continues_a_finished_run_and_keeps_its_results(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    first = run_in_process(ARGS, run_dir)
+    again = run_in_process([*ARGS, "skip_done=false"], run_dir)  # same config: tested again, same numbers
+    assert again["results"] == first["results"] and again["steps"] == 6
+    longer = run_in_process([*ARGS, "trainer.max_steps=12"], run_dir)
+    assert longer["steps"] == 12 and "resuming from" in capsys.readouterr().out
+    assert read_json(run_dir / "results.steps6.json")["results"] == first["results"]  # the 6-step results kept
+    assert read_json(run_dir / "results.json")["steps"] == 12 and (run_dir / "DONE").is_file()
+    assert steps_logged(run_dir) == list(range(1, 13))
+    assert "max_steps: 12" in (run_dir / ".hydra" / "config.yaml").read_text()
+
+
+def test_one_test_episode_has_no_interval_and_results_stay_strict_json(tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.warns(UserWarning, match="no confidence interval"):
+        run_in_process([*FAST, "eval.test.episodes=1"], run_dir)
+    text = (run_dir / "results.json").read_text()
+    scores = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in results.json"))["results"]
+    assert scores["test/5way_1shot"]["ci95"] is None and scores["test/5way_1shot"]["episodes"] == 1
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
+
+
+def test_written_files_get_the_umask_mode_not_0600(tmp_path):
+    run_dir = tmp_path / "run"
+    old = os.umask(0o022)
+    try:
+        run_in_process(FAST, run_dir)
+    finally:
+        os.umask(old)
+    for name in ("results.json", "run_info.json", "DONE", ".hydra/config.yaml", "checkpoints/last.pt",
+                 "checkpoints/best.pt"):
+        assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o644, name
+
+
+def test_sweep_job_folders_stay_inside_the_sweep_and_failed_jobs_exit_3(tmp_path):
+    sweep = tmp_path / "sweep"
+    res = run_cli(["-m", *FAST, "data=table", "data.path=../../../x.tsv,/abs/dir/y.tsv", f"hydra.sweep.dir={sweep}"],
+                  cwd=tmp_path)
+    assert res.returncode == 3, res.stderr[-2000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert len(jobs) == 2 and all((j / "FAILED").is_file() for j in jobs)
+    assert [j.name.split("data.path=")[1].split("-")[0] for j in jobs] == ["x.tsv", "y.tsv"]
+    assert not (tmp_path.parent / "x.tsv").exists() and not any(p.name.startswith("abs") for p in tmp_path.rglob("abs*"))
+    summary = res.stdout + res.stderr
+    assert "2 job(s) failed" in summary and all(j.name in summary for j in jobs)
+
+
+def test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
+    full = run_in_process(ARGS, tmp_path / "full")
+    run_dir = tmp_path / "run"
+    killed = run_cli([*ARGS, f"hydra.run.dir={run_dir}", "trainer.debug_kill_at_step=6",
+                      "trainer.debug_kill_during_save=true"], cwd=tmp_path)
+    assert killed.returncode == -9
+    orphans = list((run_dir / "checkpoints").glob(".last.pt.*.tmp"))
+    assert len(orphans) == 1 and orphans[0].stat().st_size > 0  # the write that was cut short
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["state"]["step"] == 3
+    resumed = run_in_process(ARGS, run_dir)
+    assert resumed["results"] == full["results"]
+    assert not list((run_dir / "checkpoints").glob("*.tmp"))  # the orphan was removed at start-up
+    assert steps_logged(run_dir) == list(range(1, 7))
+
+
+def test_a_restart_without_a_checkpoint_and_a_cut_metrics_line_log_each_step_once(tmp_path):
+    run_dir = tmp_path / "run"
+    killed = run_cli([*ARGS, f"hydra.run.dir={run_dir}", "trainer.debug_kill_at_step=2"], cwd=tmp_path)
+    assert killed.returncode == -9 and not (run_dir / "checkpoints" / "last.pt").exists()
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "train/lo')  # a line cut short by the kill
+    run_in_process(ARGS, run_dir)
+    assert steps_logged(run_dir) == list(range(1, 7))
+    assert read_json(run_dir / "results.json")["steps"] == 6 and (run_dir / "curves.png").is_file()
+
+
+@pytest.fixture
+def cli_job(tmp_path, monkeypatch):
+    """The CLI's task function on a composed config, with `run` replaced by `fake`."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    import metarun.cli as cli
+    import metarun.run as run_module
+    from conftest import compose_cfg
+
+    def call(fake, mode=RunMode.RUN):
+        from hydra import compose
+
+        cfg = compose("run", overrides=FAST, return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.mode = mode
+            cfg.hydra.runtime.output_dir = str(tmp_path)
+        HydraConfig.instance().set_config(cfg)
+        monkeypatch.setattr(run_module, "run", fake)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cli._main.__wrapped__(cfg)
+
+    compose_cfg()  # Hydra initialised on the shipped configs
+    yield call
+    HydraConfig.instance().cfg = None
+
+
+def test_ctrl_c_names_the_last_checkpoint_and_exits_130(cli_job, tmp_path, capsys):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"x")
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as e:
+        cli_job(interrupted)
+    assert e.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and str(tmp_path / "checkpoints" / "last.pt") in err and "resume" in err
+
+
+@pytest.mark.parametrize("code,words", [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "read-only"),
+                                        (errno.EACCES, "permission was denied")])
+def test_a_full_disk_or_unwritable_folder_is_one_message_naming_the_path(cli_job, capsys, code, words):
+    def failing(cfg):
+        raise OSError(code, os.strerror(code), "/data/runs/x/results.json")
+
+    with pytest.raises(SystemExit) as e:
+        cli_job(failing)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "/data/runs/x/results.json" in err and words in err and "Traceback" not in err
