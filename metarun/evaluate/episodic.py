@@ -107,7 +107,7 @@ class EpisodicEvaluator(Evaluator):
                 logits = learner.predict_from_features(s, torch.as_tensor(spec.support_labels(), device=s.device), q, spec.n_way)
                 accs.append((logits.argmax(-1).cpu().numpy() == spec.query_labels()).mean())
                 if i % 50 == 0:
-                    bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}")
+                    bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}", refresh=False)  # drawn with the next count
         return self.dist.gather(accs, proto.episodes)
 
     def _episodes(self, learner, sampler, proto, device, amp) -> list[float]:
@@ -121,7 +121,7 @@ class EpisodicEvaluator(Evaluator):
                 logits = learner.predict(ep)
             accs.append((logits.argmax(-1) == ep.query_labels).float().mean().item())
             if i % 20 == 0:
-                bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}")
+                bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}", refresh=False)  # drawn with the next count
         return self.dist.gather(accs, proto.episodes)
 
 
