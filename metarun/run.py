@@ -132,17 +132,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     dist = trainer.join_processes()  # rank 0 of 1 unless started by torchrun
     folder = RunDir(_shared_folder(run_dir, dist))
     c = build_components(cfg, config, trainer, dist)
-    claim = None
-    if dist.main:
-        try:
-            folder.lock()
-            claim = folder.claim(config)
-        except RunDirError as e:
-            folder.unlock()
-            claim = e
-    claim = dist.broadcast(claim if not isinstance(claim, RunDirError) else f"error: {claim}")
-    if claim.startswith("error: "):  # every rank stops with rank 0's refusal
-        raise RunDirError(claim[len("error: "):])
+    claim = _claim(folder, config, dist)
     try:
         if dist.main:
             folder.prepare(claim, config, _hydra_overrides() if run_dir is None else None)
@@ -159,8 +149,26 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         folder.unlock()
 
 
+def _claim(folder: RunDir, config: dict, dist: Dist) -> str:
+    """Rank 0 locks the folder and decides what this run may do there (new, resume or continue); every
+    rank gets the verdict, and a refusal stops them all."""
+    verdict = None
+    if dist.main:
+        try:
+            folder.lock()
+            verdict = folder.claim(config)
+        except RunDirError as e:
+            folder.unlock()
+            verdict = f"error: {e}"
+    verdict = dist.broadcast(verdict)
+    if verdict.startswith("error: "):
+        raise RunDirError(verdict[len("error: "):])
+    return verdict
+
+
 def resolved(cfg: DictConfig) -> dict:
-    """The config with every interpolation resolved, or a ConfigError naming the one that is not."""
+    """The config with every interpolation resolved (a ConfigError naming one that cannot be), and a
+    valid seed."""
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
     except InterpolationResolutionError as e:
