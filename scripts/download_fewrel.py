@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -43,21 +42,22 @@ def download(name: str, base_url: str, dest: Path, force: bool = False) -> str:
     target = dest / name
     if target.exists() and not force:
         return f"{name}: kept the existing file ({check(target, name)})"
-    dest.mkdir(parents=True, exist_ok=True)
+    from metarun.tracking.files import atomic_write
+
     url = f"{base_url.rstrip('/')}/{name}"
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=dest)
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, os.fdopen(fd, "wb") as out:
+    summary = []
+
+    def fetch(out) -> None:
+        with urllib.request.urlopen(url, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
-        summary = check(Path(tmp), name)
-        os.replace(tmp, target)
-        return f"{name}: {summary} -> {target}"
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+    # a temporary file with the umask's mode, checked, then moved into place
+    atomic_write(target, fetch, check=lambda tmp: summary.append(check(tmp, name)))
+    return f"{name}: {summary[0]} -> {target}"
 
 
 def main(argv: list[str] | None = None) -> int:

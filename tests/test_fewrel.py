@@ -4,6 +4,8 @@ Relation and pair learners."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -242,6 +244,9 @@ def test_download_helper_fetches_checks_and_never_leaves_half_files(fewrel_file,
     dest = tmp_path / "data" / "fewrel"
     code = module.main(["--dest", str(dest), "--base-url", server.as_uri(), "--files", "val_wiki.json", "pid2name.json"])
     assert code == 0 and read_fewrel_count(dest / "val_wiki.json") == 6 and (dest / "pid2name.json").exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(stat.S_IMODE((dest / n).stat().st_mode) == 0o666 & ~umask for n in ("val_wiki.json", "pid2name.json"))
     assert module.main(["--dest", str(dest), "--base-url", server.as_uri(), "--files", "broken.json", "missing.json"]) == 1
     assert sorted(p.name for p in dest.iterdir()) == ["pid2name.json", "val_wiki.json"]  # nothing half-written
 
