@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import difflib
 import errno
-import hashlib
 import logging
-import os
-import re
 import sys
 import traceback
 from pathlib import Path
@@ -37,32 +34,6 @@ EXIT_USER_ERROR, EXIT_SWEEP_FAILED, EXIT_INTERRUPTED = 2, 3, 130
 USER_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def safe_dirname(overrides: str, limit: int = 120) -> str:
-    """Hydra's `override_dirname` ("k=v,k2=v2") as one folder name that stays inside the sweep folder:
-    a path-like or long value becomes its last part and a hash of the whole (stable across
-    relaunches), and no `/` or other unsafe character is left."""
-    def value(v: str) -> str:
-        if "/" in v or "\\" in v or len(v) > 40:
-            tail = re.sub(r"[^A-Za-z0-9._-]", "_", re.split(r"[/\\]", v.rstrip("/\\"))[-1])[:24].strip(".")
-            return f"{tail or 'path'}-{hashlib.sha256(v.encode()).hexdigest()[:8]}"
-        return v
-
-    def item(text: str) -> str:
-        key, sep, val = text.partition("=")
-        return f"{key}{sep}{value(val)}" if sep else value(text)
-
-    items = re.split(r",(?=[^,=\[\]{}]+=)", overrides) if overrides else []  # commas inside [..] stay
-    out = re.sub(r"[^A-Za-z0-9._,=+@:\[\]{}-]", "_", ",".join(map(item, items)))
-    if len(out) > limit:
-        out = f"{out[: limit - 9]}-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
-    return out
-
-
-# `${pid:}` in hydra.run.dir: runs started in the same microsecond by different processes still get
-# different folders; `${safe_dirname:...}` names sweep job folders. Registered on import, so launcher
-# workers that unpickle `_main` have them too.
-OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
-OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
 _task_started = False  # set when Hydra hands over: a SystemExit(1) before it is Hydra's composition error
 
 
@@ -150,6 +121,10 @@ def suggest_keys(args: list[str]) -> list[str]:
     from metarun.tracking.run_dir import flatten
 
     groups = {d.name for d in config_dir().iterdir() if d.is_dir()}
+    placed = [a for a in args if "@" in a.split("=", 1)[0] and not a.startswith(("+", "~"))]
+    if placed:  # `data@eval.test.data=banking77`: a group put at a new key needs the +
+        return [f"metarun: error: {a} puts a config group at a key the config does not have yet; add it with a "
+                f"leading +: `metarun +{a}`." for a in placed]
     choices = [a for a in args if "=" in a and a.split("=", 1)[0].split("@")[0] in groups]
     keys = [a.split("=", 1)[0] for a in args
             if "=" in a and not a.startswith(("+", "~", "-")) and a not in choices and not a.startswith("hydra")]

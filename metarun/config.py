@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 
 from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from metarun.errors import ConfigError, MetarunError
@@ -25,7 +25,7 @@ def build(node: DictConfig | dict, group: str, **objects):
         raise
     except TypeError as e:
         if "keyword argument" in str(e) or "required positional" in str(e):
-            accepted = list(inspect.signature(get_class(params["_target_"])).parameters)
+            accepted = list(inspect.signature(get_object(params["_target_"])).parameters)
             raise ConfigError(
                 f"the {group} config does not fit {params['_target_']}: {e}. Options it accepts: "
                 f"{', '.join(a for a in accepted if a not in objects)}."

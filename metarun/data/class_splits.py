@@ -2,6 +2,7 @@
 
 Published splits ship as JSON files in `configs/class_splits/` ({"splits": {"1": {"train": [...],
 "val": [...], "test": [...]}}}); a data config names one by file stem or path, or lists classes inline.
+`valid`, `validation` and `dev` are accepted for `val`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ def load_split_file(split_file: str, split: int | str) -> ClassSplit:
     return _from_dict(splits[key], f"{path} (split {key})")
 
 
+ALIASES = {"valid": "val", "validation": "val", "dev": "val"}  # other names split files use for "val"
+
+
 def _from_dict(d: dict, where: str) -> ClassSplit:
+    d = {ALIASES.get(k, k): v for k, v in d.items()}
     missing = [k for k in ("train", "val", "test") if k not in d]
     if missing:
         raise ConfigError(f"the class split in {where} lacks {missing}; give train, val and test class lists.")

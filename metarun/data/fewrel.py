@@ -21,13 +21,16 @@ log = logging.getLogger(__name__)
 OFFICIAL = "https://github.com/thunlp/FewRel (data/train_wiki.json, data/val_wiki.json)"
 
 
-def read_fewrel(path: str | Path, relations: list[str] | None = None) -> FewShotDataset:
+ROOT_HINT = "point at the folder with data.root=DIR or set METARUN_DATA_DIR"
+
+
+def read_fewrel(path: str | Path, relations: list[str] | None = None, hint: str = ROOT_HINT) -> FewShotDataset:
+    """`hint`: how the user points at the file (the folder options, or a file path option)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(
             f"FewRel file {path} does not exist. The official files come from {OFFICIAL} "
-            f"(scripts/download_fewrel.py fetches them); point at the folder with data.root=DIR "
-            f"or set METARUN_DATA_DIR."
+            f"(scripts/download_fewrel.py fetches them); {hint}."
         )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -142,7 +145,7 @@ def load_fewrel_split(name: str, root: str, file: str, train: Sequence[str], tes
 def load_fewrel_file(name: str, path: str, names_file: str | None = None) -> DataSplits:
     """Every relation of one FewRel-format file as test relations: a target for `eval.test.data`
     (domain adaptation, e.g. meta-train on wiki, test on FewRel 2.0's val_pubmed.json)."""
-    data = read_fewrel(path)
+    data = read_fewrel(path, hint="point at it with data.path=FILE (eval.test.data.path=FILE for a test target)")
     empty = FewShotDataset((), f"{data.source} [unused]")
     names = relation_names(Path(path).expanduser().parent, names_file) if names_file else {}
     return DataSplits(name, empty, empty, data, class_names=names)

@@ -48,14 +48,16 @@ class EpisodeSampler:
 
     def __init__(self, dataset: FewShotDataset, n_way: int, k_shot: int, n_query: int, seed: int, role: str = "train",
                  single_query: bool = False, na_rate: int = 0):
-        for name, value in (("n_way", n_way), ("k_shot", k_shot), ("n_query", n_query)):
+        group = "sampler" if role in ("train", "training") else f"eval.{role}"  # where the settings come from
+        shot = "k_shot" if group == "sampler" else "shots"
+        for name, value in (("n_way", n_way), (shot, k_shot), ("n_query", n_query)):
             if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{role} sampler: {name} must be a positive integer, got {value!r}.")
+                raise ConfigError(f"{role} sampler: {group}.{name} must be a positive integer, got {value!r}.")
         n_classes = len(dataset.classes)
         if n_way > n_classes:
             raise DataError(
                 f"{role} episodes ask for {n_way}-way tasks but {dataset.source} has only {n_classes} classes; "
-                f"lower n_way to at most {n_classes} (sampler.n_way / eval.n_way) or use a larger class split."
+                f"lower {group}.n_way to at most {n_classes} or use a larger class split."
             )
         need = k_shot + n_query
         short = [(c, dataset.count(c)) for c in dataset.classes if dataset.count(c) < need]
@@ -63,8 +65,8 @@ class EpisodeSampler:
             listing = ", ".join(f"{c!r} has {n}" for c, n in short[:5])
             raise DataError(
                 f"{role} episodes need K+Q = {k_shot}+{n_query} = {need} examples per class, but in "
-                f"{dataset.source} {listing}{' (and more)' if len(short) > 5 else ''}. Lower k_shot or "
-                f"n_query, or drop the class from the split."
+                f"{dataset.source} {listing}{' (and more)' if len(short) > 5 else ''}. Lower {group}.{shot} or "
+                f"{group}.n_query, or drop the class from the split."
             )
         self.dataset, self.n_way, self.k_shot, self.n_query, self.seed = dataset, n_way, k_shot, n_query, seed
         if not isinstance(na_rate, int) or na_rate < 0:

@@ -45,8 +45,9 @@ def read_rows(path: str | Path, text_column: str, label_column: str, fmt: str = 
     examples = []
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            if fmt == "jsonl":
-                rows = (_json_line(path, n, line) for n, line in enumerate(f, 1) if line.strip())
+            if fmt == "jsonl":  # (line number, row)
+                rows = ((n, _json_line(path, n, line)) for n, line in enumerate(f, 1) if line.strip())
+                where = "line"
             else:
                 csv.field_size_limit(sys.maxsize)  # 20 Newsgroups posts exceed the 128 KiB default
                 rows = csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",")
@@ -57,12 +58,16 @@ def read_rows(path: str | Path, text_column: str, label_column: str, fmt: str = 
                             f"{path} has no column {col!r}; its columns are {fields}. "
                             f"Set data.text_column / data.label_column."
                         )
-            for n, row in enumerate(rows, 2):
+                rows = enumerate(rows, 2)  # line 1 is the header
+                where = "line"
+            for n, row in rows:
                 if text_column not in row or label_column not in row:
-                    raise DataError(f"{path}, row {n}: needs keys {text_column!r} and {label_column!r}, got {list(row)}.")
+                    raise DataError(f"{path}, {where} {n}: needs keys {text_column!r} and {label_column!r} (data.text_column "
+                                    f"and data.label_column), got {list(row)}. Set data.text_column / data.label_column "
+                                    f"to the file's names.")
                 text, label = row[text_column], row[label_column]
                 if text is None or label is None or not str(label).strip():
-                    raise DataError(f"{path}, row {n}: missing text or label; is the file cut short?")
+                    raise DataError(f"{path}, {where} {n}: missing text or label; is the file cut short?")
                 text = normalise(str(text))
                 if text:
                     examples.append(Example(text=text, label=str(label).strip()))

@@ -22,6 +22,8 @@ class Evaluator:
     it does not take (build_evaluator drops them)."""
 
     unused_keys: tuple[str, ...] = ()
+    classes: list[str] = []  # the classes it tests on, and their readable names if the data has them
+    class_names: dict[str, str] = {}
 
     def __call__(self, learner: Learner, device: torch.device, autocast_dtype: torch.dtype | None = None) -> dict:
         raise NotImplementedError

@@ -73,6 +73,7 @@ class EpisodicEvaluator(Evaluator):
         protocols = [Protocol(int(n), int(k), int(n_query), int(episodes), seed, bool(single_query), int(na_rate))
                      for n in _as_list(n_way) for k in _as_list(shots)]
         self.data = limit_per_class(data, max_per_class, seed=seed)
+        self.classes, self.class_names = list(data.classes), dict(target.class_names) if target is not None else {}
         self.protocols, self.prefix, self.batch_size, self.dist = protocols, prefix, batch_size, dist
         self.progress = progress and dist.main
         # Build samplers now so impossible protocols (N too large, K+Q too many) fail before training.
