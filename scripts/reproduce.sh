@@ -30,4 +30,4 @@ case $name in
 esac
 
 metarun -m "experiment=$name" "${sweep[@]}" "hydra.sweep.dir=$out" "$@"
-metarun-table "$out" --published "scripts/published/$name.yaml"
+metarun-table "$out" --out "$out" --published "scripts/published/$name.yaml"

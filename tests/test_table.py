@@ -35,10 +35,11 @@ def test_table_groups_by_config_keys_and_writes_three_formats(tmp_path, capsys):
     for i, (learner, k, seed, acc) in enumerate([("protonet", 1, 0, 80.0), ("protonet", 1, 1, 82.0),
                                                  ("protonet", 5, 0, 95.0), ("maml", 1, 0, 70.0)]):
         fake_run(sweep, f"{i}_job", learner, k, seed, acc)
-    assert main([str(sweep), "--rows", "learner", "--cols", "sampler.k_shot", "--agg", "std"]) == 0
+    assert main([str(sweep), "--rows", "learner", "--cols", "sampler.k_shot", "--agg", "std", "--out", str(sweep)]) == 0
     md = (sweep / "table.md").read_text()
     assert md.splitlines()[0] == "| learner | 1 | 5 |"
-    assert "| protonet | 81.00 ± 1.41 (n=2) | 95.00 ± 1.00 |" in md and "| maml | 70.00 ± 1.00 |  |" in md
+    assert "| protonet | 81.00 ± 1.41 (n=2) | 95.00 ± 1.00 (CI) |" in md and "| maml | 70.00 ± 1.00 (CI) |  |" in md
+    assert "standard deviation over a cell's n runs" in md  # which spread is which
     rows = list(csv.reader(io.StringIO((sweep / "table.csv").read_text())))
     assert rows[0] == ["learner", "1 mean", "1 spread", "5 mean", "5 spread", "runs"] and rows[2][1] == "81.00"
     tex = (sweep / "table.tex").read_text()
@@ -58,11 +59,11 @@ def test_published_numbers_print_beside_ours(tmp_path, capsys):
     published.write_text("source: Some et al. 2021\nrows: [learner]\ncols: [setting]\nagg: std\n"
                          "row_names: {protonet: ProtoNet, paper-only: Their method}\n"
                          "values:\n  protonet: {5way_1shot: 83.5, 5way_5shot: 96.0}\n  paper-only: {5way_5shot: 97.1}\n")
-    assert main([str(sweep), "--published", str(published)]) == 0
+    assert main([str(sweep), "--published", str(published), "--out", str(sweep)]) == 0
     md = (sweep / "table_vs_published.md").read_text()
     lines = md.splitlines()
     assert lines[0] == "| learner | 5way_1shot ours | 5way_1shot published | 5way_5shot ours | 5way_5shot published |"
-    assert lines[2] == "| ProtoNet | 81.00 ± 1.41 (n=2) | 83.50 | 95.00 ± 1.00 | 96.00 |"  # agg from the file
+    assert lines[2] == "| ProtoNet | 81.00 ± 1.41 (n=2) | 83.50 | 95.00 ± 1.00 (CI) | 96.00 |"  # agg from the file
     assert lines[3] == "| Their method |  |  |  | 97.10 |" and "Published: Some et al. 2021" in md
     assert md in capsys.readouterr().out
     (tmp_path / "bad.yaml").write_text("rows: [learner]\n")
@@ -133,3 +134,27 @@ def test_sweep_plot_draws_a_line_per_row_label(tmp_path):
         ["protonet / 0 / 1", "protonet / 1 / 5"]
     png = plot_sweep(runs, tmp_path, lines=["learner", "seed"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unlike_runs_never_share_a_cell_and_tables_go_to_the_current_folder(tmp_path, monkeypatch):
+    """A frozen and a trained run, or runs on two target files, get rows of their own; seeds pool;
+    --pool names other keys that may pool."""
+    sweep = tmp_path / "runs"
+    for i, (steps, target, seed, acc) in enumerate([(0, "pubmed", 0, 40.0), (0, "pubmed", 1, 42.0),
+                                                    (300, "pubmed", 0, 60.0), (0, "semeval", 0, 30.0)]):
+        folder = sweep / f"{i}"
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "config.yaml").write_text(
+            f"seed: {seed}\ntrainer:\n  max_steps: {steps}\neval:\n  test:\n    data:\n      path: {target}.json\n")
+        (folder / "results.json").write_text(json.dumps({
+            "learner": "protonet", "data": "fewrel", "test_data": "fewrel_file", "seed": seed,
+            "results": {"test/5way_1shot": {"acc": acc, "ci95": 1.0, "episodes": 600}}}))
+    monkeypatch.chdir(tmp_path)
+    assert main([str(sweep)]) == 0
+    md = (tmp_path / "table.md").read_text()  # the current folder, not a run folder
+    assert md.splitlines()[0].startswith("| learner / eval.test.data.path / trainer.max_steps |")
+    assert "| protonet / pubmed.json / 0 | 41.00 ± 0.71 (n=2) |" in md  # two seeds pool
+    assert "| protonet / pubmed.json / 300 | 60.00 ± 1.00 |" in md and "| protonet / semeval.json / 0 | 30.00" in md
+    assert not (sweep / "table.md").exists()
+    assert main([str(sweep), "--pool", "trainer.max_steps,eval.test.data.path"]) == 0
+    assert "| protonet | 43.00 ± 0.50 (n=4) |" in (tmp_path / "table.md").read_text()

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from metarun.tracking.plots import plot_sweep
 from metarun.tracking.results import BUILTIN, load_runs
-from metarun.tracking.table import write_tables
+from metarun.tracking.table import split_rows, write_tables
 
 log = logging.getLogger("metarun")
 
@@ -56,7 +56,7 @@ class SweepSummary(Callback):
         if not sweep.is_dir():
             return
         runs = load_runs([sweep])
-        rows = self.table_rows(config.hydra.overrides.task, runs)
+        rows = split_rows(runs, self.table_rows(config.hydra.overrides.task, runs), self.cols)
         md = write_tables(runs, sweep, rows, self.cols, self.agg)
         if md:
             log.info("sweep results (%s/table.md):\n%s", sweep, md)

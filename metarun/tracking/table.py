@@ -24,6 +24,7 @@ import io
 import logging
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -31,11 +32,19 @@ from omegaconf import OmegaConf
 from metarun.errors import ConfigError
 from metarun.tracking.plots import plot_sweep
 from metarun.tracking.results import aggregate, labels, load_runs
+from metarun.tracking.run_dir import IGNORED, flatten
+
+POOLED = ("seed", "data.split")  # runs differing only in these are repeats of one experiment
+KEY_OF = {"learner": "learner.name", "data": "data.name", "encoder": "encoder.name",
+          "test_data": "eval.test.data.name"}  # table keys read from results.json -> their config keys
 
 log = logging.getLogger("metarun")
 
 def build_table(runs: list[dict], rows: list[str], cols: list[str], prefix: str = "test/", how: str = "ci"):
-    """-> (row labels, column labels, {(row, col): (mean, spread, n)})."""
+    """-> (row labels, column labels, {(row, col): (mean, spread, n)}).
+
+    Runs share a cell only when their configs differ in nothing but POOLED keys (seeds, class splits)
+    and `pool`; call `split_rows` first to add the keys that tell the others apart to `rows`."""
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
         for metric, score in run["results"].items():
@@ -48,6 +57,33 @@ def build_table(runs: list[dict], rows: list[str], cols: list[str], prefix: str 
     return row_labels, col_labels, {k: aggregate(v, how) for k, v in cells.items()}
 
 
+def split_rows(runs: list[dict], rows: list[str], cols: list[str], pool: Sequence[str] = (),
+               prefix: str = "test/") -> list[str]:
+    """`rows` plus every config key in which runs that would share a cell differ (other than the pooled
+    ones), so that unlike runs (a frozen and a trained run, two target files) never share a cell."""
+    rows = list(rows)
+    pooled = {*POOLED, *pool}
+    while True:
+        groups: dict[tuple, list[dict]] = defaultdict(list)
+        for run in runs:
+            for setting in {m[len(prefix):] for m in run["results"] if m.startswith(prefix)}:
+                groups[labels(run, rows, setting), labels(run, cols, setting)].append(run)
+        differing = set()
+        for group in groups.values():
+            configs = [flatten(r["config"]) for r in group if r["config"]]
+            keys = {k for c in configs for k in c} - {KEY_OF.get(x, x) for x in (*rows, *cols)}
+            differing |= {k for k in keys if not _pooled(k, pooled) and len({repr(c.get(k)) for c in configs}) > 1}
+        if not differing:
+            return rows
+        log.info("runs that would share a cell differ in %s: those keys become part of the rows",
+                 ", ".join(sorted(differing)))
+        rows += sorted(differing)
+
+
+def _pooled(key: str, pooled: set[str]) -> bool:
+    return key in IGNORED or any(key == p or key.startswith(p + ".") for p in pooled)
+
+
 def _natural(labels: tuple[str, ...]):
     """Sort '10way' after '5way' and numbers as numbers."""
     import re
@@ -55,16 +91,14 @@ def _natural(labels: tuple[str, ...]):
     return [tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)) for s in labels]
 
 
-def render(rows: list[str], cols: list[str], table, fmt: str) -> str:
+def render(rows: list[str], cols: list[str], table, fmt: str, how: str = "ci") -> str:
     row_labels, col_labels, cells = table
     header = [" / ".join(rows)] + [" / ".join(c) for c in col_labels]
 
     def cell(r, c, plus: str) -> str:
         if (r, c) not in cells:
             return ""
-        mean, spread, n = cells[r, c]
-        spread_text = "n/a" if spread is None else f"{spread:.2f}"
-        return f"{mean:.2f} {plus} {spread_text}" + (f" (n={n})" if n > 1 else "")
+        return cell_text(*cells[r, c], plus=plus, how=how)
 
     if fmt == "csv":
         out = io.StringIO()
@@ -87,7 +121,18 @@ def render(rows: list[str], cols: list[str], table, fmt: str) -> str:
         return "\n".join([*lines, r"\bottomrule", r"\end{tabular}"]) + "\n"
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join([" / ".join(r)] + [cell(r, c, "±") for c in col_labels]) + " |" for r in row_labels]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + LEGEND[how]
+
+
+LEGEND = {"ci": "\n± is the 95% CI: a run's own, or pooled over a cell's n runs.\n",
+          "std": "\n± is the standard deviation over a cell's n runs; a cell of one run shows its own 95% CI (CI).\n"}
+
+
+def cell_text(mean: float, spread: float | None, n: int, plus: str = "±", how: str = "ci") -> str:
+    """`81.00 ± 1.41 (n=2)`; with how=std a one-run cell says that its spread is a CI: `95.00 ± 1.00 (CI)`."""
+    spread_text = "n/a" if spread is None else f"{spread:.2f}"
+    note = f" (n={n})" if n > 1 else (" (CI)" if how == "std" else "")
+    return f"{mean:.2f} {plus} {spread_text}{note}"
 
 
 def load_published(path: str | Path) -> dict:
@@ -101,7 +146,7 @@ def load_published(path: str | Path) -> dict:
     return spec
 
 
-def render_published(rows: list[str], cols: list[str], table, spec: dict) -> str:
+def render_published(rows: list[str], cols: list[str], table, spec: dict, how: str = "ci") -> str:
     """Markdown: for every column, ours (mean ± spread) and the published number side by side; rows of
     either side only (a published method we did not run, a run without a published number) included."""
     row_labels, col_labels, cells = table
@@ -118,29 +163,28 @@ def render_published(rows: list[str], cols: list[str], table, spec: dict) -> str
         for c in col_names:
             key = (r, tuple(c.split(" / ")))
             if key in cells:
-                mean, spread, n = cells[key]
-                out.append(f"{mean:.2f} ± {spread:.2f}" + (f" (n={n})" if n > 1 else ""))
+                out.append(cell_text(*cells[key], how=how))
             else:
                 out.append("")
             value = published.get(r, {}).get(c)
             out.append("" if value is None else f"{float(value):.2f}")
         lines.append("| " + " | ".join(out) + " |")
     source = f"\nPublished: {spec['source']}\n" if spec.get("source") else ""
-    return "\n".join(lines) + "\n" + source
+    return "\n".join(lines) + "\n" + LEGEND[how] + source
 
 
 def write_tables(runs: list[dict], out_dir: str | Path, rows: list[str], cols: list[str],
                  how: str = "ci", prefix: str = "test/") -> str | None:
-    """Write table.md / table.csv / table.tex of `runs` (from `load_runs`) into `out_dir`; -> the
-    Markdown (None: no results)."""
+    """Write table.md / table.csv / table.tex of `runs` (from `load_runs`) into `out_dir`, with `rows`
+    already split (`split_rows`); -> the Markdown (None: no results)."""
     if not runs:
         return None
     table = build_table(runs, rows, cols, prefix, how)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for fmt, name in (("md", "table.md"), ("csv", "table.csv"), ("tex", "table.tex")):
-        (out / name).write_text(render(rows, cols, table, fmt))
-    return render(rows, cols, table, "md")
+        (out / name).write_text(render(rows, cols, table, fmt, how))
+    return render(rows, cols, table, "md", how)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="several runs per cell: pooled mean ± 95%% CI (ci, the default) or mean ± std over runs (std)")
     parser.add_argument("--published", help="YAML of published numbers to print beside ours (writes table_vs_published.md)")
     parser.add_argument("--metric", default="test/", help="metric prefix to tabulate (default: test/; val/ also works)")
-    parser.add_argument("--out", help="folder for table.md / .csv / .tex (default: the first path, if a folder)")
+    parser.add_argument("--out", default=".", help="folder for table.md / .csv / .tex (default: the current folder)")
+    parser.add_argument("--pool", default="", help="comma-separated config keys whose runs may share a cell, besides "
+                                                    "seed and data.split (runs differing in any other key are split)")
     parser.add_argument("--plot", action="store_true", help="also write accuracy_vs_k.png (test accuracy against K)")
     args = parser.parse_args(argv)
     missing = [p for p in args.paths if not Path(p).exists()]
@@ -166,12 +212,13 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             print(f"metarun-table: error: {e}", file=sys.stderr)
             return 2
-    out = args.out or (args.paths[0] if Path(args.paths[0]).is_dir() else ".")
+    out = args.out
     keys = lambda given, default: [k for k in (given or default).split(",") if k]  # noqa: E731
     rows = keys(args.rows, ",".join(spec.get("rows", ["learner"])))
     cols = keys(args.cols, ",".join(spec.get("cols", ["test_data", "setting"])))
     how = args.agg or spec.get("agg", "ci")
     runs = load_runs(args.paths)
+    rows = split_rows(runs, rows, cols, keys(args.pool, ""), args.metric)
     md = write_tables(runs, out, rows, cols, how, args.metric)
     if md is None:
         print(f"metarun-table: error: no results.json under {', '.join(args.paths)}; finished runs write one.",
@@ -180,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot_sweep(runs, out, lines=rows)
     if spec:
-        md = render_published(rows, cols, build_table(runs, rows, cols, args.metric, how), spec)
+        md = render_published(rows, cols, build_table(runs, rows, cols, args.metric, how), spec, how)
         (Path(out) / "table_vs_published.md").write_text(md)
     print(md, end="")
     print(f"(written to {Path(out) / 'table.md'}, table.csv, table.tex)", file=sys.stderr)
