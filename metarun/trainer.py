@@ -59,6 +59,7 @@ class Trainer:
         precision: str = "auto",
         num_workers: int = 0,
         progress: bool = True,
+        keep_optimizer: bool = False,
         debug_kill_at_step: int | None = None,
         debug_kill_during_save: bool = False,
     ):
@@ -86,6 +87,7 @@ class Trainer:
         self.eval_every, self.checkpoint_every, self.patience = eval_every, checkpoint_every, patience
         self.num_workers, self.progress, self.debug_kill_at_step = num_workers, progress, debug_kill_at_step
         self.debug_kill_during_save = debug_kill_during_save  # crash tests: die halfway through writing last.pt
+        self.keep_optimizer = keep_optimizer  # a finished run's last.pt keeps AdamW's moments (2x the weights)
         self.device = resolve_device(device)
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -146,7 +148,9 @@ class Trainer:
             state.finished = state.step >= self.max_steps or state.finished
             kill = self.debug_kill_at_step is not None and state.step == self.debug_kill_at_step
             if (state.step % self.checkpoint_every == 0 or state.finished) and dist.main:
-                ckpt.save(ckpt.last, self._snapshot(learner, opt, sched, scaler, state),
+                # a finished run drops the optimizer's moments unless keep_optimizer (a third of the file)
+                keep_opt = opt is not None and (self.keep_optimizer or not state.finished)
+                ckpt.save(ckpt.last, self._snapshot(learner, opt if keep_opt else None, sched, scaler, state),
                           die_midway=kill and self.debug_kill_during_save)
             if kill:
                 os.kill(os.getpid(), signal.SIGKILL)  # crash-resume tests: die like a killed job
@@ -245,7 +249,10 @@ class Trainer:
             learner.load_state_dict(saved["model"])
             if opt is not None and saved.get("optimizer") is not None:
                 opt.load_state_dict(saved["optimizer"])
+            if sched is not None and saved.get("scheduler") is not None:
                 sched.load_state_dict(saved["scheduler"])
+                for group, lr in zip(opt.param_groups, sched.get_last_lr()):  # a fresh optimizer (a finished
+                    group["lr"] = lr  # run continued without its moments) starts at the schedule's lr
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(
                 f"checkpoint does not fit this model ({str(e).splitlines()[0][:200]}). The file was kept; "

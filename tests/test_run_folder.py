@@ -150,3 +150,15 @@ def test_a_full_disk_or_unwritable_folder_is_one_message_naming_the_path(cli_job
         cli_job(failing)
     err = capsys.readouterr().err
     assert e.value.code == 2 and "/data/runs/x/results.json" in err and words in err and "Traceback" not in err
+
+
+def test_a_finished_run_keeps_no_optimizer_state_unless_asked(tmp_path):
+    light, full = tmp_path / "light", tmp_path / "full"
+    a = run_in_process(ARGS, light)
+    b = run_in_process([*ARGS, "trainer.keep_optimizer=true"], full)
+    assert a["results"] == b["results"]
+    saved = torch.load(light / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["optimizer"] is None and saved["scheduler"] is not None and saved["state"]["step"] == 6
+    assert torch.load(full / "checkpoints" / "last.pt", weights_only=True)["optimizer"] is not None
+    size = lambda d: (d / "checkpoints" / "last.pt").stat().st_size  # noqa: E731
+    assert size(light) < 0.6 * size(full)  # AdamW keeps two moments per weight
