@@ -60,6 +60,7 @@ class Trainer:
         num_workers: int = 0,
         progress: bool = True,
         keep_optimizer: bool = False,
+        validate_at_start: bool = True,
         debug_kill_at_step: int | None = None,
         debug_kill_during_save: bool = False,
     ):
@@ -88,6 +89,7 @@ class Trainer:
         self.num_workers, self.progress, self.debug_kill_at_step = num_workers, progress, debug_kill_at_step
         self.debug_kill_during_save = debug_kill_during_save  # crash tests: die halfway through writing last.pt
         self.keep_optimizer = keep_optimizer  # a finished run's last.pt keeps AdamW's moments (2x the weights)
+        self.validate_at_start = validate_at_start  # the untrained model's score at step 0 (logged, not a candidate)
         self.device = resolve_device(device)
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -134,6 +136,12 @@ class Trainer:
             state = self._restore(saved, learner, opt, sched, scaler)
             tqdm.write(f"resuming from {ckpt.last} at step {state.step}")
         log.resume_at(state.step)  # metrics logged after the checkpoint (or by a start that never saved) go
+        if state.step == 0 and self.max_steps > 0 and self.validate_at_start:
+            scores = self.evaluate(validate, learner)  # what training starts from: the first point of the curves
+            log.write(0, {f"{k}/{m}": v[m] for k, v in scores.items() for m in ("acc", "ci95")})
+            if dist.main:
+                tqdm.write("step 0 (before training): " + ", ".join(f"{k} {v['acc']:.2f} ± {v['ci95']}"
+                                                                     for k, v in scores.items()))
         loader = self._loader(episodes, state.step)
         bar = tqdm(total=self.max_steps, initial=state.step, desc="train", disable=not (self.progress and dist.main),
                    unit="step")

@@ -162,3 +162,13 @@ def test_a_finished_run_keeps_no_optimizer_state_unless_asked(tmp_path):
     assert torch.load(full / "checkpoints" / "last.pt", weights_only=True)["optimizer"] is not None
     size = lambda d: (d / "checkpoints" / "last.pt").stat().st_size  # noqa: E731
     assert size(light) < 0.6 * size(full)  # AdamW keeps two moments per weight
+
+
+def test_the_untrained_model_is_validated_at_step_0_without_becoming_a_candidate(tmp_path):
+    run_dir = tmp_path / "run"
+    out = run_in_process(ARGS, run_dir)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and "val/5way_5shot/acc" in rows[0] and "train/loss" not in rows[0]
+    assert out["best_step"] > 0  # step 0 is the curve's start, never the tested checkpoint
+    quiet = run_in_process([*ARGS, "trainer.validate_at_start=false"], tmp_path / "quiet")
+    assert quiet["results"] == out["results"]  # validating first changes nothing that training does

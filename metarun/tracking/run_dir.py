@@ -34,6 +34,7 @@ DONE, FAILED, RESULTS, CONFIG = "DONE", "FAILED", "results.json", ".hydra/config
 LAST = "checkpoints/last.pt"
 # Keys that cannot change what a run computes: a relaunch may differ in them.
 IGNORED = ("skip_done", "retries", "trainer.progress", "trainer.num_workers", "trainer.keep_optimizer",
+           "trainer.validate_at_start",
            "trainer.debug_kill_at_step", "trainer.debug_kill_during_save")
 CONTINUABLE = ("trainer.max_steps",)  # a larger value continues a run of the smaller one
 
