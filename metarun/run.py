@@ -84,6 +84,10 @@ def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist
     seed_everything(cfg.seed)
     data = build(cfg.data, "data")
     encoder = build(cfg.encoder, "encoder")
+    if encoder.untrained_tokens and trainer.max_steps == 0:
+        log.warning("encoder=%s adds entity-marker tokens whose embeddings are untrained, and trainer.max_steps=0 "
+                    "leaves them so: entity-start features of a frozen encoder read them. Train, or start the markers "
+                    "from punctuation (encoder.marker_init=punct), or use encoder.pooling=mean.", encoder.name)
     learner = build_learner(cfg.learner, encoder, data.train.classes)
     check_nota(cfg, learner)
     sampler = build(cfg.sampler, "sampler", dataset=data.train, seed=cfg.seed, role="training")

@@ -271,3 +271,27 @@ def test_domain_adaptation_tests_on_another_file(fewrel_file, tmp_path, caplog):
     assert (out["data"], out["test_data"]) == ("fewrel_val_split", "pubmed")  # named after the file
     assert "test episodes from pubmed (6 test classes)" in caplog.text
     assert "test_classes" not in out or set(out["test_classes"]) == {f"PM{i}" for i in range(6)}
+
+
+def test_markers_can_start_from_punctuation_and_untrained_frozen_markers_are_warned_about(fewrel_file, tmp_path,
+                                                                                         caplog):
+    from metarun.models.encoders import TransformerEncoder
+
+    tiny = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
+    enc = TransformerEncoder(pretrained=False, config_overrides=tiny, entity_markers=True, pooling="entity_start",
+                             marker_init="punct")
+    table, ids = enc.model.get_input_embeddings().weight, enc.hf_tokenizer.convert_tokens_to_ids
+    assert torch.equal(table[ids("[E1]")], table[ids("@")]) and torch.equal(table[ids("[/E2]")], table[ids("#")])
+    assert not torch.equal(table[ids("[E1]")], table[ids("[E2]")])
+    with pytest.raises(ConfigError, match="resize, punct"):
+        TransformerEncoder(pretrained=False, config_overrides=tiny, entity_markers=True, marker_init="zero")
+    caplog.set_level("WARNING", logger="metarun")
+    args = [*FAST, "data=fewrel_val_split", f"data.root={fewrel_file.parent}", "data.train=[P100,P101,P102]",
+            "data.test=[P103,P104,P105]", "data.val_per_class=4", "encoder=minilm_markers", "encoder.max_length=32",
+            "encoder.pretrained=true", "trainer.max_steps=0", "sampler.n_way=3", "sampler.n_query=2", "eval.val.n_way=3", "eval.test.n_way=3",
+            "eval.val.shots=[1]", "eval.val.n_query=2", "eval.test.n_query=2", "eval.test.episodes=4"]
+    run_in_process(args, tmp_path / "resize")
+    assert "entity-marker tokens whose embeddings are untrained" in caplog.text
+    caplog.clear()
+    run_in_process([*args, "encoder.marker_init=punct"], tmp_path / "punct")
+    assert "untrained" not in caplog.text

@@ -21,6 +21,7 @@ class Encoder(nn.Module):
     out_dim: int
     tokenize: Callable[[Sequence], dict[str, torch.Tensor]] | None = None  # None: inputs are feature tensors
     transformer: bool = False  # a Hugging Face transformer: the methods below work
+    untrained_tokens: bool = False  # has added tokens (entity markers) whose embeddings nothing trained yet
 
     # -- transformer encoders override these ------------------------------------------------------
     def transformer_layers(self) -> nn.ModuleList:

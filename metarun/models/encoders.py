@@ -22,6 +22,10 @@ from metarun.models.base import Encoder
 
 POOLINGS = ("mean", "cls", "entity_start")
 MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
+MARKER_INITS = ("resize", "punct")
+# marker_init=punct: the markers start as the punctuation of Zhou & Chen (2022, "An Improved Baseline
+# for Sentence-level Relation Extraction"): @ around the head entity, # around the tail.
+PUNCT = {"[E1]": "@", "[/E1]": "@", "[E2]": "#", "[/E2]": "#"}
 
 
 def resolve_model_path(path: str) -> str:
@@ -98,6 +102,7 @@ class TransformerEncoder(Encoder):
         pretrained: bool = True,
         config_overrides: dict | None = None,
         entity_markers: bool = False,
+        marker_init: str = "resize",
         freeze: bool = False,
         attn_implementation: str | None = None,
     ):
@@ -105,6 +110,7 @@ class TransformerEncoder(Encoder):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         check_choice("encoder.pooling", pooling, POOLINGS)
+        check_choice("encoder.marker_init", marker_init, MARKER_INITS)
         if pooling == "entity_start" and not entity_markers:
             raise ConfigError("encoder.pooling=entity_start needs encoder.entity_markers=true.")
         self.name, self.pooling, self.normalize, self.frozen = name, pooling, normalize, freeze
@@ -125,6 +131,14 @@ class TransformerEncoder(Encoder):
         if entity_markers:
             self.hf_tokenizer.add_special_tokens({"additional_special_tokens": list(MARKERS)})
             self.model.resize_token_embeddings(len(self.hf_tokenizer))
+            # resize: new embeddings as transformers makes them (untrained until training moves them)
+            self.untrained_tokens = marker_init == "resize" and pretrained
+            if marker_init == "punct":
+                table = self.model.get_input_embeddings().weight
+                with torch.no_grad():
+                    for marker, punct in PUNCT.items():
+                        table[self.hf_tokenizer.convert_tokens_to_ids(marker)] = table[
+                            self.hf_tokenizer.convert_tokens_to_ids(punct)]
         self.tokenize = TextTokenizer(self.hf_tokenizer, max_length, entity_markers)
         hidden = self.model.config.hidden_size
         self.out_dim = 2 * hidden if pooling == "entity_start" else hidden
