@@ -269,3 +269,15 @@ def test_per_class_finetune_head_trains_a_copy_per_draw_and_is_seeded():
     assert all(torch.equal(v, before[k]) for k, v in learner.encoder.state_dict().items())
     with pytest.raises(ConfigError, match="eval.test.head.*logreg, finetune"):
         PerClassEvaluator(data, [3], draws=2, seed=0, head="svm")
+
+
+def test_validation_can_use_another_dataset_than_training():
+    """Domain adaptation: choose checkpoints on the target domain's validation classes."""
+    from metarun.config import build
+    from metarun.evaluate import build_evaluator
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["data=banking77", "+data@eval.val.data=hwu64"])
+    val = build_evaluator(cfg.eval, "val", build(cfg.data, "data"), progress=False)
+    hwu = build(compose_cfg(["data=hwu64"]).data, "data")
+    assert val.classes == hwu.val.classes and val.prefix == "val"

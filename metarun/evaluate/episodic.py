@@ -67,9 +67,11 @@ class EpisodicEvaluator(Evaluator):
             if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
                 raise ConfigError(f"eval.{prefix}.{key}={values!r} is not valid; give positive whole numbers, "
                                   f"e.g. eval.{prefix}.{key}=[1,5].")
-        if target is not None:
-            log.info("%s episodes from %s (%d test classes)", prefix, target.name, len(target.test.classes))
-            data = target.test
+        if target is not None:  # that dataset's split of this role (val / test), or all it has (a FewRel file)
+            split = getattr(target, prefix, None)
+            data = split if split is not None and split.classes else target.test
+            what = prefix if data is split else "test"
+            log.info("%s episodes from %s (%d %s classes)", prefix, target.name, len(data.classes), what)
         protocols = [Protocol(int(n), int(k), int(n_query), int(episodes), seed, bool(single_query), int(na_rate))
                      for n in _as_list(n_way) for k in _as_list(shots)]
         self.data = limit_per_class(data, max_per_class, seed=seed)
