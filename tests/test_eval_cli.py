@@ -1,0 +1,53 @@
+"""`metarun-eval RUN_DIR [overrides]`: a finished run's checkpoint tested again, its folder untouched."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import FAST, read_json, run_in_process
+from metarun.errors import ConfigError
+from metarun.eval_cli import evaluate_run
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("source") / "run"
+    run_in_process(FAST, run_dir)
+    return run_dir
+
+
+def test_a_new_protocol_on_another_dataset_goes_to_a_new_folder(finished, tmp_path):
+    before = snapshot(finished)
+    out = tmp_path / "eval"
+    results = evaluate_run(finished, ["eval.test.episodes=7", "eval.test.shots=[1]", "+data@eval.test.data=hwu64"], out)
+    assert snapshot(finished) == before  # the source run is untouched
+    assert results["source_run"] == str(finished) and (out / "DONE").is_file()
+    saved = read_json(out / "results.json")
+    assert saved["test_data"] == "hwu64" and saved["results"]["test/5way_1shot"]["episodes"] == 7
+    assert saved["best_step"] == read_json(finished / "results.json")["best_step"]
+
+
+def test_the_same_protocol_reproduces_the_runs_test_scores(finished, tmp_path):
+    results = evaluate_run(finished, [], tmp_path / "again")
+    source = read_json(finished / "results.json")["results"]
+    assert {k: v for k, v in results["results"].items()} == {k: v for k, v in source.items() if k.startswith("test/")}
+
+
+@pytest.mark.parametrize("override", ["sampler.k_shot=1", "learner=maml", "trainer.lr=0.1"])
+def test_only_the_evaluation_may_change(finished, tmp_path, override):
+    with pytest.raises(ConfigError, match="may change only the evaluation"):
+        evaluate_run(finished, [override], tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_command_exits_2_on_a_folder_that_is_not_a_run(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "metarun.eval_cli", str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode == 2 and "not a metarun run folder" in res.stderr and "Traceback" not in res.stderr
