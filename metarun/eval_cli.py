@@ -110,7 +110,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str], out_dir: str | Path 
     state = TrainState()
     if source.best.is_file():
         best = source.load(source.best)
-        c.learner.load_state_dict(best["model"])
+        c.learner.load_trained_state(best["model"])
         state.best_step = state.step = int(best["step"])
         with contextlib.suppress(OSError, ValueError, KeyError):
             state.step = int(json.loads((run_dir / "results.json").read_text())["steps"])

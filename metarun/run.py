@@ -111,7 +111,7 @@ def fit_and_test(c: Components, run_dir: Path) -> tuple[TrainState, dict, dict |
     try:
         state = trainer.fit(learner, c.episodes, c.val, ckpt, writer)
         if state.best_step >= 0:
-            learner.load_state_dict(ckpt.load(ckpt.best)["model"])
+            learner.load_trained_state(ckpt.load(ckpt.best)["model"])
             val_scores = state.best_val
         else:  # no training steps: evaluate the encoder as it is
             val_scores = trainer.evaluate(c.val, learner)

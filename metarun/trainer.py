@@ -208,7 +208,7 @@ class Trainer:
         if score > state.best_score:
             state.best_score, state.best_step, state.best_val, state.bad_evals = score, state.step, scores, 0
             if self.dist.main:
-                ckpt.save(ckpt.best, {"model": learner.state_dict(), "step": state.step, "score": score})
+                ckpt.save(ckpt.best, {"model": learner.trained_state(), "step": state.step, "score": score})
         else:
             state.bad_evals += 1
             if self.patience is not None and state.bad_evals >= self.patience:
@@ -242,7 +242,7 @@ class Trainer:
 
     def _snapshot(self, learner, opt, sched, scaler, state: TrainState) -> dict:
         return {
-            "model": learner.state_dict(),
+            "model": learner.trained_state(),
             "optimizer": opt.state_dict() if opt else None,
             "scheduler": sched.state_dict() if sched else None,
             "scaler": scaler.state_dict(),
@@ -254,7 +254,7 @@ class Trainer:
 
     def _restore(self, saved: dict, learner, opt, sched, scaler) -> TrainState:
         try:
-            learner.load_state_dict(saved["model"])
+            learner.load_trained_state(saved["model"])
             if opt is not None and saved.get("optimizer") is not None:
                 opt.load_state_dict(saved["optimizer"])
             if sched is not None and saved.get("scheduler") is not None:

@@ -172,3 +172,14 @@ def test_the_untrained_model_is_validated_at_step_0_without_becoming_a_candidate
     assert out["best_step"] > 0  # step 0 is the curve's start, never the tested checkpoint
     quiet = run_in_process([*ARGS, "trainer.validate_at_start=false"], tmp_path / "quiet")
     assert quiet["results"] == out["results"]  # validating first changes nothing that training does
+
+
+def test_frozen_weights_are_not_saved_and_come_back_from_where_the_run_builds_them(tmp_path):
+    run_dir = tmp_path / "run"
+    out = run_in_process([*ARGS, "encoder.freeze=true", "learner=matching"], run_dir)  # only the scale trains
+    for name in ("best.pt", "last.pt"):
+        saved = torch.load(run_dir / "checkpoints" / name, weights_only=True)["model"]
+        assert not any(k.startswith("encoder.") and "embeddings.position_ids" not in k for k in saved), name
+        assert any("scale" in k for k in saved)
+    again = run_in_process([*ARGS, "encoder.freeze=true", "learner=matching", "skip_done=false"], run_dir)
+    assert again["results"] == out["results"]  # resumed from a checkpoint without the encoder

@@ -207,6 +207,9 @@ def test_distill_cli_student_is_smaller_and_checkpoints_leave_the_teacher_out(tm
     assert report["student_sentences_per_s"] > 0 and "test/5way_1shot" in report["teacher_results"]
     saved = torch.load(student / "checkpoints" / "best.pt", weights_only=True)["model"]
     assert not any(k.startswith("teacher") for k in saved) and any(k.startswith("encoder.") for k in saved)
+    teacher_layer = torch.load(teacher / "checkpoints" / "best.pt", weights_only=True)["model"]
+    key = next(k for k in saved if ".layer.0.attention.self.query.weight" in k)
+    assert not torch.equal(saved[key], teacher_layer[key.replace("layer.0", "layer.1")])  # the student's layer trained
     with pytest.raises(ConfigError, match="learner.teacher="):
         run_in_process([*FAST, "learner=distill"], tmp_path / "none")
 

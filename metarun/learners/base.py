@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from metarun.data.collate import Episode
+from metarun.errors import CheckpointError
 
 
 @dataclass
@@ -87,6 +88,24 @@ class Learner(nn.Module):
 
     def report(self, batches: list[dict[str, torch.Tensor]]) -> dict | None:
         return None
+
+    # -- checkpoints: what trains is saved; frozen weights come from where they were loaded --------
+    def _frozen(self) -> set[str]:
+        return {k for k, v in self.state_dict(keep_vars=True).items() if isinstance(v, nn.Parameter) and not v.requires_grad}
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """The state dict without frozen parameters (a frozen encoder's weights come from its package
+        or seed, as the run builds it); buffers are kept."""
+        frozen = self._frozen()
+        return {k: v for k, v in self.state_dict().items() if k not in frozen}
+
+    def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a `trained_state`: everything but this learner's frozen parameters must be there."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        absent = [k for k in missing if k not in self._frozen()]
+        if absent or unexpected:
+            raise CheckpointError(f"checkpoint does not fit this model (missing {absent[:3]}, unexpected "
+                                  f"{unexpected[:3]}). The file was kept; use the config it was written with.")
 
 
 class FeatureLearner(Learner):

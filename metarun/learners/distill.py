@@ -92,9 +92,13 @@ def load_teacher(path: str, encoder: nn.Module, train_classes: Sequence[str]) ->
 
 
 def _run_teacher(path: str, file: Path, encoder: nn.Module, train_classes: Sequence[str]) -> RunTeacher:
-    state = Checkpointer(file.parent.parent).load(file)["model"]
+    saved = Checkpointer(file.parent.parent).load(file)
+    state, config = saved["model"], saved.get("config", {})
     teacher = FineTune(encoder, train_classes, head_lr=None)
     missing, unexpected = teacher.load_state_dict(state, strict=False)
+    frozen = (config.get("encoder") or {}).get("freeze") or (config.get("learner") or {}).get("freeze_encoder")
+    if frozen:  # a frozen encoder is not saved: its weights are the package's, as this run loaded them
+        missing = [k for k in missing if not k.startswith("encoder.")]
     if missing or unexpected:
         raise ConfigError(f"learner.teacher={path!r} is not a finetune checkpoint for this encoder and these "
                           f"{len(train_classes)} training classes (missing {missing[:3]}, unexpected {unexpected[:3]}).")
@@ -142,6 +146,8 @@ class Distill(ProbedLearner):
         teacher_model = load_teacher(teacher, encoder, train_classes)
         if isinstance(teacher_model, RunTeacher):  # student = teacher's layers and classifier
             student, head = truncated_copy(teacher_model.encoder, list(student_layers)), copy.deepcopy(teacher_model.head)
+            # the copies of the (frozen) teacher's modules train, unless the run freezes the encoder
+            student.requires_grad_(not encoder.frozen)
         else:  # student = the encoder's layers (the teacher's own when encoder.path is the teacher's path)
             student, head = truncated_copy(encoder, list(student_layers)), nn.Linear(encoder.out_dim, len(train_classes))
         super().__init__(student, test_head, C, test_steps, test_lr, head_lr=head_lr)

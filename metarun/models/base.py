@@ -22,6 +22,7 @@ class Encoder(nn.Module):
     tokenize: Callable[[Sequence], dict[str, torch.Tensor]] | None = None  # None: inputs are feature tensors
     transformer: bool = False  # a Hugging Face transformer: the methods below work
     untrained_tokens: bool = False  # has added tokens (entity markers) whose embeddings nothing trained yet
+    frozen: bool = False  # built with freeze=true: its weights never train
 
     # -- transformer encoders override these ------------------------------------------------------
     def transformer_layers(self) -> nn.ModuleList:
