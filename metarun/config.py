@@ -12,9 +12,16 @@ from omegaconf import DictConfig, OmegaConf
 from metarun.errors import ConfigError, MetarunError
 
 
+# Keys a data config may hold for another group to read (not arguments of its loader): the encoder
+# length a dataset needs, read by the encoder configs as ${oc.select:data.encoder_max_length,64}.
+DATA_HINTS = ("encoder_max_length",)
+
+
 def build(node: DictConfig | dict, group: str, **objects):
     """Instantiate `node._target_` with the node's resolved keys and `objects` passed as they are."""
     params = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    if group == "data" or group.endswith(".data"):
+        params = {k: v for k, v in params.items() if k not in DATA_HINTS}
     try:
         # partial first: Hydra would turn dataclass arguments (datasets) into configs
         return instantiate(params, _partial_=True)(**objects)

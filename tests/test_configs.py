@@ -97,3 +97,10 @@ def test_configs_resolve_completely():
     cfg = compose_cfg([])
     OmegaConf.resolve(cfg)
     assert instantiate  # the default config has no dangling interpolations
+
+
+def test_a_data_config_sets_the_encoder_length_it_needs_and_the_command_line_wins():
+    assert OmegaConf.to_container(compose_cfg(["data=20newsgroups"]).encoder, resolve=True)["max_length"] == 256
+    assert compose_cfg([]).encoder.max_length == 64
+    assert compose_cfg(["data=20newsgroups", "encoder.max_length=32"]).encoder.max_length == 32
+    assert build(compose_cfg(["data=20newsgroups"]).data, "data").test.classes  # the hint is not a loader argument
