@@ -262,15 +262,19 @@ def test_domain_adaptation_tests_on_another_file(fewrel_file, tmp_path, caplog):
     other = tmp_path / "pubmed.json"  # a "different domain": other relation ids, same format
     raw = json.loads(fewrel_file.read_text())
     other.write_text(json.dumps({f"PM{i}": v for i, v in enumerate(raw.values())}))
+    # both domains have relation names: the training file's must not label the target's relations
+    (fewrel_file.parent / "pid2name.json").write_text(json.dumps({f"P{100 + i}": [f"wiki {i}", ""] for i in range(6)}))
+    (tmp_path / "pm_names.json").write_text(json.dumps({f"PM{i}": [f"pubmed {i}", ""] for i in range(6)}))
     run = tmp_path / "da"
     run_in_process([*FAST, "data=fewrel_val_split", f"data.root={fewrel_file.parent}", "data.train=[P100,P101,P102]",
                    "data.test=[P103,P104,P105]", "data.val_per_class=4", "encoder=cnn", "encoder.init=random",
                    "sampler.n_way=3", "sampler.n_query=2", "eval.val.n_way=3", "eval.val.shots=[1]", "eval.val.n_query=2",
-                   "+data@eval.test.data=fewrel_file", f"eval.test.data.path={other}"], run)
+                   "+data@eval.test.data=fewrel_file", f"eval.test.data.path={other}",
+                   "eval.test.data.names_file=pm_names.json"], run)
     out = read_json(run / "results.json")
     assert (out["data"], out["test_data"]) == ("fewrel_val_split", "pubmed")  # named after the file
     assert "test episodes from pubmed (6 test classes)" in caplog.text
-    assert "test_classes" not in out or set(out["test_classes"]) == {f"PM{i}" for i in range(6)}
+    assert out["test_classes"] == {f"PM{i}": f"pubmed {i}" for i in range(6)}  # the relations tested on
 
 
 def test_markers_can_start_from_punctuation_and_untrained_frozen_markers_are_warned_about(fewrel_file, tmp_path,
