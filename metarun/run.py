@@ -119,7 +119,7 @@ def fit_and_test(c: Components, run_dir: Path) -> tuple[TrainState, dict, dict |
         test_scores = {}
         for evaluator in c.tests:
             test_scores.update(trainer.evaluate(evaluator, learner))
-        writer.write(state.step, {f"{k}/{m}": v[m] for k, v in test_scores.items() for m in ("acc", "ci95")})
+        writer.write_scores(state.step, test_scores)
         report = learner_report(learner, c.encoder, c.data.test, trainer.device)
     finally:
         writer.close()
@@ -250,6 +250,8 @@ def finished_results(run_dir: Path, cfg: DictConfig) -> dict | None:
 
 def learner_report(learner: Learner, encoder: Encoder, test_data, device) -> dict | None:
     """The learner's `report` (distill: sizes and speeds) on 256 test sentences in batches of 64."""
+    if not learner.reports:
+        return None
     examples = [test_data[i] for i in range(min(256, len(test_data)))]
     batches = [{k: v.to(device) for k, v in encoder.tokenize(examples[i : i + 64]).items()}
                for i in range(0, len(examples), 64)]

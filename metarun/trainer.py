@@ -138,10 +138,9 @@ class Trainer:
         log.resume_at(state.step)  # metrics logged after the checkpoint (or by a start that never saved) go
         if state.step == 0 and self.max_steps > 0 and self.validate_at_start:
             scores = self.evaluate(validate, learner)  # what training starts from: the first point of the curves
-            log.write(0, {f"{k}/{m}": v[m] for k, v in scores.items() for m in ("acc", "ci95")})
+            log.write_scores(0, scores)
             if dist.main:
-                tqdm.write("step 0 (before training): " + ", ".join(f"{k} {v['acc']:.2f} ± {v['ci95']}"
-                                                                     for k, v in scores.items()))
+                tqdm.write(f"step 0 (before training): {_brief(scores)}")
         loader = self._loader(episodes, state.step)
         bar = tqdm(total=self.max_steps, initial=state.step, desc="train", disable=not (self.progress and dist.main),
                    unit="step")
@@ -203,7 +202,7 @@ class Trainer:
 
     def _validate(self, learner, validate, state: TrainState, ckpt, log) -> None:
         scores = self.evaluate(validate, learner)
-        log.write(state.step, {f"{k}/{m}": v[m] for k, v in scores.items() for m in ("acc", "ci95")})
+        log.write_scores(state.step, scores)
         score = sum(v["acc"] for v in scores.values()) / len(scores)
         if score > state.best_score:
             state.best_score, state.best_step, state.best_val, state.bad_evals = score, state.step, scores, 0
@@ -215,8 +214,7 @@ class Trainer:
                 tqdm.write(f"early stopping at step {state.step}: no improvement in {state.bad_evals} evaluations")
                 state.finished = True
         if self.dist.main:
-            tqdm.write(f"step {state.step}: " + ", ".join(f"{k} {v['acc']:.2f} ± {v['ci95']}" for k, v in scores.items())
-                       + f" (best {state.best_score:.2f} at step {state.best_step})")
+            tqdm.write(f"step {state.step}: {_brief(scores)} (best {state.best_score:.2f} at step {state.best_step})")
 
     def _loader(self, episodes: EpisodeDataset, start_step: int):
         # this rank's tasks of every step: task j of step s is episode s * meta_batch + j
@@ -274,3 +272,7 @@ class Trainer:
         # A run continued to a larger max_steps goes on, unless it had stopped early.
         state.finished = self.patience is not None and state.bad_evals >= self.patience
         return state
+
+
+def _brief(scores: dict[str, dict]) -> str:
+    return ", ".join(f"{k} {v['acc']:.2f} ± {v['ci95']}" for k, v in scores.items())

@@ -44,6 +44,13 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = N
                           timeout=timeout, env=full_env)
 
 
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file of a run folder by its relative path (the lock file aside: its content is the pid
+    of the last process that asked for the folder)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 

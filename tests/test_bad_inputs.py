@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, run_cli, run_in_process
+from conftest import FAST, run_cli, run_in_process, snapshot
 from metarun.errors import CheckpointError, MetarunError, RunDirError
 from metarun.tracking.run_dir import RunDir
 
@@ -43,13 +43,6 @@ def files(tmp_path_factory) -> Path:
     (d / "json_fewrel" / "val_wiki.json").write_text('{"P1": [')
     (d / "teacher.pt").write_bytes(b"not a checkpoint")
     return d
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file of a run folder by its relative path (the lock file aside: its content is the pid
-    of the last process that asked for the folder)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
 
 
 TABLE = ["data=table", "data.classes={train: [a, b, c], val: [d, e], test: [f, g]}", "sampler.n_way=3",

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import FAST, read_json, run_in_process
+from conftest import FAST, read_json, run_in_process, snapshot
 from metarun.errors import ConfigError
 from metarun.eval_cli import evaluate_run
-
-
-def snapshot(folder):
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ class Learner(nn.Module):
       otherwise the trainer hands it one task at a time (one backward each, bounded memory).
     - `nota`: predicts none-of-the-above as class N; `nota_offset` is its learned offset, if any.
     - `task_heads`: has a head per training task, scored on held-out examples by `task_accuracy`.
-    - `report(batches)`: extra facts for results.json (distill: sizes and speeds), or None.
+    - `reports`: `report(batches)` gives extra facts for results.json (distill: sizes and speeds).
     """
 
     name: str = "learner"
@@ -45,6 +45,7 @@ class Learner(nn.Module):
     batch_tasks: bool = False
     nota: bool = False
     task_heads: bool = False
+    reports: bool = False
 
     def __init__(self):
         super().__init__()

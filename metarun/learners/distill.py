@@ -132,7 +132,7 @@ def _hf_teacher(path: str, encoder: nn.Module, train_classes: Sequence[str]) -> 
 
 
 class Distill(ProbedLearner):
-    trains_on_classes = True
+    trains_on_classes, reports = True, True
 
     def __init__(self, encoder: nn.Module, train_classes: Sequence[str], teacher: str | None = None,
                  student_layers: Sequence[int] = (0, 5), temperature: float = 2.0, alpha: float = 0.5,

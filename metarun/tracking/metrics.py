@@ -24,6 +24,10 @@ class MetricsWriter:
         if self.use_tensorboard:
             self._tensorboard(purge_step=step + 1)
 
+    def write_scores(self, step: int, scores: dict[str, dict]) -> None:
+        """Evaluation scores {"val/5way_5shot": {"acc", "ci95", ...}} as `val/5way_5shot/acc`, `.../ci95`."""
+        self.write(step, {f"{k}/{m}": v[m] for k, v in scores.items() for m in ("acc", "ci95")})
+
     def write(self, step: int, metrics: dict[str, float | None]) -> None:
         """One line; a value that is missing or not finite (a CI of one episode) is written as null."""
         values = {k: float(v) if v is not None and math.isfinite(float(v)) else None for k, v in metrics.items()}
