@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from metarun.data.collate import Episode
 from metarun.errors import ConfigError
-from metarun.learners.functional import adapt
+from metarun.learners.functional import adapt, sgd
 from metarun.learners.maml import MAML, Reptile
 from metarun.models.base import Encoder
 from metarun.models.encoders import TransformerEncoder
@@ -38,7 +38,7 @@ def meta_grads(learner, episode):
 def test_one_inner_step_on_linear_model_matches_hand_derivation():
     x, y = torch.randn(5, 3), torch.randn(5)
     w = torch.randn(3, requires_grad=True)
-    out = adapt(lambda p: ((x @ p["w"] - y) ** 2).mean(), {"w": w}, ["w"], 1, lambda s: {"w": 0.1}, first_order=False)
+    out = adapt(lambda p: ((x @ p["w"] - y) ** 2).mean(), {"w": w}, ["w"], 1, sgd(lambda s: {"w": 0.1}), first_order=False)
     expected = w - 0.1 * (2 / 5) * x.T @ (x @ w - y)
     assert torch.allclose(out["w"], expected, atol=1e-6)
 

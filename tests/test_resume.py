@@ -58,3 +58,22 @@ def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert ckpt.load(ckpt.last)["step"] == 1
     assert [p.name for p in ckpt.dir.iterdir()] == ["last.pt"]
+
+
+@pytest.mark.parametrize("learner", [
+    ["learner=lstm_meta", "learner.tensor_embedding=2", "learner.inner_steps=2"],  # a learned optimiser
+    ["learner=hypernet", "learner.generate=adapters", "learner.inner_steps=1"],  # generator + learned rates
+])
+def test_meta_learned_learners_resume_exactly_after_sigkill(tmp_path, learner):
+    """The meta-learner's own parameters (LSTM, generator, inner rates) are in the checkpoint."""
+    args = [*ARGS, *learner]
+    full, run_dir = tmp_path / "full", tmp_path / "run"
+    run_in_process(args, full)
+    killed = run_cli([*args, f"hydra.run.dir={run_dir}", "trainer.debug_kill_at_step=4"], cwd=tmp_path)
+    assert killed.returncode == -9
+    run_in_process(args, run_dir)
+    assert read_json(run_dir / "results.json")["results"] == read_json(full / "results.json")["results"]
+    a = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(full / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert any(k.startswith(("policy.", "generator.")) for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -123,6 +123,16 @@ class FeatureLearner(Learner):
 NOTA_LR = 1e-3
 
 
+def encoder_and_rest(learner: nn.Module, lr: float, rest_lr: float) -> list[dict]:
+    """Two optimiser groups: the (pretrained) encoder at the trainer's `lr`, every other trainable
+    parameter (freshly initialised modules: relation scorers, generators, learned optimisers) at
+    `rest_lr`, since a few hundred steps at a fine-tuning rate barely move a random module."""
+    enc = [p for p in learner.encoder.parameters() if p.requires_grad]
+    ids = {id(p) for p in enc}
+    rest = [p for p in learner.parameters() if p.requires_grad and id(p) not in ids]
+    return [g for g in ({"params": enc, "lr": lr}, {"params": rest, "lr": rest_lr}) if g["params"]]
+
+
 def with_nota(logits: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     """(M, N) class logits -> (M, N+1): the none-of-the-above logit is the query's mean class logit
     plus a learned offset, so NOTA wins when no class stands out from the others. Relative to the

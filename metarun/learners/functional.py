@@ -43,12 +43,18 @@ def sgd_update(params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
     return {n: step(p, grads[n], lrs[n]) if n in grads else p for n, p in params.items()}
 
 
-def adapt(loss_fn, params: dict[str, torch.Tensor], names: list[str], steps: int, lr_at,
+def sgd(lr_at):
+    """The inner-loop update of MAML and its variants: `lr_at(step) -> {name: lr}`, then `sgd_update`."""
+    return lambda step, params, grads, loss: sgd_update(params, grads, lr_at(step))
+
+
+def adapt(loss_fn, params: dict[str, torch.Tensor], names: list[str], steps: int, update,
           first_order: bool, func_grad: bool = False, zero_first: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
-    """The MAML inner loop as a pure function of a parameter dict.
+    """The inner loop of gradient-based meta-learning as a pure function of a parameter dict.
 
     `loss_fn(params) -> scalar` is the support loss; only `names` are adapted (and differentiated);
-    `lr_at(step) -> {name: lr}`. Inner gradients are partial derivatives w.r.t. the adapted tensors,
+    `update(step, params, grads, loss) -> params` turns the gradients into new parameters: `sgd(lr_at)`
+    for MAML and its variants, a learned optimiser's step for `lstm_meta`. Inner gradients are partial derivatives w.r.t. the adapted tensors,
     while the outer backward differentiates through everything, including how their starting values
     were computed (e.g. a Proto-MAML head built from support features). With `first_order` the
     inner gradients are constants (FOMAML); otherwise the meta-gradient has the second-order terms.
@@ -64,15 +70,16 @@ def adapt(loss_fn, params: dict[str, torch.Tensor], names: list[str], steps: int
     for step in range(steps):
         names = [n for n in all_names if n not in zero_first] if step == 0 else all_names
         if func_grad:
-            grads = torch.func.grad(lambda a: loss_fn({**params, **a}))({n: params[n] for n in names})
+            grads, loss = torch.func.grad_and_value(lambda a: loss_fn({**params, **a}))({n: params[n] for n in names})
         else:
             alias = {n: params[n].view_as(params[n]) if params[n].requires_grad else params[n].detach().requires_grad_()
                      for n in names}
             # retain_graph: the outer loss may share this graph (fixed features behind an ANIL head)
-            g = torch.autograd.grad(loss_fn({**params, **alias}), list(alias.values()),
+            loss = loss_fn({**params, **alias})
+            g = torch.autograd.grad(loss, list(alias.values()),
                                     create_graph=not first_order, retain_graph=True, allow_unused=True)
             grads = {n: gi if gi is not None else torch.zeros_like(params[n]) for n, gi in zip(names, g)}
         if first_order:
-            grads = {n: g.detach() for n, g in grads.items()}
-        params = sgd_update(params, grads, lr_at(step))
+            grads, loss = {n: g.detach() for n, g in grads.items()}, loss.detach()
+        params = update(step, params, grads, loss)
     return params

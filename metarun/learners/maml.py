@@ -29,7 +29,7 @@ from torch.func import functional_call
 from metarun.data.collate import Episode
 from metarun.errors import ConfigError, check_choice
 from metarun.learners.base import Learner, StepOutput, accuracy
-from metarun.learners.functional import adapt, linear_head, proto_head
+from metarun.learners.functional import adapt, linear_head, proto_head, sgd
 from metarun.models.base import Encoder
 
 ADAPT = ("all", "head", "top_k")
@@ -80,6 +80,10 @@ class InnerLoopPolicy(nn.Module):
             self.lrs = nn.Parameter(torch.full((max(steps, 1), len(names)), self.inner_lr))
         else:
             self.lrs = None
+
+    def updater(self):
+        """The update `functional.adapt` applies at each inner step (stateless for SGD)."""
+        return sgd(self.lr_at)
 
     def lr_at(self, step: int) -> dict[str, torch.Tensor | float]:
         if self.step_size == "scalar":
@@ -187,7 +191,8 @@ class MAML(Learner):
             return F.cross_entropy(logits.flatten(0, -2), support_labels.flatten()) * n_tasks
 
         policy = self.policy
-        fast = adapt(support_loss, params, policy.names, steps, policy.lr_at, first_order, func_grad, policy.zero_first)
+        fast = adapt(support_loss, params, policy.names, steps, policy.updater(), first_order, func_grad,
+                     policy.zero_first)
         q_feats = features[1] if features is not None else encode(fast, query)
         return linear_head(q_feats, fast["head.weight"], fast["head.bias"])
 
@@ -267,7 +272,7 @@ class Reptile(MAML):
         def task_loss(p):
             return F.cross_entropy(linear_head(self._encode(p, x), p["head.weight"], p["head.bias"]), y)
 
-        fast = adapt(task_loss, fast, policy.names, self.inner_steps, policy.lr_at, first_order=True,
+        fast = adapt(task_loss, fast, policy.names, self.inner_steps, policy.updater(), first_order=True,
                      zero_first=policy.zero_first)
         with torch.no_grad():
             logits = linear_head(self._encode(fast, episode.query), fast["head.weight"], fast["head.bias"])

@@ -15,7 +15,7 @@ from torch import nn
 
 from metarun.data.collate import Episode
 from metarun.errors import ConfigError
-from metarun.learners.base import Learner, StepOutput, accuracy
+from metarun.learners.base import Learner, StepOutput, accuracy, encoder_and_rest
 from metarun.models.base import Encoder
 
 
@@ -50,8 +50,7 @@ class PairNet(Learner):
         self.classifier = nn.Linear(encoder.hidden_size, 2)  # (different, same)
 
     def param_groups(self, lr: float) -> list[dict]:
-        return [{"params": [p for p in self.encoder.parameters() if p.requires_grad], "lr": lr},
-                {"params": list(self.classifier.parameters()), "lr": self.head_lr or lr}]
+        return encoder_and_rest(self, lr, self.head_lr or lr)
 
     def pair_scores(self, pairs: dict[str, torch.Tensor]) -> torch.Tensor:
         """(P, L) pairs -> (P, 2) scores, in chunks of `pair_batch_size` pairs."""

@@ -15,7 +15,7 @@ from torch import nn
 
 from metarun.data.collate import Episode
 from metarun.errors import ConfigError
-from metarun.learners.base import FeatureLearner, StepOutput, accuracy, with_nota
+from metarun.learners.base import FeatureLearner, StepOutput, accuracy, encoder_and_rest, with_nota
 from metarun.learners.functional import prototypes
 
 
@@ -32,9 +32,7 @@ class RelationNet(FeatureLearner):
         self.relation = nn.Sequential(nn.Linear(2 * d, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def param_groups(self, lr: float) -> list[dict]:
-        return [{"params": [p for p in self.encoder.parameters() if p.requires_grad], "lr": lr},
-                {"params": [*self.relation.parameters(), *([self.nota_offset] if self.nota else [])],
-                 "lr": self.head_lr or lr}]
+        return encoder_and_rest(self, lr, self.head_lr or lr)
 
     def predict_from_features(self, support, support_labels, query, n_way):
         """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) relation scores in (0, 1) (and a NOTA score with `nota`)."""
