@@ -110,11 +110,12 @@ def fit_and_test(c: Components, run_dir: Path) -> tuple[TrainState, dict, dict |
     ckpt = Checkpointer(run_dir, c.config)
     try:
         state = trainer.fit(learner, c.episodes, c.val, ckpt, writer)
+        # No training steps: nothing selects a checkpoint, so the validation classes are not evaluated
+        # (they would cost encoding and episodes whose scores nothing uses); test the model as it is.
+        val_scores = {}
         if state.best_step >= 0:
             learner.load_trained_state(ckpt.load(ckpt.best)["model"])
             val_scores = state.best_val
-        else:  # no training steps: evaluate the encoder as it is
-            val_scores = trainer.evaluate(c.val, learner)
         learner.to(trainer.device)
         test_scores = {}
         for evaluator in c.tests:

@@ -10,7 +10,12 @@ encoder's first inner gradient is then exactly zero, which metarun skips and the
 fixed 384-d features, inner steps 1 and 5, first and second order; (b) all-MiniLM-L6-v2 (mean
 pooling) + linear head on real BANKING77 sentences (max length 32), 1 inner step, first and second
 order, plus ANIL (head-only inner loop) for comparison; (c) ANIL on MiniLM with 5 inner steps,
-the tasks of a meta-batch one at a time against all of them at once.
+the tasks of a meta-batch one at a time against all of them at once; (d) `--cases learners`: one
+meta-iteration of each gradient-based learner on the same MiniLM episodes, 5 inner steps where the
+learner has an inner loop (first order): `anil`, `fomaml` (every weight adapts), `lstm_meta` (the LSTM
+optimiser over the head), `hypernet_head` (generated head, no inner steps) and `hypernet_adapters`
+(generated LoRA deltas for every block, no inner steps). These learners compute different things, so
+their rows compare time and memory only.
 
 Implementations, all on identical episodes and initial weights:
 - `sequential`: metarun's MAML learner, one backward per task (what the trainer runs);
@@ -145,6 +150,25 @@ class WithoutBatchedForward(Encoder):
         return self.inner(x)
 
 
+LEARNERS = ("anil", "fomaml", "lstm_meta", "hypernet_head", "hypernet_adapters")
+
+
+def build_learner(impl: str, encoder, steps: int, first_order: bool, mode: str, head: str):
+    """The learner an implementation runs: MAML with the case's policy, or one of `LEARNERS`."""
+    from metarun.learners.hypernet import HyperNet
+    from metarun.learners.lstm_meta import LSTMMeta
+    from metarun.learners.maml import MAML
+
+    common = dict(inner_steps=steps, inner_lr=INNER_LR, first_order=first_order)
+    if impl == "lstm_meta":
+        return LSTMMeta(encoder, **common)
+    if impl.startswith("hypernet_"):
+        return HyperNet(encoder, generate=impl[len("hypernet_"):], inner_steps=0)
+    if impl in ("anil", "fomaml"):
+        return MAML(encoder, **common, adapt="head" if impl == "anil" else "all")
+    return MAML(encoder, **common, head_init=head, adapt=mode, vmap_tasks=impl in ("vmap", "batched"))
+
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -152,15 +176,12 @@ def rss_mb() -> float:
 
 def measure(case: str, impl: str, grad_out: str, iters: int, device: str) -> dict:
     """Runs in a child process: time `iters` meta-iterations, save the meta-gradient."""
-    from metarun.learners.maml import MAML
-
     cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     encoder, episodes, steps, first_order, mode, head = make_case(case, device)
     if impl == "vmap":
         encoder = WithoutBatchedForward(encoder)
-    learner = MAML(encoder, inner_steps=steps, inner_lr=INNER_LR, first_order=first_order, head_init=head,
-                   adapt=mode, vmap_tasks=impl in ("vmap", "batched"))
+    learner = build_learner(impl, encoder, steps, first_order, mode, head).to(device)
     learner.train()
 
     def step():
@@ -217,6 +238,8 @@ def main() -> None:
         plan += [("minilm_anil/steps1/second", ["sequential"])]
     if "minilm" in kinds or "anil" in kinds:  # a meta-batch of text tasks: one after another, or all at once
         plan += [("minilm_anil/steps5/first", ["sequential", "batched"])]
+    if "learners" in kinds:  # different learners: time and memory, no gradient comparison
+        plan += [("minilm_learners/steps5/first", list(LEARNERS))]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for case, impls in plan:
@@ -231,7 +254,7 @@ def main() -> None:
                 grads = torch.load(grad_file)
                 if ref is None:  # the case's first implementation is the one the others are compared with
                     ref = (row, grads)
-                if ref is not None:
+                if ref is not None and impl not in LEARNERS:
                     row["speedup_vs_first"] = round(ref[0]["seconds_per_iter"] / row["seconds_per_iter"], 3)
                     common = [n for n in grads if n in ref[1]]
                     row["max_meta_grad_diff"] = max((grads[n] - ref[1][n]).abs().max().item() for n in common)
