@@ -127,7 +127,9 @@ class TransformerEncoder(Encoder):
             offline = " This machine may be offline: use a local model folder." if not Path(resolved).exists() else ""
             raise ConfigError(f"cannot load encoder from encoder.path={path!r} ({resolved}): {e}.{offline}") from None
         if getattr(self.model, "pooler", None) is not None:
-            self.model.pooler = None  # unused by our pooling; would otherwise hold parameters with no gradient
+            # unused by our pooling; would otherwise hold parameters with no gradient. An Identity (not
+            # None) keeps the module tree whole for libraries that walk it (higher's monkeypatching).
+            self.model.pooler = nn.Identity()
         if entity_markers:
             self.hf_tokenizer.add_special_tokens({"additional_special_tokens": list(MARKERS)})
             self.model.resize_token_embeddings(len(self.hf_tokenizer))
