@@ -117,9 +117,11 @@ def make_case(case: str, device: str = "cpu"):
         from metarun.models.mlp import MLPEncoder
 
         g = torch.Generator().manual_seed(0)
-        centers = torch.randn(50, 384, generator=g)  # noise 2.5: query loss ~1, far from saturation
+        centers = torch.randn(50, 384, generator=g)
+        # x0.1: at unit scale the Proto-MAML head's logit gap is ~90, the support loss 0.0 and every inner
+        # gradient < 1e-22, so steps and orders would not differ; here the support loss is ~0.8
         def feats(cls, n):  # noqa: E306
-            return centers[cls].repeat_interleave(n, 0) + 2.5 * torch.randn(len(cls) * n, 384, generator=g)
+            return 0.1 * (centers[cls].repeat_interleave(n, 0) + 2.5 * torch.randn(len(cls) * n, 384, generator=g))
         episodes = []
         for t in range(TASKS):
             cls = torch.randperm(50, generator=g)[:N]
@@ -210,10 +212,18 @@ def measure(case: str, impl: str, grad_out: str, iters: int, device: str) -> dic
         if i >= 2:
             times.append(time.perf_counter() - t)
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with torch.no_grad():  # the first inner step's loss: near 0, the inner loop would not move the weights
+        from metarun.learners.functional import linear_head
+
+        ep = episodes[0]
+        feats = encoder(ep.support)
+        w, b = learner._init_head(feats, ep.support_labels, ep.n_way)
+        support_loss = F.cross_entropy(linear_head(feats, w, b).float(), ep.support_labels).item()
     grads = {n.removeprefix("inner."): p.grad.cpu() for n, p in encoder.named_parameters() if p.grad is not None}
     torch.save(grads, grad_out)
     return {"case": case, "impl": impl, "device": torch.cuda.get_device_name() if cuda else "cpu",
             "seconds_per_iter": statistics.median(times), "peak_mem_mb": round(max(0.0, peak - before), 1),
+            "support_loss": round(support_loss, 4),
             "threads": torch.get_num_threads()}
 
 
@@ -240,7 +250,7 @@ def main() -> None:
         plan += [("minilm_anil/steps5/first", ["sequential", "batched"])]
     if "learners" in kinds:  # different learners: time and memory, no gradient comparison
         plan += [("minilm_learners/steps5/first", list(LEARNERS))]
-    rows = []
+    rows, first_order_grads = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for case, impls in plan:
             ref = None
@@ -261,7 +271,30 @@ def main() -> None:
                     row["max_abs_meta_grad"] = max(g.abs().max().item() for g in grads.values())
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                check_exercised(row, grads, first_order_grads)
     args.out.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def check_exercised(row: dict, grads: dict, first_order_grads: dict) -> None:
+    """Refuse a case that cannot show what it measures: a support loss near zero (inner gradients
+    vanish, so steps and orders compute the same thing), or second-order meta-gradients equal to the
+    first-order ones of the same case (the second-order term would be unmeasured)."""
+    if row["support_loss"] < 1e-3:
+        raise SystemExit(f"{row['case']} {row['impl']}: support loss {row['support_loss']} at the first inner step; "
+                         f"the inner loop does not move the weights, so this case measures nothing. Rescale it.")
+    if row["impl"] in LEARNERS:
+        return
+    key = (row["case"].replace("/second", "/first"), row["impl"])
+    if "/first" in row["case"]:
+        first_order_grads[key] = grads
+    elif key in first_order_grads:
+        first = first_order_grads[key]
+        diff = max((grads[n] - first[n]).abs().max().item() for n in grads if n in first)
+        scale = max(g.abs().max().item() for g in grads.values())
+        row["first_vs_second_order_diff"] = diff
+        if diff <= 1e-6 * scale:
+            raise SystemExit(f"{row['case']} {row['impl']}: second-order meta-gradients equal the first-order ones "
+                             f"(max difference {diff:.1e} of {scale:.1e}); the case does not exercise second order.")
 
 
 if __name__ == "__main__":
