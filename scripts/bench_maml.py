@@ -27,6 +27,13 @@ Implementations, all on identical episodes and initial weights:
   heads of all tasks adapt in one batched inner loop;
 - `reference`: written here the way learn2learn does it: clone every parameter of the model per task
   (shallow module copies holding cloned tensors), replace the parameters after each inner step.
+- `higher`: the `higher` package (`pip install -e ".[bench]"`), `innerloop_ctx` over encoder + head
+  with the same head initialisation, `grad_callback` detaching inner gradients for first order; run
+  when installed.
+
+Every case must exercise what it measures: the run stops when the first inner step's support loss is
+near zero (inner gradients vanish, so steps and orders would compute the same) or when a case's
+second-order meta-gradients equal its first-order ones (`first_vs_second_order_diff` in the rows).
 
 Each (case, impl) runs in its own subprocess so that peak memory (max RSS growth over the process's
 size before the first iteration) is its own; on CUDA, peak memory is `torch.cuda.max_memory_allocated`
@@ -102,6 +109,43 @@ def reference_meta_step(encoder, episodes, steps: int, first_order: bool, head: 
             w, b = w - INNER_LR * grads[-2], b - INNER_LR * grads[-1]
         loss = F.cross_entropy(clone(ep.query) @ w.T + b, ep.query_labels)
         (loss / len(episodes)).backward()
+
+
+# ---------------------------------------------------------------- the `higher` reference
+class WithHead(torch.nn.Module):
+    """Encoder + an N-way linear head as one module, the shape `higher.innerloop_ctx` adapts."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder, self.head = encoder, torch.nn.Linear(encoder.out_dim, N)
+
+    def forward(self, x):
+        return self.head(self.encoder(x))
+
+
+def higher_meta_step(encoder, episodes, steps: int, first_order: bool, head: str) -> None:
+    """The established functional-MAML package (`pip install higher`): `innerloop_ctx` over encoder +
+    head, the head's initial value replaced by the task's (Proto-MAML or zeros) through
+    `update_params`, first order by `grad_callback` detaching the inner gradients."""
+    import higher
+
+    model = WithHead(encoder)
+    opt = torch.optim.SGD(model.parameters(), lr=INNER_LR)
+    detach = (lambda grads: [g.detach() for g in grads]) if first_order else None
+    for ep in episodes:
+        with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
+            if head == "proto":
+                feats = encoder(ep.support)
+                one_hot = F.one_hot(ep.support_labels, N).to(feats.dtype)
+                c = one_hot.T @ feats / one_hot.sum(0).unsqueeze(1)
+                w, b = 2 * c, -c.pow(2).sum(-1)
+            else:
+                w = torch.zeros(N, encoder.out_dim, requires_grad=True, device=ep.support_labels.device)
+                b = torch.zeros(N, requires_grad=True, device=ep.support_labels.device)
+            fmodel.update_params(list(fmodel.fast_params)[:-2] + [w, b])
+            for _ in range(steps):
+                diffopt.step(F.cross_entropy(fmodel(ep.support), ep.support_labels), grad_callback=detach)
+            (F.cross_entropy(fmodel(ep.query), ep.query_labels) / len(episodes)).backward()
 
 
 # ---------------------------------------------------------------- cases
@@ -190,6 +234,8 @@ def measure(case: str, impl: str, grad_out: str, iters: int, device: str) -> dic
         learner.zero_grad(set_to_none=True)
         if impl == "reference":
             reference_meta_step(encoder, episodes, steps, first_order, head)
+        elif impl == "higher":
+            higher_meta_step(encoder, episodes, steps, first_order, head)
         elif impl in ("vmap", "batched"):
             learner.training_loss_tasks(episodes).loss.backward()
         else:
@@ -240,11 +286,18 @@ def main() -> None:
         return
     kinds = args.cases.split(",")
     plan = []
+    try:  # the second reference, when installed (pip install higher)
+        import higher  # noqa: F401
+        refs = ["higher"]
+    except ImportError:
+        refs = []
+        print("higher is not installed: only the clone-and-update reference runs (pip install higher)", file=sys.stderr)
     if "mlp" in kinds:
-        plan += [(f"mlp/steps{s}/{o}{h}", ["reference", "sequential", "batched", "vmap"])
+        plan += [(f"mlp/steps{s}/{o}{h}", ["reference", *refs, "sequential", "batched", "vmap"])
                  for h in ("", "/zeros") for s in (1, 5) for o in ("first", "second")]
     if "minilm" in kinds:
-        plan += [(f"minilm/steps1/{o}{h}", ["reference", "sequential"]) for h in ("", "/zeros") for o in ("first", "second")]
+        plan += [(f"minilm/steps1/{o}{h}", ["reference", *refs, "sequential"]) for h in ("", "/zeros")
+                 for o in ("first", "second")]
         plan += [("minilm_anil/steps1/second", ["sequential"])]
     if "minilm" in kinds or "anil" in kinds:  # a meta-batch of text tasks: one after another, or all at once
         plan += [("minilm_anil/steps5/first", ["sequential", "batched"])]
