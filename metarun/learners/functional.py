@@ -12,6 +12,20 @@ def prototypes(features: torch.Tensor, labels: torch.Tensor, n_way: int) -> torc
     return (one_hot.transpose(-2, -1) @ features) / one_hot.sum(-2).unsqueeze(-1)
 
 
+def interleaved_order(labels: torch.Tensor, n_way: int) -> torch.Tensor:
+    """The permutation that presents a class-grouped support set shot by shot: shot 1 of every class,
+    then shot 2, ... (the fixed evaluation order of the sequence learners, SNAIL and MANN)."""
+    one_hot = F.one_hot(labels, n_way)
+    shot = ((one_hot.cumsum(0) - 1) * one_hot).sum(-1)  # how many items of its class come before each
+    return torch.argsort(shot * n_way + labels, stable=True)
+
+
+def random_presentation(n_support: int, n_way: int, max_way: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training presentation of an episode to a sequence learner: a random support order, and a
+    random subset of the `max_way` one-hot label slots for its classes."""
+    return torch.randperm(n_support, device=device), torch.randperm(max_way, device=device)[:n_way]
+
+
 def squared_euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(M, D), (N, D) -> (M, N) squared distances, computed exactly (no expansion trick)."""
     return (x.unsqueeze(1) - y.unsqueeze(0)).pow(2).sum(-1)

@@ -81,13 +81,14 @@ class LSTMOptimizer(nn.Module):
             theta = torch.cat([params[n].reshape(-1) for n in names])
             grad = torch.cat([grads[n].reshape(-1) for n in names]).to(theta.dtype)
             x = torch.cat([preprocess(grad), preprocess(loss.reshape(1).to(theta.dtype)).expand(len(grad), 2)], -1)
-            if self.embedding is not None:
-                ids = torch.cat([torch.full((params[n].numel(),), self.names.index(n), device=theta.device)
-                                 for n in names])
-                x = torch.cat([x, self.embedding(ids).to(theta.dtype)], -1)
-            if not state:
+            if not state:  # the first step of this inner loop
                 zeros = theta.new_zeros(len(theta))
                 state.update(hc=None, f=zeros, i=zeros)
+                if self.embedding is not None:  # which tensor each coordinate belongs to, once per loop
+                    state["ids"] = torch.cat([torch.full((params[n].numel(),), self.names.index(n),
+                                                         device=theta.device) for n in names])
+            if self.embedding is not None:
+                x = torch.cat([x, self.embedding(state["ids"]).to(theta.dtype)], -1)
             h, c = self.lstm(x, state["hc"])
             f = torch.sigmoid(torch.cat([h, theta[:, None], state["f"][:, None]], -1) @ self.forget_weight
                               + self.forget_bias)

@@ -31,7 +31,7 @@ from torch import nn
 from metarun.data.collate import Episode
 from metarun.errors import ConfigError, check_choice
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, encoder_and_rest
-from metarun.learners.snail import _shot_index
+from metarun.learners.functional import interleaved_order, random_presentation
 
 MEMORY = ("episode", "persistent")
 
@@ -140,7 +140,7 @@ class MANN(FeatureLearner):
         return torch.cat(support_logits)[:, slots].float(), query_logits[:, slots].float()
 
     def predict_from_features(self, support, support_labels, query, n_way):
-        order = torch.argsort(_shot_index(support_labels, n_way) * n_way + support_labels, stable=True)
+        order = interleaved_order(support_labels, n_way)
         slots = torch.arange(n_way, device=support_labels.device)
         return self.run_episode(support[order], support_labels[order], query, slots)[1]
 
@@ -149,8 +149,7 @@ class MANN(FeatureLearner):
         n, ys = episode.n_way, episode.support_labels
         if self.memory == "persistent":
             self._write_bank(s.detach(), ys, n, episode.meta.get("classes"))
-        order = torch.randperm(len(s), device=s.device)
-        slots = torch.randperm(self.max_way, device=s.device)[:n]
+        order, slots = random_presentation(len(s), n, self.max_way, s.device)
         support_logits, logits = self.run_episode(s[order], ys[order], q, slots)
         loss = F.cross_entropy(logits, episode.query_labels)
         if self.support_loss:

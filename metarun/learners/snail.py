@@ -31,6 +31,7 @@ from torch import nn
 from metarun.data.collate import Episode
 from metarun.errors import ConfigError
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, encoder_and_rest
+from metarun.learners.functional import interleaved_order, random_presentation
 
 
 class DenseBlock(nn.Module):
@@ -128,8 +129,7 @@ class SNAIL(FeatureLearner):
 
     def predict_from_features(self, support, support_labels, query, n_way):
         self._check(n_way, len(support_labels))
-        # interleave the classes: shot 1 of every class, shot 2, ... (episodes list them by class)
-        order = torch.argsort(_shot_index(support_labels, n_way) * n_way + support_labels, stable=True)
+        order = interleaved_order(support_labels, n_way)  # episodes list the support set by class
         slots = torch.arange(n_way, device=support_labels.device)
         return self.sequence_logits(support[order], support_labels[order], query, slots)
 
@@ -137,14 +137,8 @@ class SNAIL(FeatureLearner):
         s, q = self.embed(episode.support), self.embed(episode.query)
         n = episode.n_way
         self._check(n, len(s))
-        order = torch.randperm(len(s), device=s.device)
-        slots = torch.randperm(self.max_way, device=s.device)[:n]
+        order, slots = random_presentation(len(s), n, self.max_way, s.device)
         logits = self.sequence_logits(s[order], episode.support_labels[order], q, slots)
         loss = F.cross_entropy(logits, episode.query_labels)
         return StepOutput(loss, {"acc": accuracy(logits.detach(), episode.query_labels)})
 
-
-def _shot_index(labels: torch.Tensor, n_way: int) -> torch.Tensor:
-    """For each item, how many items of its class come before it (its shot number, from 0)."""
-    one_hot = F.one_hot(labels, n_way)
-    return ((one_hot.cumsum(0) - 1) * one_hot).sum(-1)
