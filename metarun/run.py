@@ -18,11 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from metarun.config import build, without
-from metarun.data.collate import EpisodeDataset
+from metarun.data.collate import EpisodeDataset, FeatureEpisodeDataset
 from metarun.data.dataset import DataSplits
 from metarun.distributed import Dist
 from metarun.errors import ConfigError, RunDirError
 from metarun.evaluate import Evaluator, HeldOutTasks, build_evaluator
+from metarun.evaluate.common import encode_examples, evaluating
 from metarun.learners.base import Learner
 from metarun.models.base import Encoder
 from metarun.tracking import run_info
@@ -109,7 +110,7 @@ def fit_and_test(c: Components, run_dir: Path) -> tuple[TrainState, dict, dict |
     writer = MetricsWriter(run_dir, **c.config["logger"]) if c.dist.main else MetricsWriter(run_dir, False, False)
     ckpt = Checkpointer(run_dir, c.config)
     try:
-        state = trainer.fit(learner, c.episodes, c.val, ckpt, writer)
+        state = trainer.fit(learner, training_episodes(c), c.val, ckpt, writer)
         # No training steps: nothing selects a checkpoint, so the validation classes are not evaluated
         # (they would cost encoding and episodes whose scores nothing uses); test the model as it is.
         val_scores = {}
@@ -125,6 +126,27 @@ def fit_and_test(c: Components, run_dir: Path) -> tuple[TrainState, dict, dict |
     finally:
         writer.close()
     return state, {**test_scores, **val_scores}, report
+
+
+def trains_on_features(c: Components) -> bool:
+    """A frozen encoder under a learner that reads text only through `embed` (`feature_train`), with
+    `trainer.train_on_features`: the training episodes can be cached features."""
+    return c.trainer.train_on_features and c.learner.feature_train and c.encoder.frozen and c.trainer.max_steps > 0
+
+
+def training_episodes(c: Components) -> EpisodeDataset:
+    """The training episodes, as cached features where `trains_on_features`: each training sentence is
+    encoded once, in eval mode (no dropout: the features evaluation sees), so thousands of episodes
+    cost about one pass over the training classes instead of one encoder forward per episode."""
+    if not trains_on_features(c):
+        return c.episodes
+    device, data = c.trainer.device, c.episodes.sampler.dataset
+    c.learner.to(device)
+    with evaluating(c.learner, device, c.trainer.autocast_dtype) as amp, torch.no_grad(), amp:
+        features = encode_examples(c.learner, data, device, c.config["eval"]["batch_size"], "train: encoding",
+                                   c.trainer.progress and c.dist.main)
+    log.info("training on cached features of the frozen encoder (%d training examples encoded once)", len(data))
+    return FeatureEpisodeDataset(c.episodes.sampler, features.cpu(), len(c.episodes))
 
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
@@ -218,6 +240,7 @@ def results_record(cfg: DictConfig, c: Components, state: TrainState, scores: di
         "results": scores,
         "best_step": state.best_step,
         "steps": state.step,
+        "train_inputs": "cached features" if trains_on_features(c) else "text",
         **({"report": report} if report else {}),
         **({"test_classes": test_classes} if (test_classes := _named_test_classes(c)) else {}),
         "wall_time_s": round(wall_time_s, 1),

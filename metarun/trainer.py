@@ -61,6 +61,7 @@ class Trainer:
         progress: bool = True,
         keep_optimizer: bool = False,
         validate_at_start: bool = True,
+        train_on_features: bool = True,
         debug_kill_at_step: int | None = None,
         debug_kill_during_save: bool = False,
     ):
@@ -90,6 +91,7 @@ class Trainer:
         self.debug_kill_during_save = debug_kill_during_save  # crash tests: die halfway through writing last.pt
         self.keep_optimizer = keep_optimizer  # a finished run's last.pt keeps AdamW's moments (2x the weights)
         self.validate_at_start = validate_at_start  # the untrained model's score at step 0 (logged, not a candidate)
+        self.train_on_features = train_on_features  # read by the runner (run.training_episodes): frozen encoders
         self.device = resolve_device(device)
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"

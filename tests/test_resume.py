@@ -60,12 +60,14 @@ def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
     assert [p.name for p in ckpt.dir.iterdir()] == ["last.pt"]
 
 
-@pytest.mark.parametrize("learner", [
-    ["learner=lstm_meta", "learner.tensor_embedding=2", "learner.inner_steps=2"],  # a learned optimiser
-    ["learner=hypernet", "learner.generate=adapters", "learner.inner_steps=1"],  # generator + learned rates
+@pytest.mark.parametrize("learner, own", [
+    (["learner=lstm_meta", "learner.tensor_embedding=2", "learner.inner_steps=2"], "policy."),  # a learned optimiser
+    (["learner=hypernet", "learner.generate=adapters", "learner.inner_steps=1"], "generator."),  # + learned rates
+    # a frozen encoder: trained on cached features; the persistent memory bank is a buffer in the checkpoint
+    (["learner=mann", "learner.memory=persistent", "encoder.freeze=true"], "bank"),
 ])
-def test_meta_learned_learners_resume_exactly_after_sigkill(tmp_path, learner):
-    """The meta-learner's own parameters (LSTM, generator, inner rates) are in the checkpoint."""
+def test_meta_learned_learners_resume_exactly_after_sigkill(tmp_path, learner, own):
+    """The meta-learner's own parameters (LSTM, generator, inner rates, memory) are in the checkpoint."""
     args = [*ARGS, *learner]
     full, run_dir = tmp_path / "full", tmp_path / "run"
     run_in_process(args, full)
@@ -75,5 +77,5 @@ def test_meta_learned_learners_resume_exactly_after_sigkill(tmp_path, learner):
     assert read_json(run_dir / "results.json")["results"] == read_json(full / "results.json")["results"]
     a = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
     b = torch.load(full / "checkpoints" / "last.pt", weights_only=True)["model"]
-    assert any(k.startswith(("policy.", "generator.")) for k in a)
+    assert any(k.startswith(own) for k in a)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

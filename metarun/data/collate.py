@@ -22,6 +22,7 @@ class Episode:
     query_labels: torch.Tensor  # (N*Q,)
     n_way: int
     meta: dict = field(default_factory=dict)
+    encoded: bool = False  # support / query are an encoder's features (cached), not its inputs
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Episode":
         def move(x):
@@ -31,7 +32,8 @@ class Episode:
                 return {k: v.to(device, non_blocking=non_blocking) for k, v in x.items()}
             return x.to(device, non_blocking=non_blocking)
 
-        return Episode(move(self.support), move(self.support_labels), move(self.query), move(self.query_labels), self.n_way, self.meta)
+        return Episode(move(self.support), move(self.support_labels), move(self.query), move(self.query_labels), self.n_way, self.meta,
+                       self.encoded)
 
 
 Tokenize = Callable[[Sequence[Example]], dict[str, torch.Tensor]]
@@ -46,14 +48,36 @@ class EpisodeDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def inputs(self, idx: Sequence[int]) -> dict[str, torch.Tensor] | torch.Tensor:
+        data: FewShotDataset = self.sampler.dataset
+        return self.tokenize([data[j] for j in idx])
+
     def __getitem__(self, i: int) -> Episode:
         spec = self.sampler[i]
-        data: FewShotDataset = self.sampler.dataset
         return Episode(
-            support=self.tokenize([data[j] for j in spec.support_idx]),
+            support=self.inputs(spec.support_idx),
             support_labels=torch.as_tensor(spec.support_labels()),
-            query=self.tokenize([data[j] for j in spec.query_idx]) if spec.query_idx else None,
+            query=self.inputs(spec.query_idx) if spec.query_idx else None,
             query_labels=torch.as_tensor(spec.query_labels()),
             n_way=spec.n_way,
             meta={"index": i, "classes": spec.classes, **getattr(spec, "extra", {})},
         )
+
+
+class FeatureEpisodeDataset(EpisodeDataset):
+    """The same episode stream over cached features: row j of `features` (M, D) is example j of the
+    sampler's dataset, so episode i is (N*K, D) support and (N*Q, D) query matrices."""
+
+    def __init__(self, sampler: EpisodeSampler, features: torch.Tensor, length: int):
+        if len(features) != len(sampler.dataset):
+            raise ValueError(f"{len(features)} feature rows for a dataset of {len(sampler.dataset)} examples")
+        super().__init__(sampler, None, length)  # type: ignore[arg-type]
+        self.features = features
+
+    def inputs(self, idx: Sequence[int]) -> torch.Tensor:
+        return self.features[list(idx)]
+
+    def __getitem__(self, i: int) -> Episode:
+        episode = super().__getitem__(i)
+        episode.encoded = True
+        return episode

@@ -32,6 +32,9 @@ class Learner(nn.Module):
       fine-tuning of the encoder); the learner implements `embed` and `predict_from_features`, and
       evaluation encodes each distinct sentence once and samples thousands of episodes from cached
       features.
+    - `feature_train`: `training_loss` reads the text only through `embed`, so with a frozen encoder
+      the runner may encode the training classes once and hand it episodes of cached features
+      (`Episode.encoded`: `support` / `query` are (N*K, D) / (N*Q, D) features; `embed_episode` reads both).
     - `batch_tasks`: `training_loss_tasks` takes a whole meta-batch at once (vmap / batched inner loops);
       otherwise the trainer hands it one task at a time (one backward each, bounded memory).
     - `nota`: predicts none-of-the-above as class N; `nota_offset` is its learned offset, if any.
@@ -42,6 +45,7 @@ class Learner(nn.Module):
     name: str = "learner"
     trains_on_classes: bool = False
     feature_eval: bool = False
+    feature_train: bool = False
     batch_tasks: bool = False
     nota: bool = False
     task_heads: bool = False
@@ -76,8 +80,15 @@ class Learner(nn.Module):
         """(N*Q, N) logits for the query set; must not change meta-parameters."""
         raise NotImplementedError
 
-    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def embed(self, batch: dict[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
         return self.encoder(batch)
+
+    def embed_episode(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N*K, D) support and (N*Q, D) query features; an `encoded` episode (cached features) already
+        holds them."""
+        if episode.encoded:
+            return episode.support, episode.query
+        return self.embed(episode.support), None if episode.query is None else self.embed(episode.query)
 
     def predict_from_features(
         self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int
@@ -114,10 +125,11 @@ class FeatureLearner(Learner):
     `predict` embeds both sets and calls `predict_from_features`, and evaluation caches features."""
 
     feature_eval = True
+    feature_train = True  # subclasses whose training_loss reads text other than through embed say False
 
     def predict(self, episode: Episode) -> torch.Tensor:
-        return self.predict_from_features(self.embed(episode.support), episode.support_labels,
-                                          self.embed(episode.query), episode.n_way)
+        support, query = self.embed_episode(episode)
+        return self.predict_from_features(support, episode.support_labels, query, episode.n_way)
 
 
 NOTA_LR = 1e-3

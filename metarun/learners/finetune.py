@@ -36,6 +36,8 @@ CLASSIFIERS = ("linear", "cosine")
 class ProbedLearner(FeatureLearner):
     """A learner evaluated by fitting a fresh head on each episode's frozen support features."""
 
+    feature_train = False  # pre-trains on supervised batches through the encoder
+
     def __init__(self, encoder: nn.Module, test_head: str = "logreg", C: float = 1.0, test_steps: int = 100,
                  test_lr: float = 0.01, scale: float = 10.0, head_lr: float | None = 1e-3):
         super().__init__()

@@ -145,7 +145,7 @@ class MANN(FeatureLearner):
         return self.run_episode(support[order], support_labels[order], query, slots)[1]
 
     def training_loss(self, episode: Episode) -> StepOutput:
-        s, q = self.embed(episode.support), self.embed(episode.query)
+        s, q = self.embed_episode(episode)
         n, ys = episode.n_way, episode.support_labels
         if self.memory == "persistent":
             self._write_bank(s.detach(), ys, n, episode.meta.get("classes"))

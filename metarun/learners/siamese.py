@@ -69,7 +69,7 @@ class Siamese(FeatureLearner):
         return torch.cat([pos, neg]), torch.cat([torch.ones_like(pos), torch.zeros_like(neg)])
 
     def training_loss(self, episode: Episode) -> StepOutput:
-        s, q = self.embed(episode.support), self.embed(episode.query)
+        s, q = self.embed_episode(episode)
         pairs = self.pair_logits(q, s)  # (M, N*K)
         same = episode.query_labels.unsqueeze(1) == episode.support_labels.unsqueeze(0)  # NOTA queries: never
         logits, targets = self.balanced_pairs(pairs, same)

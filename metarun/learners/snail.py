@@ -134,7 +134,7 @@ class SNAIL(FeatureLearner):
         return self.sequence_logits(support[order], support_labels[order], query, slots)
 
     def training_loss(self, episode: Episode) -> StepOutput:
-        s, q = self.embed(episode.support), self.embed(episode.query)
+        s, q = self.embed_episode(episode)
         n = episode.n_way
         self._check(n, len(s))
         order, slots = random_presentation(len(s), n, self.max_way, s.device)

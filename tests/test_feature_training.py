@@ -1,0 +1,70 @@
+"""Training on cached features: a frozen encoder under a learner that reads text only through its
+features gets episodes of features encoded once, and they are the features it would have computed."""
+
+import pytest
+import torch
+
+from conftest import FAST, compose_cfg, run_in_process
+from metarun.data.collate import FeatureEpisodeDataset
+from metarun.config import build
+from metarun.models.encoders import TransformerEncoder
+from metarun.run import build_components, resolved, training_episodes
+from metarun.trainer import Trainer
+
+FROZEN = [*FAST, "encoder.freeze=true"]
+
+
+def components(args):
+    cfg = compose_cfg(args)
+    trainer: Trainer = build(cfg.trainer, "trainer")
+    return build_components(cfg, resolved(cfg), trainer, trainer.dist)
+
+
+@pytest.mark.parametrize("learner", ["relation", "snail", "mann", "siamese", "induction"])
+def test_cached_episodes_give_the_loss_and_gradients_of_encoded_text(learner):
+    c = components([*FROZEN, f"learner={learner}"])
+    cached = training_episodes(c)
+    assert isinstance(cached, FeatureEpisodeDataset) and len(cached) == len(c.episodes)
+    c.learner.eval()  # the cache is encoded without dropout: compare with the encoder in eval mode
+    for i in (0, 5):
+        text, feats = c.episodes[i], cached[i]
+        assert feats.encoded and not text.encoded and feats.meta == text.meta
+        assert torch.equal(feats.support_labels, text.support_labels)
+        losses, grads = [], []
+        for episode in (text, feats):
+            c.learner.zero_grad()
+            torch.manual_seed(i)  # SNAIL and MANN draw the presentation order and label slots
+            loss = c.learner.training_loss(episode).loss
+            loss.backward()
+            losses.append(loss.item())
+            grads.append([p.grad.clone() for p in c.learner.parameters() if p.requires_grad])
+        assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-6)
+        for a, b in zip(*grads):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("args, inputs", [
+    (["learner=snail", "encoder.freeze=true"], "cached features"),
+    (["learner=snail"], "text"),  # the encoder trains: it must see the text
+    (["learner=snail", "encoder.freeze=true", "trainer.train_on_features=false"], "text"),  # opted out
+    (["learner=finetune", "encoder.freeze=true"], "text"),  # reads its encoder directly on flat batches
+])
+def test_runs_train_on_cached_features_only_where_that_is_exact(tmp_path, args, inputs, monkeypatch):
+    calls, in_steps = [], []  # encoder forwards, and how many of them happened inside training steps
+    forward, train_step = TransformerEncoder.forward, Trainer._train_step
+
+    def counted_forward(self, batch):
+        calls.append(len(batch["input_ids"]))
+        return forward(self, batch)
+
+    def counted_step(self, *a, **kw):
+        before = len(calls)
+        out = train_step(self, *a, **kw)
+        in_steps.append(len(calls) - before)
+        return out
+
+    monkeypatch.setattr(TransformerEncoder, "forward", counted_forward)
+    monkeypatch.setattr(Trainer, "_train_step", counted_step)
+    results = run_in_process([*FAST, *args], tmp_path / "run")
+    assert results["train_inputs"] == inputs and results["steps"] == len(in_steps) == 6
+    assert (sum(in_steps) == 0) == (inputs == "cached features")
