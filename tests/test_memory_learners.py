@@ -249,3 +249,36 @@ def test_induction_bad_options_are_named():
         make(InductionNet, tensor_rank=0)
     with pytest.raises(ConfigError, match="learner.aggregate='median' is not valid; choose one of: mean, max"):
         make(Siamese, aggregate="median")
+
+
+# -- episode feature normalisation (SNAIL, MANN) --------------------------------------------------
+
+def test_center_l2_removes_the_support_mean_and_scales_to_unit_length():
+    from metarun.learners.functional import normalize_episode
+
+    torch.manual_seed(0)
+    shared = 5 * torch.randn(1, 8)  # the direction every sentence embedding of a frozen encoder shares
+    support, query = shared + torch.randn(6, 8), shared + torch.randn(3, 8)
+    s, q = normalize_episode(support, query, "center_l2")
+    mean = support.mean(0, keepdim=True)
+    torch.testing.assert_close(s, F.normalize(support - mean, dim=-1))
+    torch.testing.assert_close(q, F.normalize(query - mean, dim=-1))  # centred on the support mean, not its own
+    torch.testing.assert_close(s.norm(dim=-1), torch.ones(6))
+    s, q = normalize_episode(support, query, "l2")
+    torch.testing.assert_close(q, F.normalize(query, dim=-1))
+    s, q = normalize_episode(support, query, "none")
+    assert s is support and q is query
+
+
+@pytest.mark.parametrize("kind", [SNAIL, MANN])
+def test_feature_norm_is_applied_and_checked(kind):
+    ep = episode_with_classes(k=2, d=4)
+    shifted = episode_with_classes(k=2, d=4)
+    with torch.no_grad():
+        learner = make(kind).eval()
+        s, q = learner.embed_episode(ep)
+        base = learner.predict_from_features(s, ep.support_labels, q, ep.n_way)
+        moved = learner.predict_from_features(3 * (s + 10), shifted.support_labels, 3 * (q + 10), ep.n_way)
+    torch.testing.assert_close(moved, base, rtol=1e-4, atol=1e-5)  # center_l2: a shift and a scale change nothing
+    with pytest.raises(ConfigError, match="learner.feature_norm='zscore' is not valid; choose one of: none, l2, center_l2"):
+        make(kind, feature_norm="zscore")

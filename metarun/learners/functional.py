@@ -26,6 +26,22 @@ def random_presentation(n_support: int, n_way: int, max_way: int, device) -> tup
     return torch.randperm(n_support, device=device), torch.randperm(max_way, device=device)[:n_way]
 
 
+FEATURE_NORMS = ("none", "l2", "center_l2")
+
+
+def normalize_episode(support: torch.Tensor, query: torch.Tensor, how: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Episode features for learners that read them as raw inputs (SNAIL, MANN): `l2` scales every
+    feature to unit length; `center_l2` first subtracts the support mean ("CL2N", Wang et al. 2019,
+    SimpleShot), removing the direction all of a frozen encoder's sentence embeddings share, so that
+    dot products between items say which are alike. (N*K, D), (M, D) -> the same shapes."""
+    if how == "center_l2":
+        mean = support.mean(0, keepdim=True)
+        support, query = support - mean, query - mean
+    if how in ("l2", "center_l2"):
+        support, query = F.normalize(support, dim=-1), F.normalize(query, dim=-1)
+    return support, query
+
+
 def squared_euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(M, D), (N, D) -> (M, N) squared distances, computed exactly (no expansion trick)."""
     return (x.unsqueeze(1) - y.unsqueeze(0)).pow(2).sum(-1)

@@ -31,7 +31,7 @@ from torch import nn
 from metarun.data.collate import Episode
 from metarun.errors import ConfigError, check_choice
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, encoder_and_rest
-from metarun.learners.functional import interleaved_order, random_presentation
+from metarun.learners.functional import FEATURE_NORMS, interleaved_order, normalize_episode, random_presentation
 
 MEMORY = ("episode", "persistent")
 
@@ -55,9 +55,11 @@ class MANN(FeatureLearner):
     def __init__(self, encoder: nn.Module, train_classes: list[str], hidden: int = 200, slots: int = 128,
                  slot_width: int = 40, read_heads: int = 4, gamma: float = 0.95, max_way: int = 10,
                  memory: str = "episode", bank_momentum: float = 0.9, support_loss: bool = True,
-                 head_lr: float | None = 1e-3):
+                 feature_norm: str = "center_l2", head_lr: float | None = 1e-3):
         super().__init__()
         check_choice("learner.memory", memory, MEMORY)
+        check_choice("learner.feature_norm", feature_norm, FEATURE_NORMS)
+        self.feature_norm = feature_norm
         for opt, v in (("hidden", hidden), ("slots", slots), ("slot_width", slot_width), ("read_heads", read_heads),
                        ("max_way", max_way)):
             if not isinstance(v, int) or v < 1:
@@ -126,7 +128,7 @@ class MANN(FeatureLearner):
             raise ConfigError(f"learner=mann reads labels as one-hot vectors over learner.max_way={self.max_way} "
                               f"slots, but this episode is {len(slots)}-way; set learner.max_way >= {len(slots)}.")
         dtype = self.out.weight.dtype
-        support, query = support.to(dtype), query.to(dtype)
+        support, query = normalize_episode(support.to(dtype), query.to(dtype), self.feature_norm)
         labels = F.one_hot(slots[support_labels], self.max_way).to(dtype)  # (N*K, max_way)
         state, prev = self.initial_state(1, support), labels.new_zeros(1, self.max_way)
         support_logits = []

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.data.collate import Episode
-from metarun.errors import ConfigError
+from metarun.errors import ConfigError, check_choice
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, encoder_and_rest
-from metarun.learners.functional import interleaved_order, random_presentation
+from metarun.learners.functional import FEATURE_NORMS, interleaved_order, normalize_episode, random_presentation
 
 
 class DenseBlock(nn.Module):
@@ -82,8 +82,10 @@ class SNAIL(FeatureLearner):
 
     def __init__(self, encoder: nn.Module, max_way: int = 10, max_shot: int = 5, filters: int = 128,
                  attention: list[list[int]] | tuple = ((64, 32), (256, 128), (512, 256)), causal: bool = True,
-                 head_lr: float | None = 1e-3):
+                 feature_norm: str = "center_l2", head_lr: float | None = 1e-3):
         super().__init__()
+        check_choice("learner.feature_norm", feature_norm, FEATURE_NORMS)
+        self.feature_norm = feature_norm
         for opt, v in (("max_way", max_way), ("max_shot", max_shot), ("filters", filters)):
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"learner.{opt} must be a positive integer, got {v!r}.")
@@ -121,6 +123,7 @@ class SNAIL(FeatureLearner):
     def sequence_logits(self, support, support_labels, query, slots: torch.Tensor) -> torch.Tensor:
         """Support items in sequence order, (M, D) queries, each class's label slot -> (M, N) logits."""
         dtype = self.out.weight.dtype
+        support, query = normalize_episode(support, query, self.feature_norm)
         s = torch.cat([support.to(dtype), F.one_hot(slots[support_labels], self.max_way).to(dtype)], -1)
         q = torch.cat([query.to(dtype), query.new_zeros(len(query), self.max_way, dtype=dtype)], -1)
         for block in self.blocks:
