@@ -28,6 +28,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,12 +79,13 @@ def setfit_draw(ev: PerClassEvaluator, idx: list[int], d: int, num_iterations: i
     draw = [ev.data.pool[i] for i in idx]
     train = Dataset.from_dict({"text": [e.text for e in draw], "label": [ev.position[e.label] for e in draw]})
     model = SetFitModel.from_pretrained(str(resolve_model_path(MODEL)), device=str(device))
-    args = TrainingArguments(batch_size=16, num_epochs=1, num_iterations=num_iterations, seed=d,
-                             show_progress_bar=False, report_to="none")
-    trainer = Trainer(model=model, args=args, train_dataset=train)
-    t = time.perf_counter()
-    trainer.train()
-    train_s = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as tmp:  # SetFit's Trainer writes logs (and by default checkpoints) here
+        args = TrainingArguments(output_dir=tmp, logging_dir=tmp, save_strategy="no", batch_size=16, num_epochs=1,
+                                 num_iterations=num_iterations, seed=d, show_progress_bar=False, report_to="none")
+        trainer = Trainer(model=model, args=args, train_dataset=train)
+        t = time.perf_counter()
+        trainer.train()
+        train_s = time.perf_counter() - t
     texts = [e.text for e in ev.data.test.examples]
     t = time.perf_counter()
     pred = model.predict(texts, batch_size=BATCH, as_numpy=True)
