@@ -68,3 +68,23 @@ def test_runs_train_on_cached_features_only_where_that_is_exact(tmp_path, args, 
     results = run_in_process([*FAST, *args], tmp_path / "run")
     assert results["train_inputs"] == inputs and results["steps"] == len(in_steps) == 6
     assert (sum(in_steps) == 0) == (inputs == "cached features")
+
+
+def test_encoding_in_token_length_order_gives_the_features_of_any_order():
+    """Evaluation and the training cache batch sentences of similar token counts (less padding);
+    the features must not depend on which sentences share a batch."""
+    from metarun.evaluate.common import encode_examples, token_lengths
+
+    from metarun.data.dataset import FewShotDataset
+
+    c = components(FROZEN)
+    data = FewShotDataset(c.data.val.examples[::60], "every 60th validation example")
+    c.learner.eval()
+    with torch.no_grad():
+        by_tokens = encode_examples(c.learner, data, torch.device("cpu"), 8, "tokens", False)
+        by_chars = encode_examples(c.learner, data, torch.device("cpu"), 8, "chars", False, sort_by="chars")
+        one_by_one = encode_examples(c.learner, data, torch.device("cpu"), 1, "single", False)
+    torch.testing.assert_close(by_tokens, one_by_one, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(by_chars, one_by_one, rtol=1e-4, atol=1e-5)
+    lengths = token_lengths(c.encoder.tokenize, data.examples, chunk=7)
+    assert lengths == [int(c.encoder.tokenize([e])["attention_mask"].sum()) for e in data.examples]

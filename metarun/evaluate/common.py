@@ -70,12 +70,29 @@ def limit_per_class(data: FewShotDataset, max_per_class: int | None, seed: int) 
     return FewShotDataset(tuple(data[i] for i in sorted(keep)), f"{data.source}, {max_per_class} per class")
 
 
+SORTS = ("tokens", "chars")
+
+
+def token_lengths(tokenize, examples, chunk: int = 1024) -> list[int]:
+    """Tokens per example (the attention mask's count), tokenised in chunks."""
+    lengths: list[int] = []
+    for start in range(0, len(examples), chunk):
+        lengths += tokenize(examples[start : start + chunk])["attention_mask"].sum(-1).tolist()
+    return lengths
+
+
 def encode_examples(learner: Learner, data: FewShotDataset, device: torch.device, batch_size: int,
-                    desc: str, progress: bool) -> torch.Tensor:
-    """(M,) examples -> (M, D) float32 features on `device`, batched by length to limit padding."""
-    order = sorted(range(len(data)), key=lambda i: len(data[i].text))
-    feats: list[torch.Tensor] = [None] * len(order)  # type: ignore[list-item]
+                    desc: str, progress: bool, sort_by: str = "tokens") -> torch.Tensor:
+    """(M,) examples -> (M, D) float32 features on `device`, in batches of examples of similar length
+    so that little padding is encoded: sorted by token count (`sort_by="tokens"`, one extra pass of
+    the tokenizer), or by characters (`"chars"`, what scripts/bench_eval_batch.py compares with)."""
     tokenize = learner.encoder.tokenize
+    if sort_by == "tokens":
+        lengths = token_lengths(tokenize, data.examples)
+    else:
+        lengths = [len(e.text) for e in data.examples]
+    order = sorted(range(len(data)), key=lengths.__getitem__)
+    feats: list[torch.Tensor] = [None] * len(order)  # type: ignore[list-item]
     bar = tqdm(range(0, len(order), batch_size), desc=f"{desc} {len(order)} examples", disable=not progress,
                leave=False, unit="batch")
     for start in bar:
