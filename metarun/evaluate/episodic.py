@@ -54,7 +54,7 @@ class EpisodicEvaluator(Evaluator):
     def __init__(self, data: FewShotDataset, prefix: str, seed: int, n_way: int | Sequence[int] = 5,
                  shots: int | Sequence[int] = 5, n_query: int = 5, episodes: int = 600,
                  max_per_class: int | None = None, na_rate: int = 0, single_query: bool = False,
-                 batch_size: int = 128, progress: bool = True, dist: Dist = Dist(),
+                 batch_size: int = 64, progress: bool = True, dist: Dist = Dist(),
                  target: DataSplits | None = None):
         for key, value, low in (("episodes", episodes, 1), ("max_per_class", max_per_class, 1),
                                 ("n_query", n_query, 1), ("na_rate", na_rate, 0)):

@@ -47,7 +47,7 @@ class PerClassEvaluator(Evaluator):
     unused_keys = ("n_way", "n_query", "episodes", "max_per_class", "na_rate", "single_query")
 
     def __init__(self, target: LabelledSplits | None, shots: int | Sequence[int], draws: int, seed: int,
-                 C: float = 1.0, max_iter: int = 100, prefix: str = "test", batch_size: int = 128,
+                 C: float = 1.0, max_iter: int = 100, prefix: str = "test", batch_size: int = 64,
                  progress: bool = True, head: str = "logreg", finetune: DrawFineTuning | dict | None = None,
                  data: FewShotDataset | None = None, dist=None):
         """`target`: the labelled pool and test set (`eval.test.data`); `data` and `dist`, the run's
