@@ -70,9 +70,6 @@ def limit_per_class(data: FewShotDataset, max_per_class: int | None, seed: int) 
     return FewShotDataset(tuple(data[i] for i in sorted(keep)), f"{data.source}, {max_per_class} per class")
 
 
-SORTS = ("tokens", "chars")
-
-
 def token_lengths(tokenize, examples, chunk: int = 1024) -> list[int]:
     """Tokens per example (the attention mask's count), tokenised in chunks."""
     lengths: list[int] = []
