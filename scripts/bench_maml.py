@@ -83,21 +83,27 @@ def update_module(module: torch.nn.Module, new: dict[str, torch.Tensor]) -> None
         m._parameters[leaf] = tensor
 
 
+def reference_head(encoder, ep, head: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both references' initial task head, written here rather than taken from metarun. `proto`:
+    W = 2c, b = -|c|^2 from the class means c of the support features, computed from the
+    meta-parameters (not a task's copy): the inner loop treats the head as its own parameter (partial
+    derivatives), the outer loop differentiates through its init. `zeros`: a zero head."""
+    if head == "proto":
+        feats = encoder(ep.support)
+        one_hot = F.one_hot(ep.support_labels, N).to(feats.dtype)
+        c = one_hot.T @ feats / one_hot.sum(0).unsqueeze(1)
+        return 2 * c, -c.pow(2).sum(-1)
+    device = ep.support_labels.device
+    return (torch.zeros(N, encoder.out_dim, requires_grad=True, device=device),
+            torch.zeros(N, requires_grad=True, device=device))
+
+
 def reference_meta_step(encoder, episodes, steps: int, first_order: bool, head: str) -> None:
     names = [n for n, p in encoder.named_parameters() if p.requires_grad]
     for ep in episodes:
         clone = clone_module(encoder)
         feats = clone(ep.support)
-        if head == "proto":  # W = 2c, b = -|c|^2 from the class means c of the support features
-            # computed from the meta-parameters, not the clone's: the inner loop treats the head as its
-            # own parameter (partial derivatives), the outer loop differentiates through its init
-            init_feats = encoder(ep.support)
-            one_hot = F.one_hot(ep.support_labels, N).to(init_feats.dtype)
-            c = one_hot.T @ init_feats / one_hot.sum(0).unsqueeze(1)
-            w, b = 2 * c, -c.pow(2).sum(-1)
-        else:
-            w = feats.new_zeros(N, feats.shape[-1], requires_grad=True)
-            b = feats.new_zeros(N, requires_grad=True)
+        w, b = reference_head(encoder, ep, head)
         for step in range(steps):
             params = dict(clone.named_parameters())
             feats = clone(ep.support) if step > 0 else feats
@@ -134,14 +140,7 @@ def higher_meta_step(encoder, episodes, steps: int, first_order: bool, head: str
     detach = (lambda grads: [g.detach() for g in grads]) if first_order else None
     for ep in episodes:
         with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
-            if head == "proto":
-                feats = encoder(ep.support)
-                one_hot = F.one_hot(ep.support_labels, N).to(feats.dtype)
-                c = one_hot.T @ feats / one_hot.sum(0).unsqueeze(1)
-                w, b = 2 * c, -c.pow(2).sum(-1)
-            else:
-                w = torch.zeros(N, encoder.out_dim, requires_grad=True, device=ep.support_labels.device)
-                b = torch.zeros(N, requires_grad=True, device=ep.support_labels.device)
+            w, b = reference_head(encoder, ep, head)
             fmodel.update_params(list(fmodel.fast_params)[:-2] + [w, b])
             for _ in range(steps):
                 diffopt.step(F.cross_entropy(fmodel(ep.support), ep.support_labels), grad_callback=detach)

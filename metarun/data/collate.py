@@ -42,6 +42,8 @@ Tokenize = Callable[[Sequence[Example]], dict[str, torch.Tensor]]
 class EpisodeDataset(torch.utils.data.Dataset):
     """Map-style view of an episode stream: item i is episode i, tokenised."""
 
+    encoded = False  # items hold tokeniser outputs (FeatureEpisodeDataset: features)
+
     def __init__(self, sampler: EpisodeSampler | BatchSampler | MultiTaskSampler, tokenize: Tokenize, length: int):
         self.sampler, self.tokenize, self.length = sampler, tokenize, length
 
@@ -61,6 +63,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
             query_labels=torch.as_tensor(spec.query_labels()),
             n_way=spec.n_way,
             meta={"index": i, "classes": spec.classes, **getattr(spec, "extra", {})},
+            encoded=self.encoded,
         )
 
 
@@ -74,10 +77,7 @@ class FeatureEpisodeDataset(EpisodeDataset):
         super().__init__(sampler, None, length)  # type: ignore[arg-type]
         self.features = features
 
+    encoded = True
+
     def inputs(self, idx: Sequence[int]) -> torch.Tensor:
         return self.features[list(idx)]
-
-    def __getitem__(self, i: int) -> Episode:
-        episode = super().__getitem__(i)
-        episode.encoded = True
-        return episode

@@ -80,7 +80,7 @@ class Learner(nn.Module):
         """(N*Q, N) logits for the query set; must not change meta-parameters."""
         raise NotImplementedError
 
-    def embed(self, batch: dict[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.encoder(batch)
 
     def embed_episode(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -85,9 +85,10 @@ def adapt(loss_fn, params: dict[str, torch.Tensor], names: list[str], steps: int
     `loss_fn(params) -> scalar` is the support loss; only `names` are adapted (and differentiated);
     `update(step, params, grads, loss) -> params` turns the gradients into new parameters: `sgd(lr_at)`
     for MAML and its variants, a learned optimiser's step for `lstm_meta`. Inner gradients are
-    partial derivatives w.r.t. the adapted tensors, while the outer backward differentiates through everything, including how their starting values
-    were computed (e.g. a Proto-MAML head built from support features). With `first_order` the
-    inner gradients are constants (FOMAML); otherwise the meta-gradient has the second-order terms.
+    partial derivatives w.r.t. the adapted tensors, while the outer backward differentiates through
+    everything, including how their starting values were computed (e.g. a Proto-MAML head built from
+    support features). With `first_order` the inner gradients are constants (FOMAML); otherwise the
+    meta-gradient has the second-order terms.
 
     Two equivalent engines: `torch.autograd.grad` on fresh aliases of the adapted tensors (the alias
     makes the derivative partial), and `torch.func.grad` (`func_grad=True`), which works inside
