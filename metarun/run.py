@@ -32,6 +32,7 @@ from metarun.tracking.files import write_json
 from metarun.tracking.metrics import MetricsWriter
 from metarun.tracking.plots import plot_run
 from metarun.tracking.run_dir import DONE, FAILED, RunDir
+from metarun.tracking.trackers import Tracker, build_trackers, check_available, hparams_of
 from metarun.trainer import TrainState, Trainer
 
 log = logging.getLogger("metarun")
@@ -103,11 +104,14 @@ def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist
     return Components(config, trainer, dist, data, encoder, learner, episodes, val, tests)
 
 
-def fit_and_test(c: Components, run_dir: Path) -> tuple[TrainState, dict, dict | None]:
+def fit_and_test(c: Components, run_dir: Path, trackers: list[Tracker] = (), overrides: list[str] = ()
+                 ) -> tuple[TrainState, dict, dict | None]:
     """Train (resuming when `run_dir` holds a checkpoint), reload the best checkpoint, test it.
-    Returns the training state, every score (test and the best validation) and the learner's report."""
-    trainer, learner = c.trainer, c.learner
-    writer = MetricsWriter(run_dir, **c.config["logger"]) if c.dist.main else MetricsWriter(run_dir, False, False)
+    Returns the training state, every score (test and the best validation) and the learner's report.
+    `overrides`: the command line's, for the TensorBoard HParams row."""
+    trainer, learner, logger = c.trainer, c.learner, c.config["logger"]
+    writer = (MetricsWriter(run_dir, logger.get("tensorboard", True), logger.get("jsonl", True), trackers)
+              if c.dist.main else MetricsWriter(run_dir, False, False))
     ckpt = Checkpointer(run_dir, c.config)
     try:
         state = trainer.fit(learner, training_episodes(c), c.val, ckpt, writer)
@@ -122,6 +126,8 @@ def fit_and_test(c: Components, run_dir: Path) -> tuple[TrainState, dict, dict |
         for evaluator in c.tests:
             test_scores.update(trainer.evaluate(evaluator, learner))
         writer.write_scores(state.step, test_scores)
+        if logger.get("hparams", True):
+            writer.write_hparams(hparams_of(c.config, list(overrides)), [f"{k}/acc" for k in test_scores])
         report = learner_report(learner, c.encoder, c.data.test, trainer.device)
     finally:
         writer.close()
@@ -149,17 +155,20 @@ def training_episodes(c: Components) -> EpisodeDataset:
     return FeatureEpisodeDataset(c.episodes.sampler, features.cpu(), len(c.episodes))
 
 
-def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
+def run(cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[str] | None = None) -> dict:
     """Build everything (so every bad value is refused before the run folder is touched), claim the
     folder (a lock, and the check that this run may use what it holds: see tracking/run_dir.py), then
-    train, test and write results.json and DONE. `run_dir` defaults to Hydra's output folder."""
+    train, test and write results.json and DONE. `run_dir` defaults to Hydra's output folder;
+    `overrides` (the command line, for the HParams row) to Hydra's."""
     started = time.time()
     config = resolved(cfg)
+    check_available(config["logger"])
     trainer: Trainer = build(cfg.trainer, "trainer")
     dist = trainer.join_processes()  # rank 0 of 1 unless started by torchrun
     folder = RunDir(_shared_folder(run_dir, dist))
     c = build_components(cfg, config, trainer, dist)
     claim = _claim(folder, config, dist)
+    trackers: list[Tracker] = []
     try:
         if dist.main:
             folder.prepare(claim, config, _hydra_overrides() if run_dir is None else None)
@@ -167,13 +176,30 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         with folder.log_file() if dist.main else contextlib.nullcontext():
             log.info("run dir %s (%s)", folder.path, {"new": "new run", "resume": "resuming",
                                                        "continue": "continuing to more steps"}[claim])
-            state, scores, report = fit_and_test(c, folder.path)
+            if dist.main:
+                trackers = build_trackers(config["logger"], config, folder.path, _hydra_sweep_dir())
+            try:
+                state, scores, report = fit_and_test(c, folder.path, trackers, _hydra_overrides() or overrides or [])
+            except BaseException:
+                _close_trackers(trackers, lambda t: t.fail())
+                raise
             results = results_record(cfg, c, state, scores, report, time.time() - started, folder.path)
             if dist.main:
                 write_results(folder, results, config)
+                _close_trackers(trackers, lambda t: t.finish(results, folder.path))
         return results
     finally:
         folder.unlock()
+
+
+def _close_trackers(trackers: list[Tracker], close) -> None:
+    """Finish (or mark failed) each tracker's run; a tracker's error is a warning, never the run's."""
+    for tracker in trackers:
+        try:
+            close(tracker)
+        except Exception as e:
+            log.warning("%s: could not close its run (%s: %s); the run folder is complete", tracker.name,
+                        type(e).__name__, e)
 
 
 def _claim(folder: RunDir, config: dict, dist: Dist) -> str:
@@ -301,6 +327,16 @@ def _hydra_output_dir() -> str | None:
     from hydra.core.hydra_config import HydraConfig
 
     return HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None
+
+
+def _hydra_sweep_dir() -> Path | None:
+    """The sweep folder of a multirun job (its trackers group by it), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir).resolve()
 
 
 def _hydra_overrides() -> list[str] | None:

@@ -34,7 +34,7 @@ def run_in_process(args: list[str], run_dir: Path) -> dict:
     Returns the results; user errors raise MetarunError (the CLI prints them and exits 2)."""
     from metarun.run import run
 
-    return run(compose_cfg(args), run_dir)
+    return run(compose_cfg(args), run_dir, overrides=list(args))
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:

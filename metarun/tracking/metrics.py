@@ -1,18 +1,22 @@
-"""Metrics writers: one JSON object per logged step in `metrics.jsonl`, mirrored to TensorBoard."""
+"""Metrics writers: one JSON object per logged step in `metrics.jsonl`, mirrored to TensorBoard and to
+the run's experiment trackers (tracking/trackers.py)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
+
+log = logging.getLogger("metarun")
 
 
 class MetricsWriter:
     """`write(step, {"train/loss": ...})`. Keys are slash-namespaced; values must be numbers."""
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True, jsonl: bool = True):
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, jsonl: bool = True, trackers=()):
         self.path = Path(run_dir) / "metrics.jsonl" if jsonl else None
-        self.run_dir, self.use_tensorboard = Path(run_dir), tensorboard
+        self.run_dir, self.use_tensorboard, self.trackers = Path(run_dir), tensorboard, list(trackers)
         self._tb = None
 
     def resume_at(self, step: int) -> None:
@@ -40,6 +44,20 @@ class MetricsWriter:
                 if v is not None:
                     tb.add_scalar(k, v, step)
             tb.flush()
+        for tracker in list(self.trackers):
+            try:
+                tracker.log_metrics(step, {k: v for k, v in values.items() if v is not None})
+            except Exception as e:  # a tracker never stops the run: metrics.jsonl has every line
+                log.warning("%s stopped receiving metrics (%s: %s); metrics.jsonl keeps them", tracker.name,
+                            type(e).__name__, e)
+                self.trackers.remove(tracker)
+
+    def write_hparams(self, hparams: dict, metric_tags: list[str]) -> None:
+        """TensorBoard's HParams row of this run: `hparams` and the final values of `metric_tags`."""
+        if self.use_tensorboard:
+            from metarun.tracking.trackers import write_hparams
+
+            write_hparams(self._tensorboard(), hparams, metric_tags)
 
     def _tensorboard(self, purge_step: int | None = None):
         if self._tb is None:

@@ -36,6 +36,7 @@ LAST = "checkpoints/last.pt"
 IGNORED = ("skip_done", "retries", "trainer.progress", "trainer.num_workers", "trainer.keep_optimizer",
            "trainer.validate_at_start",
            "trainer.debug_kill_at_step", "trainer.debug_kill_during_save")
+IGNORED_PREFIXES = ("logger.",)  # where results are mirrored (trackers, TensorBoard) is not what a run computes
 CONTINUABLE = ("trainer.max_steps",)  # a larger value continues a run of the smaller one
 
 
@@ -55,11 +56,15 @@ def config_diff(saved: dict, new: dict) -> dict[str, tuple]:
     """Dotted keys whose values differ (missing keys count as None), IGNORED keys left out."""
     a, b = flatten(saved), flatten(new)
     return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys())
-            if k not in IGNORED and a.get(k) != b.get(k)}
+            if not ignored(k) and a.get(k) != b.get(k)}
+
+
+def ignored(key: str) -> bool:
+    return key in IGNORED or key.startswith(IGNORED_PREFIXES)
 
 
 def config_digest(config: dict) -> str:
-    relevant = {k: v for k, v in flatten(config).items() if k not in IGNORED}
+    relevant = {k: v for k, v in flatten(config).items() if not ignored(k)}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

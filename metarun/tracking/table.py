@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from metarun.errors import ConfigError
 from metarun.tracking.plots import plot_sweep
 from metarun.tracking.results import aggregate, labels, load_runs
-from metarun.tracking.run_dir import IGNORED, flatten
+from metarun.tracking.run_dir import flatten, ignored
 
 POOLED = ("seed", "data.split")  # runs differing only in these are repeats of one experiment
 KEY_OF = {"learner": "learner.name", "data": "data.name", "encoder": "encoder.name",
@@ -81,7 +81,7 @@ def split_rows(runs: list[dict], rows: list[str], cols: list[str], pool: Sequenc
 
 
 def _pooled(key: str, pooled: set[str]) -> bool:
-    return key in IGNORED or any(key == p or key.startswith(p + ".") for p in pooled)
+    return ignored(key) or any(key == p or key.startswith(p + ".") for p in pooled)
 
 
 def _natural(labels: tuple[str, ...]):
