@@ -4,7 +4,8 @@ launcher workers that unpickle its task function, and tests all have them):
 - `${pid:}` in hydra.run.dir: runs started in the same microsecond by different processes still get
   different folders;
 - `${safe_dirname:${hydra.job.override_dirname}}`: sweep job folder names that stay inside the sweep;
-- `${stem:${oc.select:.path,table}}`: a data config named after its file.
+- `${stem:${oc.select:.path,table}}`: a data config named after its file (or the first of several values
+  that is set).
 """
 
 from __future__ import annotations
@@ -38,10 +39,18 @@ def safe_dirname(overrides: str, limit: int = 120) -> str:
     return out
 
 
-def file_stem(path: str | list) -> str:
-    """`${stem:${.path}}`: a data config named after its file (the first, for a list of files)."""
-    first = path[0] if isinstance(path, (list, tuple)) or OmegaConf.is_list(path) else path
-    return Path(str(first)).stem
+def file_stem(*values) -> str:
+    """`${stem:${.path}}`: a data config named after its file (the first, for a list of files; the first
+    value's, for {split: files}); with several arguments, the first that is set (`${stem:${.data_files},
+    ${.path}}`: the files, else the hub id's last part)."""
+    first = next((v for v in values if v is not None), "data")
+    while True:
+        if OmegaConf.is_dict(first) or isinstance(first, dict):
+            first = next(iter(first.values()), "data")
+        elif OmegaConf.is_list(first) or isinstance(first, (list, tuple)):
+            first = first[0] if len(first) else "data"
+        else:
+            return Path(str(first)).stem
 
 
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True)

@@ -17,7 +17,9 @@ class Example:
     """One labelled instance.
 
     `text` is the raw sentence. Relation instances also carry `tokens` and the head / tail entity
-    spans as (first, last) token positions, inclusive, so encoders can insert entity markers.
+    spans as (first, last) token positions, inclusive, so encoders can insert entity markers. A pair
+    input (NLI-style, `data.text_pair_column`) has its second text in `text_pair`; transformer
+    encoders read the two as one sequence pair.
     """
 
     text: str
@@ -25,6 +27,7 @@ class Example:
     tokens: tuple[str, ...] | None = None
     head: tuple[int, int] | None = None
     tail: tuple[int, int] | None = None
+    text_pair: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,17 @@
-"""Reader for labelled text tables: CSV, TSV and JSONL files with a text and a label column."""
+"""Reader for labelled text tables: CSV, TSV, JSONL and parquet files with a text and a label column,
+read through Hugging Face `datasets` (data/hf.py), split by class lists."""
 
 from __future__ import annotations
 
-import csv
-import json
-import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from metarun.data.class_splits import ClassSplit, resolve_class_split
 from metarun.data.dataset import DataSplits, Example, FewShotDataset, split_by_classes
+from metarun.data.hf import read_file
 from metarun.errors import DataError
 
-FORMATS = ("csv", "tsv", "jsonl")
-_SPACE = re.compile(r"\s+")
-
-
-def normalise(text: str) -> str:
-    return _SPACE.sub(" ", text).strip()
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
 
 
 def detect_format(path: Path, fmt: str) -> str:
@@ -29,63 +22,29 @@ def detect_format(path: Path, fmt: str) -> str:
     suffix = path.suffix.lower().lstrip(".")
     if suffix in ("json", "jsonl", "ndjson"):
         return "jsonl"
+    if suffix == "pq":
+        return "parquet"
     if suffix in FORMATS:
         return suffix
     raise DataError(f"cannot tell the format of {path} from its extension; set data.format to one of {FORMATS}.")
 
 
 def read_rows(path: str | Path, text_column: str, label_column: str, fmt: str = "auto") -> list[Example]:
-    """Read one file into examples. Empty texts are skipped; a missing column is an error."""
+    """Read one file into examples (through `datasets`: data/hf.py). Empty texts are skipped; a missing
+    column, a bad JSON line or a row without a label is an error naming the file."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(
             f"data file {path} does not exist. Point the data config at it, e.g. data.path=/path/to/file.tsv."
         )
     fmt = detect_format(path, fmt)
-    examples = []
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            if fmt == "jsonl":  # (line number, row)
-                rows = ((n, _json_line(path, n, line)) for n, line in enumerate(f, 1) if line.strip())
-                where = "line"
-            else:
-                csv.field_size_limit(sys.maxsize)  # 20 Newsgroups posts exceed the 128 KiB default
-                rows = csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",")
-                fields = rows.fieldnames or []
-                for col in (text_column, label_column):
-                    if col not in fields:
-                        raise DataError(
-                            f"{path} has no column {col!r}; its columns are {fields}. "
-                            f"Set data.text_column / data.label_column."
-                        )
-                rows = enumerate(rows, 2)  # line 1 is the header
-                where = "line"
-            for n, row in rows:
-                if text_column not in row or label_column not in row:
-                    raise DataError(f"{path}, {where} {n}: needs keys {text_column!r} and {label_column!r} (data.text_column "
-                                    f"and data.label_column), got {list(row)}. Set data.text_column / data.label_column "
-                                    f"to the file's names.")
-                text, label = row[text_column], row[label_column]
-                if text is None or label is None or not str(label).strip():
-                    raise DataError(f"{path}, {where} {n}: missing text or label; is the file cut short?")
-                text = normalise(str(text))
-                if text:
-                    examples.append(Example(text=text, label=str(label).strip()))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        examples = read_file(path, fmt, text_column, label_column)
+    except UnicodeDecodeError as e:
         raise DataError(f"cannot read {path}: {e}. Check the file is a readable UTF-8 {fmt} file.") from None
     if not examples:
         raise DataError(f"{path} holds no labelled examples.")
     return examples
-
-
-def _json_line(path: Path, n: int, line: str) -> dict:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}, line {n} is not valid JSON ({e.msg}).") from None
-    if not isinstance(row, dict):
-        raise DataError(f"{path}, line {n}: expected a JSON object with text and label keys.")
-    return row
 
 
 def load_table(

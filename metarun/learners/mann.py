@@ -116,8 +116,9 @@ class MANN(FeatureLearner):
         w_write = gate * state["w_read"] + (1 - gate) * state["w_lu"]  # (B, R, S)
         wipe = state["w_lu"].amax(1)  # (B, S): the heads' least-used slots are cleared before writing
         memory = state["memory"] * (1 - wipe).unsqueeze(-1) + w_write.transpose(1, 2) @ keys
+        # addressed on the memory before this write (else each key finds its own fresh copy first), read after it
         strength = 1.0 if self.strength is None else 1 + F.softplus(self.strength(h)).unsqueeze(-1)  # (B, R, 1)
-        w_read = cosine_read_weights(keys, memory, strength)  # (B, R, S), rows sum to one
+        w_read = cosine_read_weights(keys, state["memory"], strength)  # (B, R, S), rows sum to one
         read = (w_read @ memory).flatten(1)
         usage = self.gamma * state["usage"] + w_read.sum(1) + w_write.sum(1)
         new = {"h": h, "c": c, "memory": memory, "read": read, "w_read": w_read, "usage": usage,

@@ -53,9 +53,13 @@ class TextTokenizer:
 
     def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         if not self.entity_markers:
+            pairs = [e.text_pair for e in examples]
+            if any(p is not None for p in pairs) and not all(p is not None for p in pairs):
+                raise ConfigError("some examples have a second text (data.text_pair_column) and some do not; "
+                                  "give every row both texts.")
             return dict(self.tokenizer(
-                [e.text for e in examples], padding=True, truncation=True,
-                max_length=self.max_length, return_tensors="pt",
+                [e.text for e in examples], pairs if pairs and pairs[0] is not None else None, padding=True,
+                truncation=True, max_length=self.max_length, return_tensors="pt",
             ))
         batch = dict(self.tokenizer(
             [self._marked(e) for e in examples], is_split_into_words=True, padding=True,
