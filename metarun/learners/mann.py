@@ -34,7 +34,6 @@ from metarun.learners.base import FeatureLearner, StepOutput, accuracy, encoder_
 from metarun.learners.functional import FEATURE_NORMS, interleaved_order, normalize_episode, random_presentation
 
 MEMORY = ("episode", "persistent")
-KEY_STRENGTH = ("learned", "none")
 
 
 def least_used(usage: torch.Tensor, n: int) -> torch.Tensor:
@@ -44,10 +43,9 @@ def least_used(usage: torch.Tensor, n: int) -> torch.Tensor:
     return F.one_hot(idx, usage.shape[-1]).to(usage.dtype)
 
 
-def cosine_read_weights(keys: torch.Tensor, memory: torch.Tensor, strength: torch.Tensor | float = 1.0) -> torch.Tensor:
-    """(..., R, W) keys, (..., S, W) memory, (..., R, 1) key strengths -> (..., R, S) read weights:
-    softmax over the cosine similarities times the strength (the NTM's beta; 1 in Santoro et al.)."""
-    return (strength * F.normalize(keys, dim=-1) @ F.normalize(memory, dim=-1).transpose(-1, -2)).softmax(-1)
+def cosine_read_weights(keys: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """(..., R, W) keys, (..., S, W) memory -> (..., R, S) read weights: softmax over cosine similarity."""
+    return (F.normalize(keys, dim=-1) @ F.normalize(memory, dim=-1).transpose(-1, -2)).softmax(-1)
 
 
 class MANN(FeatureLearner):
@@ -57,10 +55,9 @@ class MANN(FeatureLearner):
     def __init__(self, encoder: nn.Module, train_classes: list[str], hidden: int = 200, slots: int = 128,
                  slot_width: int = 40, read_heads: int = 4, gamma: float = 0.95, max_way: int = 10,
                  memory: str = "episode", bank_momentum: float = 0.9, support_loss: bool = True,
-                 feature_norm: str = "center_l2", key_strength: str = "learned", head_lr: float | None = 1e-3):
+                 feature_norm: str = "center_l2", head_lr: float | None = 1e-3):
         super().__init__()
         check_choice("learner.memory", memory, MEMORY)
-        check_choice("learner.key_strength", key_strength, KEY_STRENGTH)
         check_choice("learner.feature_norm", feature_norm, FEATURE_NORMS)
         self.feature_norm = feature_norm
         for opt, v in (("hidden", hidden), ("slots", slots), ("slot_width", slot_width), ("read_heads", read_heads),
@@ -80,8 +77,6 @@ class MANN(FeatureLearner):
         self.controller = nn.LSTMCell(d + max_way + read_heads * slot_width + bank_read, hidden)
         self.keys = nn.Linear(hidden, read_heads * slot_width)
         self.alpha = nn.Linear(hidden, read_heads)
-        # learned: each head's read sharpness beta = 1 + softplus(w h), as in the NTM's content addressing
-        self.strength = nn.Linear(hidden, read_heads) if key_strength == "learned" else None
         self.out = nn.Linear(hidden + read_heads * slot_width + bank_read, max_way)
         if memory == "persistent":
             self.classes = {c: i for i, c in enumerate(train_classes)}
@@ -116,9 +111,7 @@ class MANN(FeatureLearner):
         w_write = gate * state["w_read"] + (1 - gate) * state["w_lu"]  # (B, R, S)
         wipe = state["w_lu"].amax(1)  # (B, S): the heads' least-used slots are cleared before writing
         memory = state["memory"] * (1 - wipe).unsqueeze(-1) + w_write.transpose(1, 2) @ keys
-        # addressed on the memory before this write (else each key finds its own fresh copy first), read after it
-        strength = 1.0 if self.strength is None else 1 + F.softplus(self.strength(h)).unsqueeze(-1)  # (B, R, 1)
-        w_read = cosine_read_weights(keys, state["memory"], strength)  # (B, R, S), rows sum to one
+        w_read = cosine_read_weights(keys, memory)  # (B, R, S), rows sum to one
         read = (w_read @ memory).flatten(1)
         usage = self.gamma * state["usage"] + w_read.sum(1) + w_write.sum(1)
         new = {"h": h, "c": c, "memory": memory, "read": read, "w_read": w_read, "usage": usage,
