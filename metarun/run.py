@@ -24,6 +24,7 @@ from metarun.distributed import Dist
 from metarun.errors import ConfigError, RunDirError
 from metarun.evaluate import Evaluator, HeldOutTasks, build_evaluator
 from metarun.evaluate.common import encode_examples, evaluating
+from metarun.evaluate.feature_cache import FeatureCache
 from metarun.learners.base import Learner
 from metarun.models.base import Encoder
 from metarun.tracking import run_info
@@ -80,6 +81,7 @@ class Components:
     episodes: EpisodeDataset
     val: Evaluator  # picks the best checkpoint
     tests: list[Evaluator]  # score it
+    feature_cache: FeatureCache | None = None  # features on disk, when the encoder's weights do not train
 
 
 def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist) -> Components:
@@ -92,16 +94,32 @@ def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist
                     "from punctuation (encoder.marker_init=punct), or use encoder.pooling=mean.", encoder.name)
     learner = build_learner(cfg.learner, encoder, data.train.classes)
     check_nota(cfg, learner)
+    if trainer.max_steps > 0 and not any(p.requires_grad for p in learner.parameters()):
+        raise ConfigError(f"learner={learner.name} with encoder.freeze=true has no parameter to train; test the frozen "
+                          f"encoder with trainer.max_steps=0, or train it (encoder.freeze=false), or pick a learner "
+                          f"with a head of its own (relation, snail, siamese, induction, anil).")
     sampler = build(cfg.sampler, "sampler", dataset=data.train, seed=cfg.seed, role="training")
     val = build_evaluator(cfg.eval, "val", data, trainer.progress, dist)
     tests = [build_evaluator(cfg.eval, "test", data, trainer.progress, dist)]
     if learner.task_heads and data.heldout:
         tests.append(HeldOutTasks(data.heldout, cfg.eval.batch_size, trainer.progress))
     episodes = EpisodeDataset(sampler, encoder.tokenize, trainer.max_steps * trainer.meta_batch)
+    cache = feature_cache(cfg, encoder, trainer)
+    for evaluator in (val, *tests):
+        evaluator.feature_cache = cache
     log.info("data %s: %d train / %d val / %d test classes (%d / %d / %d examples)", data.name,
              len(data.train.classes), len(data.val.classes), len(data.test.classes), len(data.train), len(data.val),
              len(data.test))
-    return Components(config, trainer, dist, data, encoder, learner, episodes, val, tests)
+    return Components(config, trainer, dist, data, encoder, learner, episodes, val, tests, cache)
+
+
+def feature_cache(cfg: DictConfig, encoder: Encoder, trainer: Trainer) -> FeatureCache | None:
+    """The on-disk feature cache, for encoders whose weights this run does not train (frozen, or no
+    training steps): only their features can be asked for again by another run."""
+    node = cfg.get("feature_cache") or {}
+    if not node.get("enabled", True) or encoder.tokenize is None or not (encoder.frozen or trainer.max_steps == 0):
+        return None
+    return FeatureCache(node.get("dir"), node.get("max_gb", 2.0))
 
 
 def fit_and_test(c: Components, run_dir: Path, trackers: list[Tracker] = (), overrides: list[str] = ()
@@ -150,7 +168,7 @@ def training_episodes(c: Components) -> EpisodeDataset:
     c.learner.to(device)
     with evaluating(c.learner, device, c.trainer.autocast_dtype) as amp, torch.no_grad(), amp:
         features = encode_examples(c.learner, data, device, c.config["eval"]["batch_size"], "train: encoding",
-                                   c.trainer.progress and c.dist.main)
+                                   c.trainer.progress and c.dist.main, cache=c.feature_cache)
     log.info("training on cached features of the frozen encoder (%d training examples encoded once)", len(data))
     return FeatureEpisodeDataset(c.episodes.sampler, features.cpu(), len(c.episodes))
 

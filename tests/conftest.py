@@ -21,6 +21,14 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 FEWREL_VAL = SHARED / "data" / "fewrel" / "val_wiki.json"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_feature_cache(tmp_path_factory):
+    """Runs of the suite keep their feature cache (run.yaml's feature_cache) in a folder of this
+    session, never the user's ~/.cache/metarun (subprocesses inherit the variable)."""
+    os.environ["METARUN_CACHE_DIR"] = str(tmp_path_factory.mktemp("metarun_cache"))
+    yield
+
+
 def compose_cfg(overrides: list[str] | None = None):
     """The config `metarun OVERRIDES` runs with (Hydra initialised on the shipped configs once)."""
     if not GlobalHydra.instance().is_initialized():

@@ -77,7 +77,7 @@ def test_encoding_in_token_length_order_gives_the_features_of_any_order():
 
     from metarun.data.dataset import FewShotDataset
 
-    c = components(FROZEN)
+    c = components([*FROZEN, "trainer.max_steps=0"])
     data = FewShotDataset(c.data.val.examples[::60], "every 60th validation example")
     c.learner.eval()
     with torch.no_grad():

@@ -22,6 +22,7 @@ class Evaluator:
     it does not take (build_evaluator drops them)."""
 
     unused_keys: tuple[str, ...] = ()
+    feature_cache = None  # a FeatureCache (evaluate/feature_cache.py) when the run's encoder does not train
     classes: list[str] = []  # the classes it tests on, and their readable names if the data has them
     class_names: dict[str, str] = {}
 
@@ -79,10 +80,27 @@ def token_lengths(tokenize, examples, chunk: int = 1024) -> list[int]:
 
 
 def encode_examples(learner: Learner, data: FewShotDataset, device: torch.device, batch_size: int,
-                    desc: str, progress: bool, sort_by: str = "tokens") -> torch.Tensor:
+                    desc: str, progress: bool, sort_by: str = "tokens", cache=None) -> torch.Tensor:
     """(M,) examples -> (M, D) float32 features on `device`, in batches of examples of similar length
     so that little padding is encoded: sorted by token count (`sort_by="tokens"`, one extra pass of
-    the tokenizer), or by characters (`"chars"`, what scripts/bench_eval_batch.py compares with)."""
+    the tokenizer), or by characters (`"chars"`, what scripts/bench_eval_batch.py compares with).
+    With a `cache` (a FeatureCache), features an earlier run stored for the same encoder weights and
+    sentences are read from disk instead, and new ones are stored."""
+    key = None
+    if cache is not None:
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        key = cache.key(learner.encoder, data.examples, device, dtype)
+        cached = cache.get(key, len(data))
+        if cached is not None:
+            return cached.to(device)
+    feats = _encode(learner, data, device, batch_size, desc, progress, sort_by)
+    if key is not None:
+        cache.put(key, feats)
+    return feats
+
+
+def _encode(learner: Learner, data: FewShotDataset, device: torch.device, batch_size: int, desc: str,
+            progress: bool, sort_by: str) -> torch.Tensor:
     tokenize = learner.encoder.tokenize
     if sort_by == "tokens":
         lengths = token_lengths(tokenize, data.examples)

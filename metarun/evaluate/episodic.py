@@ -97,7 +97,8 @@ class EpisodicEvaluator(Evaluator):
             return out
 
     def encode(self, learner: Learner, device: torch.device) -> torch.Tensor:
-        return encode_examples(learner, self.data, device, self.batch_size, f"{self.prefix}: encoding", self.progress)
+        return encode_examples(learner, self.data, device, self.batch_size, f"{self.prefix}: encoding", self.progress,
+                               cache=self.feature_cache)
 
     def _feature_episodes(self, learner, features, sampler, proto) -> list[float]:
         accs = []  # this rank's episodes; gathered in episode order

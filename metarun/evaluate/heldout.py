@@ -26,7 +26,7 @@ class HeldOutTasks(Evaluator):
                     continue
                 with torch.inference_mode(), amp:
                     feats = encode_examples(learner, data, device, self.batch_size, f"held-out {task}: encoding",
-                                            self.progress)
+                                            self.progress, cache=self.feature_cache)
                 acc = learner.task_accuracy(task, feats, [e.label for e in data.examples])
                 ci = 1.96 * math.sqrt(acc * (1 - acc) / len(data))  # binomial normal approximation
                 out[f"test/task_{task}"] = {"acc": round(100 * acc, 2), "ci95": round(100 * ci, 2),

@@ -109,8 +109,10 @@ class PerClassEvaluator(Evaluator):
         needed = sorted({i for idx in draws.values() for i in idx})
         pool = FewShotDataset(tuple(self.data.pool[i] for i in needed), self.data.pool.source)
         with torch.inference_mode(), amp:
-            pool_feats = encode_examples(learner, pool, device, self.batch_size, f"{self.prefix}: encoding pool", self.progress)
-            test_feats = encode_examples(learner, self.data.test, device, self.batch_size, f"{self.prefix}: encoding test", self.progress)
+            pool_feats = encode_examples(learner, pool, device, self.batch_size, f"{self.prefix}: encoding pool",
+                                         self.progress, cache=self.feature_cache)
+            test_feats = encode_examples(learner, self.data.test, device, self.batch_size, f"{self.prefix}: encoding test",
+                                         self.progress, cache=self.feature_cache)
         row = {i: r for r, i in enumerate(needed)}
         out = {}
         for (k, d), idx in tqdm(draws.items(), desc=f"{self.prefix}: per-class draws", disable=not self.progress, leave=False):

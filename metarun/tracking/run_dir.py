@@ -36,7 +36,8 @@ LAST = "checkpoints/last.pt"
 IGNORED = ("skip_done", "retries", "trainer.progress", "trainer.num_workers", "trainer.keep_optimizer",
            "trainer.validate_at_start",
            "trainer.debug_kill_at_step", "trainer.debug_kill_during_save")
-IGNORED_PREFIXES = ("logger.",)  # where results are mirrored (trackers, TensorBoard) is not what a run computes
+# where results are mirrored (trackers, TensorBoard) and whether features come from disk are not what a run computes
+IGNORED_PREFIXES = ("logger.", "feature_cache.")
 CONTINUABLE = ("trainer.max_steps",)  # a larger value continues a run of the smaller one
 
 
