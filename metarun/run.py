@@ -20,6 +20,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 from metarun.config import build, without
 from metarun.data.collate import EpisodeDataset, FeatureEpisodeDataset
 from metarun.data.dataset import DataSplits
+from metarun.data.tokenized import pretokenized
 from metarun.distributed import Dist
 from metarun.errors import ConfigError, RunDirError
 from metarun.evaluate import Evaluator, HeldOutTasks, build_evaluator
@@ -88,6 +89,8 @@ def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist
     seed_everything(cfg.seed)
     data = build(cfg.data, "data")
     encoder = build(cfg.encoder, "encoder")
+    if cfg.get("token_cache", True) and encoder.tokenize is not None:
+        encoder.tokenize = pretokenized(encoder.tokenize, [data.train, data.val, data.test])
     if encoder.untrained_tokens and trainer.max_steps == 0:
         log.warning("encoder=%s adds entity-marker tokens whose embeddings are untrained, and trainer.max_steps=0 "
                     "leaves them so: entity-start features of a frozen encoder read them. Train, or start the markers "

@@ -33,7 +33,7 @@ log = logging.getLogger("metarun")
 DONE, FAILED, RESULTS, CONFIG = "DONE", "FAILED", "results.json", ".hydra/config.yaml"
 LAST = "checkpoints/last.pt"
 # Keys that cannot change what a run computes: a relaunch may differ in them.
-IGNORED = ("skip_done", "retries", "trainer.progress", "trainer.num_workers", "trainer.keep_optimizer",
+IGNORED = ("skip_done", "retries", "token_cache", "trainer.progress", "trainer.num_workers", "trainer.keep_optimizer",
            "trainer.validate_at_start",
            "trainer.debug_kill_at_step", "trainer.debug_kill_during_save")
 # where results are mirrored (trackers, TensorBoard) and whether features come from disk are not what a run computes
