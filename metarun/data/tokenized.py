@@ -71,6 +71,13 @@ class PretokenizedTokenizer:
         return {c: out[c] for c in self.columns}
 
 
+def _rows(table, column: str) -> list[np.ndarray]:
+    """One list column of the Arrow table as int32 views, one per row (no per-row Python objects)."""
+    arr = table.data.column(column).combine_chunks()
+    offsets, values = arr.offsets.to_numpy(), arr.values.to_numpy().astype(np.int32)
+    return [values[offsets[i] : offsets[i + 1]] for i in range(len(arr))]
+
+
 def pretokenized(tokenize, parts: Sequence[FewShotDataset], cache_dir: str | Path | None = None):
     """`tokenize` backed by one stored tokenisation of every sentence in `parts` (or `tokenize`
     itself where that does not apply: entity markers, non-HF tokenizers, no sentences)."""
@@ -102,11 +109,9 @@ def pretokenized(tokenize, parts: Sequence[FewShotDataset], cache_dir: str | Pat
                        cache_file_name=str(cache_file), new_fingerprint=fp, load_from_cache_file=True,
                        desc="tokenising")
     columns = tuple(c for c in COLUMNS if c in tokens.column_names)
-    flat = tokens.with_format("numpy")
-    ids = flat["input_ids"]
-    segments = flat["token_type_ids"] if pairs and "token_type_ids" in columns else [None] * len(keys)
-    rows = {k: (np.asarray(ids[i], dtype=np.int32), None if segments[i] is None else np.asarray(segments[i], dtype=np.int32))
-            for i, k in enumerate(keys)}
+    ids = _rows(tokens, "input_ids")
+    segments = _rows(tokens, "token_type_ids") if pairs and "token_type_ids" in columns else [None] * len(keys)
+    rows = dict(zip(keys, zip(ids, segments)))
     log.info("tokens of %d sentences %s (%s)", len(keys), "read from the cache" if hit else "tokenised once and cached",
              cache_file)
     return PretokenizedTokenizer(tokenize, rows, columns)
