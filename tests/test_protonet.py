@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -45,3 +46,44 @@ def test_gradient_reaches_encoder_and_learned_scale():
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert all(q.grad is not None and q.grad.abs().sum() > 0 for q in [enc.weight, p.log_scale])
+
+
+# -- transductive prototypes (soft k-means, Ren et al. 2018) ---------------------------------------
+
+def test_soft_kmeans_with_no_queries_or_no_steps_gives_the_support_prototypes():
+    from metarun.learners.functional import prototypes, soft_kmeans_prototypes
+
+    torch.manual_seed(0)
+    s, y = torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2])
+    score = lambda q, p: -torch.cdist(q, p) ** 2  # noqa: E731
+    plain = prototypes(s, y, 3)
+    assert torch.allclose(soft_kmeans_prototypes(s, y, torch.zeros(0, 4), 3, 1, score), plain)
+    assert torch.allclose(soft_kmeans_prototypes(s, y, torch.randn(5, 4), 3, 0, score), plain)
+
+
+def test_one_soft_kmeans_step_is_the_weighted_mean_of_support_and_queries():
+    from metarun.learners.functional import soft_kmeans_prototypes
+
+    torch.manual_seed(0)
+    s, y, q = torch.randn(4, 3), torch.tensor([0, 0, 1, 1]), torch.randn(3, 3)
+    score = lambda q, p: -torch.cdist(q, p) ** 2  # noqa: E731
+    p0 = torch.stack([s[:2].mean(0), s[2:].mean(0)])
+    w = score(q, p0).softmax(-1)
+    expected = torch.stack([(s[y == c].sum(0) + (w[:, c:c + 1] * q).sum(0)) / (2 + w[:, c].sum()) for c in range(2)])
+    assert torch.allclose(soft_kmeans_prototypes(s, y, q, 2, 1, score), expected, atol=1e-6)
+
+
+def test_transductive_steps_move_prototypes_towards_their_queries_and_need_a_transductive_learner(tmp_path):
+    from conftest import FAST, run_in_process
+    from metarun.errors import ConfigError
+
+    net = ProtoNet(nn.Identity())
+    s, y = torch.tensor([[0.0, 0.0], [4.0, 0.0]]), torch.tensor([0, 1])
+    q = torch.tensor([[2.3, 0.0], [8.0, 0.0], [8.0, 0.0], [8.0, 0.0]])  # one query just past the midpoint
+    assert net.predict_from_features(s, y, q, 2).argmax(-1).tolist() == [1, 1, 1, 1]
+    # class 1's queries lie far right: its prototype follows them, and the midpoint passes the first query
+    assert net.predict_from_features(s, y, q, 2, transductive_steps=3).argmax(-1).tolist() == [0, 1, 1, 1]
+    results = run_in_process([*FAST, "trainer.max_steps=0", "eval.test.transductive_steps=2"], tmp_path / "run")
+    assert set(results["results"]) == {"test/5way_1shot", "test/5way_5shot"}
+    with pytest.raises(ConfigError, match=r"eval.test.transductive_steps=2 .* learner=matching does not take"):
+        run_in_process([*FAST, "learner=matching", "eval.test.transductive_steps=2"], tmp_path / "bad")

@@ -54,10 +54,11 @@ class EpisodicEvaluator(Evaluator):
     def __init__(self, data: FewShotDataset, prefix: str, seed: int, n_way: int | Sequence[int] = 5,
                  shots: int | Sequence[int] = 5, n_query: int = 5, episodes: int = 600,
                  max_per_class: int | None = None, na_rate: int = 0, single_query: bool = False,
-                 batch_size: int = 64, progress: bool = True, dist: Dist = Dist(),
+                 transductive_steps: int = 0, batch_size: int = 64, progress: bool = True, dist: Dist = Dist(),
                  target: DataSplits | None = None):
         for key, value, low in (("episodes", episodes, 1), ("max_per_class", max_per_class, 1),
-                                ("n_query", n_query, 1), ("na_rate", na_rate, 0)):
+                                ("n_query", n_query, 1), ("na_rate", na_rate, 0),
+                                ("transductive_steps", transductive_steps, 0)):
             if key == "max_per_class" and value is None:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -78,6 +79,7 @@ class EpisodicEvaluator(Evaluator):
         self.classes, self.class_names = list(data.classes), dict(target.class_names) if target is not None else {}
         self.protocols, self.prefix, self.batch_size, self.dist = protocols, prefix, batch_size, dist
         self.progress = progress and dist.main
+        self.transductive_steps = transductive_steps  # soft k-means steps with the queries (transductive learners)
         # Build samplers now so impossible protocols (N too large, K+Q too many) fail before training.
         self.samplers = [EpisodeSampler(self.data, p.n_way, p.k_shot, p.n_query, p.seed, role=prefix,
                                         single_query=p.single_query, na_rate=p.na_rate) for p in protocols]
@@ -101,6 +103,7 @@ class EpisodicEvaluator(Evaluator):
                                cache=self.feature_cache)
 
     def _feature_episodes(self, learner, features, sampler, proto) -> list[float]:
+        transductive = {"transductive_steps": self.transductive_steps} if self.transductive_steps else {}
         accs = []  # this rank's episodes; gathered in episode order
         bar = tqdm(self.dist.mine(proto.episodes), desc=f"{self.prefix}/{proto.key}", disable=not self.progress,
                    leave=False)
@@ -108,7 +111,8 @@ class EpisodicEvaluator(Evaluator):
             for i in bar:
                 spec = sampler[i]
                 s, q = features[list(spec.support_idx)], features[list(spec.query_idx)]
-                logits = learner.predict_from_features(s, torch.as_tensor(spec.support_labels(), device=s.device), q, spec.n_way)
+                logits = learner.predict_from_features(s, torch.as_tensor(spec.support_labels(), device=s.device), q,
+                                                       spec.n_way, **transductive)
                 accs.append((logits.argmax(-1).cpu().numpy() == spec.query_labels()).mean())
                 if i % 50 == 0:
                     bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}", refresh=False)  # drawn with the next count

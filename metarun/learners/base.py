@@ -38,6 +38,8 @@ class Learner(nn.Module):
     - `batch_tasks`: `training_loss_tasks` takes a whole meta-batch at once (vmap / batched inner loops);
       otherwise the trainer hands it one task at a time (one backward each, bounded memory).
     - `nota`: predicts none-of-the-above as class N; `nota_offset` is its learned offset, if any.
+    - `transductive`: `predict_from_features` takes `transductive_steps` (refines its class
+      representations with the episode's unlabelled queries: `eval.test.transductive_steps`).
     - `task_heads`: has a head per training task, scored on held-out examples by `task_accuracy`.
     - `reports`: `report(batches)` gives extra facts for results.json (distill: sizes and speeds).
     """
@@ -48,6 +50,7 @@ class Learner(nn.Module):
     feature_train: bool = False
     batch_tasks: bool = False
     nota: bool = False
+    transductive: bool = False
     task_heads: bool = False
     reports: bool = False
 

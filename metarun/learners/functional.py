@@ -12,6 +12,21 @@ def prototypes(features: torch.Tensor, labels: torch.Tensor, n_way: int) -> torc
     return (one_hot.transpose(-2, -1) @ features) / one_hot.sum(-2).unsqueeze(-1)
 
 
+def soft_kmeans_prototypes(support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, n_way: int, steps: int,
+                           logits) -> torch.Tensor:
+    """Transductive prototypes (Ren et al. 2018, soft k-means): start from the class means of the
+    support set; each step, every query joins every class with weight softmax(logits(query, protos))
+    and the prototypes become the weighted means of support and queries (support items weigh 1).
+    (N*K, D), (N*K,), (M, D) -> (N, D); no queries, or 0 steps, give the support prototypes."""
+    one_hot = F.one_hot(labels, n_way).to(support.dtype)  # (N*K, N)
+    sums, counts = one_hot.T @ support, one_hot.sum(0)  # (N, D), (N,)
+    protos = sums / counts.unsqueeze(-1)
+    for _ in range(steps):
+        w = logits(query, protos).softmax(-1)  # (M, N)
+        protos = (sums + w.T @ query) / (counts + w.sum(0)).unsqueeze(-1)
+    return protos
+
+
 def interleaved_order(labels: torch.Tensor, n_way: int) -> torch.Tensor:
     """The permutation that presents a class-grouped support set shot by shot: shot 1 of every class,
     then shot 2, ... (the fixed evaluation order of the sequence learners, SNAIL and MANN)."""

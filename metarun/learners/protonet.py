@@ -1,7 +1,9 @@
 """Prototypical Networks (Snell, Swersky & Zemel, NeurIPS 2017).
 
 Each class is the mean of its support embeddings; a query's logits are negative squared Euclidean
-distances to the prototypes (or scaled cosine similarities).
+distances to the prototypes (or scaled cosine similarities). At evaluation the prototypes can be
+refined with the episode's unlabelled queries (`eval.test.transductive_steps`: soft k-means, Ren et
+al. 2018).
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from torch import nn
 from metarun.data.collate import Episode
 from metarun.errors import ConfigError, check_choice
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, with_nota
-from metarun.learners.functional import cosine_similarity, prototypes, squared_euclidean
+from metarun.learners.functional import cosine_similarity, soft_kmeans_prototypes, squared_euclidean
 
 DISTANCES = ("euclidean", "cosine")
 
 
 class ProtoNet(FeatureLearner):
+
+    transductive = True  # predict_from_features takes transductive_steps
 
     def __init__(self, encoder: nn.Module, distance: str = "euclidean", scale: float = 1.0, learn_scale: bool = False,
                  nota: bool = False):
@@ -34,15 +38,19 @@ class ProtoNet(FeatureLearner):
         if not learn_scale:
             self.register_buffer("_log_scale", log_scale)
 
-    def predict_from_features(self, support, support_labels, query, n_way):
-        """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) logits (N+1 with `nota`)."""
-        protos = prototypes(support.float(), support_labels, n_way)
+    def predict_from_features(self, support, support_labels, query, n_way, transductive_steps: int = 0):
+        """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) logits (N+1 with `nota`); `transductive_steps` of
+        soft k-means move the prototypes towards the queries first."""
+        query = query.float()
+        protos = soft_kmeans_prototypes(support.float(), support_labels, query, n_way, transductive_steps, self.logits)
+        logits = self.logits(query, protos)
+        return with_nota(logits, self.nota_offset) if self.nota else logits
+
+    def logits(self, query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
         scale = (self.log_scale if self.log_scale is not None else self._log_scale).exp()
         if self.distance == "euclidean":
-            logits = -scale * squared_euclidean(query.float(), protos)
-        else:
-            logits = scale * cosine_similarity(query.float(), protos)
-        return with_nota(logits, self.nota_offset) if self.nota else logits
+            return -scale * squared_euclidean(query, protos)
+        return scale * cosine_similarity(query, protos)
 
     def training_loss(self, episode: Episode) -> StepOutput:
         logits = self.predict(episode)
