@@ -87,3 +87,66 @@ def test_transductive_steps_move_prototypes_towards_their_queries_and_need_a_tra
     assert set(results["results"]) == {"test/5way_1shot", "test/5way_5shot"}
     with pytest.raises(ConfigError, match=r"eval.test.transductive_steps=2 .* learner=matching does not take"):
         run_in_process([*FAST, "learner=matching", "eval.test.transductive_steps=2"], tmp_path / "bad")
+
+
+# -- class names as a prototype prior -------------------------------------------------------------
+
+def tiny_protonet(**kw):
+    from conftest import compose_cfg
+    from metarun.config import build
+
+    torch.manual_seed(0)
+    return ProtoNet(build(compose_cfg(["encoder=tiny"]).encoder, "encoder"), **kw).eval()
+
+
+def test_a_label_prior_of_weight_zero_is_plain_protonet():
+    torch.manual_seed(0)
+    s, y, q = torch.randn(6, 32), torch.tensor([0, 0, 1, 1, 2, 2]), torch.randn(4, 32)
+    plain = tiny_protonet()
+    prior = tiny_protonet(label_prior="add", label_weight=0.0)
+    with torch.no_grad():
+        assert torch.allclose(prior.predict_from_features(s, y, q, 3, classes=["card_arrival", "pin", "atm"]),
+                              plain.predict_from_features(s, y, q, 3))
+
+
+def test_the_label_prior_is_the_weighted_mean_of_support_and_name_and_very_large_weights_are_zero_shot():
+    from metarun.data.dataset import Example
+    from metarun.learners.protonet import name_text
+
+    assert name_text("card_arrival.v2", "This is about {name}") == "This is about card arrival v2"
+    net = tiny_protonet(label_prior="add", label_weight=2.0)
+    classes = ["card_arrival", "lost_or_stolen_card"]
+    with torch.no_grad():
+        names = net.encoder(net.encoder.tokenize([Example(name_text(c, "{name}"), c) for c in classes]))
+        s, y = torch.randn(3, 32), torch.tensor([0, 0, 1])
+        protos = net.with_label_prior(torch.stack([s[:2].mean(0), s[2]]), y, 2, classes)
+        expected = torch.stack([(2 * s[:2].mean(0) + 2 * names[0]) / 4, (s[2] + 2 * names[1]) / 3])
+        assert torch.allclose(protos, expected, atol=1e-5)
+        zero_shot = tiny_protonet(label_prior="add", label_weight=1e9)
+        q = torch.randn(5, 32)
+        by_names = -torch.cdist(q, names) ** 2
+        assert torch.equal(zero_shot.predict_from_features(s, y, q, 2, classes=classes).argmax(-1), by_names.argmax(-1))
+
+
+def test_a_learned_label_weight_trains_at_its_own_rate_and_gets_gradients(tmp_path):
+    from conftest import FAST, run_in_process
+
+    net = tiny_protonet(label_prior="learned", label_weight=1.5)
+    assert float(net.label_weight.detach()) == pytest.approx(1.5, rel=1e-5)
+    groups = net.param_groups(2e-5)
+    assert groups[-1]["params"] == [net.label_weight_raw] and groups[-1]["lr"] == 1e-2
+    net.train()
+    s, y, q = torch.randn(4, 32), torch.tensor([0, 0, 1, 1]), torch.randn(2, 32)
+    net.predict_from_features(s, y, q, 2, classes=["a_b", "c"]).sum().backward()
+    assert net.label_weight_raw.grad is not None and net.label_weight_raw.grad.abs() > 0
+    results = run_in_process([*FAST, "learner.label_prior=learned"], tmp_path / "run")
+    assert results["results"]["test/5way_1shot"]["episodes"] == 20
+
+
+def test_bad_label_prior_options_name_the_choices():
+    from metarun.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="learner.label_prior='names' is not valid; choose one of: none, add, learned"):
+        ProtoNet(nn.Identity(), label_prior="names")
+    with pytest.raises(ConfigError, match=r"must contain \{name\}"):
+        ProtoNet(nn.Identity(), label_prior="add", label_template="about")

@@ -111,8 +111,9 @@ class EpisodicEvaluator(Evaluator):
             for i in bar:
                 spec = sampler[i]
                 s, q = features[list(spec.support_idx)], features[list(spec.query_idx)]
+                names = {"classes": list(spec.classes)} if learner.reads_class_names else {}
                 logits = learner.predict_from_features(s, torch.as_tensor(spec.support_labels(), device=s.device), q,
-                                                       spec.n_way, **transductive)
+                                                       spec.n_way, **transductive, **names)
                 accs.append((logits.argmax(-1).cpu().numpy() == spec.query_labels()).mean())
                 if i % 50 == 0:
                     bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}", refresh=False)  # drawn with the next count

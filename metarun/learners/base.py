@@ -38,6 +38,8 @@ class Learner(nn.Module):
     - `batch_tasks`: `training_loss_tasks` takes a whole meta-batch at once (vmap / batched inner loops);
       otherwise the trainer hands it one task at a time (one backward each, bounded memory).
     - `nota`: predicts none-of-the-above as class N; `nota_offset` is its learned offset, if any.
+    - `reads_class_names`: `predict_from_features` takes `classes`, the episode's class names in label
+      order (ProtoNet's `label_prior`); evaluation passes them.
     - `transductive`: `predict_from_features` takes `transductive_steps` (refines its class
       representations with the episode's unlabelled queries: `eval.test.transductive_steps`).
     - `task_heads`: has a head per training task, scored on held-out examples by `task_accuracy`.
@@ -51,6 +53,7 @@ class Learner(nn.Module):
     batch_tasks: bool = False
     nota: bool = False
     transductive: bool = False
+    reads_class_names: bool = False
     task_heads: bool = False
     reports: bool = False
 

@@ -4,6 +4,12 @@ Each class is the mean of its support embeddings; a query's logits are negative 
 distances to the prototypes (or scaled cosine similarities). At evaluation the prototypes can be
 refined with the episode's unlabelled queries (`eval.test.transductive_steps`: soft k-means, Ren et
 al. 2018).
+
+`label_prior` (beyond the paper) uses the class names as a prior on the prototypes: the name text
+("card_arrival" -> "card arrival", through `label_template`) is embedded by the same encoder and
+counts as `label_weight` pseudo-examples, p_c = (K mean_c + w name_c) / (K + w). `add` keeps w
+fixed; `learned` trains it (w = softplus(.), starting at `label_weight`). w = 0 is plain ProtoNet, and
+a very large w gives the zero-shot classifier of names alone on the same episodes.
 """
 
 from __future__ import annotations
@@ -18,6 +24,12 @@ from metarun.learners.base import FeatureLearner, StepOutput, accuracy, with_not
 from metarun.learners.functional import cosine_similarity, soft_kmeans_prototypes, squared_euclidean
 
 DISTANCES = ("euclidean", "cosine")
+LABEL_PRIORS = ("none", "add", "learned")
+
+
+def name_text(label: str, template: str) -> str:
+    """A class id as words: underscores and dots become spaces, then `template` ("{name}")."""
+    return template.format(name=" ".join(label.replace("_", " ").replace(".", " ").split()))
 
 
 class ProtoNet(FeatureLearner):
@@ -25,8 +37,21 @@ class ProtoNet(FeatureLearner):
     transductive = True  # predict_from_features takes transductive_steps
 
     def __init__(self, encoder: nn.Module, distance: str = "euclidean", scale: float = 1.0, learn_scale: bool = False,
-                 nota: bool = False):
+                 nota: bool = False, label_prior: str = "none", label_weight: float = 1.0,
+                 label_template: str = "{name}"):
         super().__init__()
+        check_choice("learner.label_prior", label_prior, LABEL_PRIORS)
+        if label_weight < 0 or "{name}" not in label_template:
+            raise ConfigError(f"learner.label_weight must be >= 0 and learner.label_template must contain {{name}}, got "
+                              f"{label_weight} and {label_template!r}.")
+        self.label_prior, self.label_template = label_prior, label_template
+        self.reads_class_names = label_prior != "none"
+        w = torch.tensor(float(label_weight))
+        if label_prior == "learned":  # softplus^-1(w), so the weight starts at label_weight
+            self.label_weight_raw = nn.Parameter(w + torch.log(-torch.expm1(-w)) if label_weight > 0 else torch.tensor(-20.0))
+        else:
+            self.register_buffer("_label_weight", w)
+        self._names: dict[str, torch.Tensor] = {}  # name embeddings at evaluation (cleared by train())
         self.nota = nota
         self.nota_offset = nn.Parameter(torch.zeros(())) if nota else None
         check_choice("learner.distance", distance, DISTANCES)
@@ -38,13 +63,64 @@ class ProtoNet(FeatureLearner):
         if not learn_scale:
             self.register_buffer("_log_scale", log_scale)
 
-    def predict_from_features(self, support, support_labels, query, n_way, transductive_steps: int = 0):
+    def predict_from_features(self, support, support_labels, query, n_way, transductive_steps: int = 0,
+                              classes: list[str] | None = None):
         """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) logits (N+1 with `nota`); `transductive_steps` of
-        soft k-means move the prototypes towards the queries first."""
+        soft k-means move the prototypes towards the queries first; `classes` (the episode's class
+        names, in label order) feed `label_prior`."""
         query = query.float()
         protos = soft_kmeans_prototypes(support.float(), support_labels, query, n_way, transductive_steps, self.logits)
+        if self.label_prior != "none":
+            if classes is None:
+                raise ConfigError("learner.label_prior needs the episode's class names; this evaluation does not give "
+                                  "them (use eval=episodic or fewrel_official).")
+            protos = self.with_label_prior(protos, support_labels, n_way, classes)
         logits = self.logits(query, protos)
         return with_nota(logits, self.nota_offset) if self.nota else logits
+
+    def predict(self, episode: Episode) -> torch.Tensor:
+        support, query = self.embed_episode(episode)
+        names = {"classes": episode.meta.get("classes")} if self.reads_class_names else {}
+        return self.predict_from_features(support, episode.support_labels, query, episode.n_way, **names)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """The default groups, with a learned label weight at 1e-2: a scalar started at label_weight
+        would barely move at an encoder's fine-tuning rate."""
+        groups = super().param_groups(lr)
+        if self.label_prior == "learned":
+            for g in groups:
+                g["params"] = [p for p in g["params"] if p is not self.label_weight_raw]
+            groups.append({"params": [self.label_weight_raw], "lr": max(lr, 1e-2)})
+        return [g for g in groups if g["params"]]
+
+    @property
+    def label_weight(self) -> torch.Tensor:
+        return F.softplus(self.label_weight_raw) if self.label_prior == "learned" else self._label_weight
+
+    def with_label_prior(self, protos, support_labels, n_way, classes) -> torch.Tensor:
+        """Prototypes with each class's name embedding as `label_weight` pseudo-examples."""
+        names = self.name_embeddings(list(classes)).to(protos)
+        shots = torch.bincount(support_labels, minlength=n_way).to(protos).unsqueeze(-1)  # (N, 1)
+        w = self.label_weight.to(protos)
+        return (shots * protos + w * names) / (shots + w)
+
+    def name_embeddings(self, classes: list[str]) -> torch.Tensor:
+        """(N, D) embeddings of the class names; memoised in eval mode, where the encoder is fixed."""
+        from metarun.data.dataset import Example
+
+        missing = [c for c in classes if c not in self._names] if not self.training else classes
+        if missing:
+            batch = self.encoder.tokenize([Example(name_text(c, self.label_template), c) for c in missing])
+            device = next(self.encoder.parameters()).device
+            feats = self.embed({k: v.to(device) for k, v in batch.items()}).float()
+            if self.training:
+                return feats
+            self._names.update({c: f for c, f in zip(missing, feats.detach())})
+        return torch.stack([self._names[c] for c in classes])
+
+    def train(self, mode: bool = True):
+        self._names.clear()  # the encoder may change while training
+        return super().train(mode)
 
     def logits(self, query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
         scale = (self.log_scale if self.log_scale is not None else self._log_scale).exp()
