@@ -150,3 +150,50 @@ def test_bad_label_prior_options_name_the_choices():
         ProtoNet(nn.Identity(), label_prior="names")
     with pytest.raises(ConfigError, match=r"must contain \{name\}"):
         ProtoNet(nn.Identity(), label_prior="add", label_template="about")
+
+
+# -- contrastive episode losses (ContrastNet) -------------------------------------------------------
+
+def test_supervised_contrastive_loss_equals_a_hand_computation():
+    import math
+
+    from metarun.learners.functional import supervised_contrastive
+
+    torch.manual_seed(0)
+    z, y, t = torch.randn(5, 3), torch.tensor([0, 0, 1, 1, 2]), 0.5  # the last item has no positive
+    u = torch.nn.functional.normalize(z, dim=-1)
+    total, anchors = 0.0, 0
+    for i in range(5):
+        positives = [p for p in range(5) if p != i and y[p] == y[i]]
+        if not positives:
+            continue
+        denom = sum(math.exp(float(u[i] @ u[a]) / t) for a in range(5) if a != i)
+        total += -sum(math.log(math.exp(float(u[i] @ u[p]) / t) / denom) for p in positives) / len(positives)
+        anchors += 1
+    assert float(supervised_contrastive(z, y, t)) == pytest.approx(total / anchors, rel=1e-5)
+
+
+def test_contrastive_terms_add_to_the_episode_loss_and_train_the_encoder():
+    from conftest import compose_cfg
+    from metarun.config import build
+    from metarun.data.collate import EpisodeDataset
+    from metarun.data.sampler import EpisodeSampler
+
+    cfg = compose_cfg(["debug=fast"])
+    data = build(cfg.data, "data")
+    torch.manual_seed(0)
+    plain = tiny_protonet().train()
+    torch.manual_seed(0)
+    both = tiny_protonet(contrastive_weight=0.5, instance_weight=0.5).train()
+    episode = EpisodeDataset(EpisodeSampler(data.train, 3, 2, 2, seed=0), plain.encoder.tokenize, 1)[0]
+    torch.manual_seed(1)
+    base = plain.training_loss(episode)
+    torch.manual_seed(1)
+    out = both.training_loss(episode)
+    assert {"supcon", "instance"} <= set(out.metrics)
+    expected = base.loss + 0.5 * out.metrics["supcon"] + 0.5 * out.metrics["instance"]
+    assert float(out.loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-4)
+    assert out.metrics["instance"] > 0  # two dropout views of a sentence differ, but not by much
+    out.loss.backward()
+    assert all(p.grad is not None for p in both.encoder.parameters() if p.requires_grad)
+    assert not both.feature_train  # the dropout view needs the text

@@ -67,6 +67,21 @@ def cosine_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).T
 
 
+def supervised_contrastive(features: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, the L_out form; ContrastNet's episode loss):
+    for each anchor i, minus the mean over its positives p (same label, p != i) of
+    log( exp(s_ip / t) / sum_{a != i} exp(s_ia / t) ), with s the cosine similarity; averaged over
+    anchors that have a positive. (M, D), (M,) -> scalar."""
+    z = F.normalize(features, dim=-1)
+    sim = z @ z.T / temperature
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    log_prob = sim.masked_fill(eye, float("-inf")).log_softmax(-1)
+    positives = (labels[:, None] == labels[None, :]) & ~eye
+    has = positives.any(-1)
+    per_anchor = -(log_prob.masked_fill(~positives, 0).sum(-1) / positives.sum(-1).clamp(min=1))
+    return per_anchor[has].mean()
+
+
 def linear_head(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """(..., M, D), (..., N, D), (..., N) -> (..., M, N) logits; leading dims are tasks."""
     return features @ weight.transpose(-1, -2) + bias.unsqueeze(-2)

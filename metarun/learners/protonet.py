@@ -10,6 +10,12 @@ al. 2018).
 counts as `label_weight` pseudo-examples, p_c = (K mean_c + w name_c) / (K + w). `add` keeps w
 fixed; `learned` trains it (w = softplus(.), starting at `label_weight`). w = 0 is plain ProtoNet, and
 a very large w gives the zero-shot classifier of names alone on the same episodes.
+
+`contrastive_weight` adds ContrastNet's supervised contrastive loss over the episode's support and
+query features (Chen et al. 2022), and `instance_weight` its unsupervised instance term: every text
+encoded a second time, with another dropout mask, and each sentence's two views contrasted against
+the other sentences (SimCSE's, so no paraphrase model is needed offline). Both train the encoder, so
+they need text episodes (a frozen encoder has nothing for them to move).
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from torch import nn
 from metarun.data.collate import Episode
 from metarun.errors import ConfigError, check_choice
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, with_nota
-from metarun.learners.functional import cosine_similarity, soft_kmeans_prototypes, squared_euclidean
+from metarun.learners.functional import (cosine_similarity, soft_kmeans_prototypes, squared_euclidean,
+                                         supervised_contrastive)
 
 DISTANCES = ("euclidean", "cosine")
 LABEL_PRIORS = ("none", "add", "learned")
@@ -38,8 +45,15 @@ class ProtoNet(FeatureLearner):
 
     def __init__(self, encoder: nn.Module, distance: str = "euclidean", scale: float = 1.0, learn_scale: bool = False,
                  nota: bool = False, label_prior: str = "none", label_weight: float = 1.0,
-                 label_template: str = "{name}"):
+                 label_template: str = "{name}", contrastive_weight: float = 0.0, instance_weight: float = 0.0,
+                 temperature: float = 0.1):
         super().__init__()
+        if contrastive_weight < 0 or instance_weight < 0 or temperature <= 0:
+            raise ConfigError(f"learner.contrastive_weight and learner.instance_weight must be >= 0 and "
+                              f"learner.temperature > 0, got {contrastive_weight}, {instance_weight}, {temperature}.")
+        self.contrastive_weight, self.instance_weight, self.temperature = contrastive_weight, instance_weight, temperature
+        if instance_weight > 0:
+            self.feature_train = False  # the second dropout view reads the text again
         check_choice("learner.label_prior", label_prior, LABEL_PRIORS)
         if label_weight < 0 or "{name}" not in label_template:
             raise ConfigError(f"learner.label_weight must be >= 0 and learner.label_template must contain {{name}}, got "
@@ -129,6 +143,23 @@ class ProtoNet(FeatureLearner):
         return scale * cosine_similarity(query, protos)
 
     def training_loss(self, episode: Episode) -> StepOutput:
-        logits = self.predict(episode)
+        support, query = self.embed_episode(episode)
+        names = {"classes": episode.meta.get("classes")} if self.reads_class_names else {}
+        logits = self.predict_from_features(support, episode.support_labels, query, episode.n_way, **names)
         loss = F.cross_entropy(logits, episode.query_labels)
-        return StepOutput(loss, {"acc": accuracy(logits.detach(), episode.query_labels)})
+        metrics = {"acc": accuracy(logits.detach(), episode.query_labels)}
+        if self.contrastive_weight > 0:
+            labels = torch.cat([episode.support_labels, episode.query_labels])
+            known = labels < episode.n_way  # none-of-the-above queries have no class to pull towards
+            supcon = supervised_contrastive(torch.cat([support, query])[known].float(), labels[known], self.temperature)
+            loss = loss + self.contrastive_weight * supcon
+            metrics["supcon"] = supcon.item()
+        if self.instance_weight > 0:
+            first = torch.cat([support, query]).float()
+            second = torch.cat([self.embed(episode.support), self.embed(episode.query)]).float()  # new dropout masks
+            views = torch.cat([first, second])
+            ids = torch.arange(len(first), device=first.device).repeat(2)  # a sentence's two views are positives
+            instance = supervised_contrastive(views, ids, self.temperature)
+            loss = loss + self.instance_weight * instance
+            metrics["instance"] = instance.item()
+        return StepOutput(loss, metrics)
