@@ -197,3 +197,54 @@ def test_contrastive_terms_add_to_the_episode_loss_and_train_the_encoder():
     out.loss.backward()
     assert all(p.grad is not None for p in both.encoder.parameters() if p.requires_grad)
     assert not both.feature_train  # the dropout view needs the text
+
+
+# -- support-set tuning at test time ---------------------------------------------------------------
+
+def test_leave_one_out_and_pair_losses_equal_hand_computations():
+    from metarun.learners.support_tuning import leave_one_out_loss, pair_loss
+
+    torch.manual_seed(0)
+    f, y = torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2])
+    logits = []
+    for i in range(6):
+        protos = [f[[j for j in range(6) if y[j] == c and j != i]].mean(0) for c in range(3)]
+        logits.append(torch.stack([-(f[i] - p).pow(2).sum() for p in protos]))
+    expected = torch.nn.functional.cross_entropy(torch.stack(logits), y)
+    assert torch.allclose(leave_one_out_loss(f, y, 3), expected, atol=1e-5)
+    z = torch.nn.functional.normalize(f, dim=-1)
+    pairs = [((z[i] @ z[j]) - float(y[i] == y[j])) ** 2 for i in range(6) for j in range(i + 1, 6)]
+    assert torch.allclose(pair_loss(f, y), torch.stack(pairs).mean(), atol=1e-6)
+
+
+@pytest.mark.parametrize("loss,shots", [("proto", 2), ("proto", 1), ("pairs", 2)])
+def test_support_tuning_changes_predictions_but_never_the_meta_parameters(loss, shots):
+    from conftest import compose_cfg
+    from metarun.config import build
+    from metarun.data.collate import EpisodeDataset
+    from metarun.data.sampler import EpisodeSampler
+
+    data = build(compose_cfg(["debug=fast"]).data, "data")
+    net = tiny_protonet(support_tuning_steps=3, support_tuning_lr=1e-2, support_tuning_loss=loss)
+    assert not net.feature_eval  # each episode gets its own encoder
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    episode = EpisodeDataset(EpisodeSampler(data.test, 3, shots, 2, seed=0), net.encoder.tokenize, 1)[0]
+    tuned = net.predict(episode)
+    net.tuning["steps"] = 0
+    plain = net.predict(episode)
+    assert not torch.allclose(tuned, plain)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_support_tuning_runs_end_to_end_and_bad_options_are_named(tmp_path):
+    from conftest import FAST, run_in_process
+    from metarun.errors import ConfigError
+
+    results = run_in_process([*FAST, "trainer.max_steps=0", "learner.support_tuning_steps=2", "eval.test.episodes=4"],
+                             tmp_path / "run")
+    assert results["results"]["test/5way_1shot"]["episodes"] == 4
+    with pytest.raises(ConfigError, match="learner.support_tuning_loss='mse' is not valid; choose one of: proto, pairs"):
+        ProtoNet(nn.Identity(), support_tuning_loss="mse")
+    with pytest.raises(ConfigError, match="learner.support_tuning_steps must be a whole number of at least 0"):
+        ProtoNet(nn.Identity(), support_tuning_steps=-1)

@@ -16,6 +16,10 @@ query features (Chen et al. 2022), and `instance_weight` its unsupervised instan
 encoded a second time, with another dropout mask, and each sentence's two views contrasted against
 the other sentences (SimCSE's, so no paraphrase model is needed offline). Both train the encoder, so
 they need text episodes (a frozen encoder has nothing for them to move).
+
+`support_tuning_steps` > 0 fine-tunes a copy of the encoder's top `support_tuning_layers` blocks on
+each test episode's support set before classifying it (learners/support_tuning.py); predictions then
+depend on the episode, so evaluation encodes each episode's text (no cached features).
 """
 
 from __future__ import annotations
@@ -27,8 +31,14 @@ from torch import nn
 from metarun.data.collate import Episode
 from metarun.errors import ConfigError, check_choice
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, with_nota
-from metarun.learners.functional import (cosine_similarity, soft_kmeans_prototypes, squared_euclidean,
-                                         supervised_contrastive)
+from metarun.learners.functional import (
+    cosine_similarity,
+    soft_kmeans_prototypes,
+    squared_euclidean,
+    supervised_contrastive,
+)
+from metarun.learners.support_tuning import LOSSES as TUNING_LOSSES
+from metarun.learners.support_tuning import tuned_copy
 
 DISTANCES = ("euclidean", "cosine")
 LABEL_PRIORS = ("none", "add", "learned")
@@ -46,8 +56,18 @@ class ProtoNet(FeatureLearner):
     def __init__(self, encoder: nn.Module, distance: str = "euclidean", scale: float = 1.0, learn_scale: bool = False,
                  nota: bool = False, label_prior: str = "none", label_weight: float = 1.0,
                  label_template: str = "{name}", contrastive_weight: float = 0.0, instance_weight: float = 0.0,
-                 temperature: float = 0.1):
+                 temperature: float = 0.1, support_tuning_steps: int = 0, support_tuning_lr: float = 1e-4,
+                 support_tuning_layers: int = 1, support_tuning_loss: str = "proto"):
         super().__init__()
+        check_choice("learner.support_tuning_loss", support_tuning_loss, TUNING_LOSSES)
+        for opt, v, low in (("support_tuning_steps", support_tuning_steps, 0), ("support_tuning_layers", support_tuning_layers, 1)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ConfigError(f"learner.{opt} must be a whole number of at least {low}, got {v!r}.")
+        self.tuning = {"steps": support_tuning_steps, "lr": support_tuning_lr, "layers": support_tuning_layers,
+                       "loss": support_tuning_loss}
+        if support_tuning_steps:
+            encoder.transformer_layers()  # a ConfigError naming the encoders that have layers to tune
+            self.feature_eval = False  # each test episode gets its own encoder
         if contrastive_weight < 0 or instance_weight < 0 or temperature <= 0:
             raise ConfigError(f"learner.contrastive_weight and learner.instance_weight must be >= 0 and "
                               f"learner.temperature > 0, got {contrastive_weight}, {instance_weight}, {temperature}.")
@@ -93,8 +113,13 @@ class ProtoNet(FeatureLearner):
         return with_nota(logits, self.nota_offset) if self.nota else logits
 
     def predict(self, episode: Episode) -> torch.Tensor:
-        support, query = self.embed_episode(episode)
         names = {"classes": episode.meta.get("classes")} if self.reads_class_names else {}
+        if self.tuning["steps"] and not self.training and not episode.encoded:
+            encoder = tuned_copy(self.encoder, episode.support, episode.support_labels, episode.n_way, **self.tuning)
+            with torch.no_grad():
+                support, query = encoder(episode.support), encoder(episode.query)
+        else:
+            support, query = self.embed_episode(episode)
         return self.predict_from_features(support, episode.support_labels, query, episode.n_way, **names)
 
     def param_groups(self, lr: float) -> list[dict]:
