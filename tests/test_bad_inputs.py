@@ -94,7 +94,7 @@ CASES = {
     "distill from a broken teacher": (["learner=distill", "learner.teacher={files}/teacher.pt"], MetarunError,
                                       ["teacher.pt"]),
     "pooling unknown": (["encoder.pooling=max"], MetarunError, ["encoder.pooling='max'", "mean, cls, entity_start"]),
-    "option the learner lacks": (["+learner.temperature=2"], MetarunError, ["temperature", "Options it accepts"]),
+    "option the learner lacks": (["+learner.warmth=2"], MetarunError, ["warmth", "Options it accepts"]),
     # data files
     "unknown split": (["data.split=7"], MetarunError, ["data.split=7", "1, 2, 3, 4, 5"]),
     "missing table": ([*TABLE, "data.path={files}/none.tsv"], MetarunError, ["none.tsv does not exist", "data.path"]),

@@ -70,7 +70,10 @@ def config_digest(config: dict) -> str:
 
 
 def describe(diff: dict[str, tuple], limit: int = 4) -> str:
-    items = [f"{k}: {_short(old)} there, {_short(new)} now" for k, (old, new) in list(diff.items())[:limit]]
+    """The first `limit` differences, config choices first (`learner.name: "protonet" there,
+    "matching" now` says more than the options that came with the choice)."""
+    keys = sorted(diff, key=lambda k: (not k.endswith(".name"), k))
+    items = [f"{k}: {_short(diff[k][0])} there, {_short(diff[k][1])} now" for k in keys[:limit]]
     more = f"; and {len(diff) - limit} more" if len(diff) > limit else ""
     return "; ".join(items) + more
 
