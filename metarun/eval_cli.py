@@ -43,7 +43,7 @@ def compose_eval_config(run_dir: Path, overrides: list[str]) -> dict:
     from Hydra's composition; `key=value` overrides are applied to the run's saved values."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf.errors import ConfigKeyError
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     from metarun.run import resolved
     from metarun.tracking.run_dir import CONFIG, RunDir, config_diff
@@ -77,8 +77,9 @@ def compose_eval_config(run_dir: Path, overrides: list[str]) -> dict:
             continue
         try:
             OmegaConf.update(cfg, key, yaml.safe_load(override.split("=", 1)[1]), force_add=override.startswith("+"))
-        except ConfigKeyError:
-            raise ConfigError(f"{key} is not a key of the run's config; `+{key}=...` adds one.") from None
+        except (ConfigKeyError, ConfigAttributeError):  # struct mode raises either, by how the key is missing
+            raise ConfigError(f"{key} is not a key of the run's config (a run saved before the option existed has "
+                              f"none); `+{key}=...` adds one.") from None
     config = resolved(cfg)
     changed = [k for k in config_diff(saved, config) if not any(k == c or k.startswith(c + ".") for c in CHANGEABLE)]
     if changed:  # a guard: only eval and the listed trainer keys can differ by construction

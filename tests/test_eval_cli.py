@@ -46,3 +46,21 @@ def test_the_command_exits_2_on_a_folder_that_is_not_a_run(tmp_path):
 
     res = subprocess.run([sys.executable, "-m", "metarun.eval_cli", str(tmp_path)], capture_output=True, text=True)
     assert res.returncode == 2 and "not a metarun run folder" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_an_option_newer_than_the_run_is_named_and_plus_adds_it(finished, tmp_path):
+    """A run saved before eval.test.transductive_steps existed: the plain override is refused with
+    what to type, and `+` adds the key (transductive prototypes on an old checkpoint)."""
+    import yaml
+
+    old = tmp_path / "old"
+    import shutil
+
+    shutil.copytree(finished, old)
+    config = yaml.safe_load((old / ".hydra" / "config.yaml").read_text())
+    del config["eval"]["test"]["transductive_steps"]
+    (old / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"eval.test.transductive_steps is not a key .* `\+eval.test.transductive_steps=...` adds one"):
+        evaluate_run(old, ["eval.test.transductive_steps=3"], tmp_path / "x")
+    results = evaluate_run(old, ["+eval.test.transductive_steps=3", "eval.test.episodes=4"], tmp_path / "td")
+    assert results["results"]["test/5way_1shot"]["episodes"] == 4
