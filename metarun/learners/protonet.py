@@ -113,7 +113,7 @@ class ProtoNet(FeatureLearner):
         return with_nota(logits, self.nota_offset) if self.nota else logits
 
     def predict(self, episode: Episode) -> torch.Tensor:
-        names = {"classes": episode.meta.get("classes")} if self.reads_class_names else {}
+        names = self._class_names(episode)
         if self.tuning["steps"] and not self.training and not episode.encoded:
             encoder = tuned_copy(self.encoder, episode.support, episode.support_labels, episode.n_way, **self.tuning)
             with torch.no_grad():
@@ -131,6 +131,10 @@ class ProtoNet(FeatureLearner):
                 g["params"] = [p for p in g["params"] if p is not self.label_weight_raw]
             groups.append({"params": [self.label_weight_raw], "lr": max(lr, 1e-2)})
         return [g for g in groups if g["params"]]
+
+    def _class_names(self, episode: Episode) -> dict:
+        """predict_from_features' `classes` keyword, where the label prior reads them."""
+        return {"classes": episode.meta.get("classes")} if self.reads_class_names else {}
 
     @property
     def label_weight(self) -> torch.Tensor:
@@ -169,8 +173,8 @@ class ProtoNet(FeatureLearner):
 
     def training_loss(self, episode: Episode) -> StepOutput:
         support, query = self.embed_episode(episode)
-        names = {"classes": episode.meta.get("classes")} if self.reads_class_names else {}
-        logits = self.predict_from_features(support, episode.support_labels, query, episode.n_way, **names)
+        logits = self.predict_from_features(support, episode.support_labels, query, episode.n_way,
+                                            **self._class_names(episode))
         loss = F.cross_entropy(logits, episode.query_labels)
         metrics = {"acc": accuracy(logits.detach(), episode.query_labels)}
         if self.contrastive_weight > 0:

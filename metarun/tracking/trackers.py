@@ -25,6 +25,7 @@ from pathlib import Path
 
 from metarun.errors import ConfigError
 from metarun.tracking.files import write_json
+from metarun.tracking.run_dir import flatten
 
 log = logging.getLogger("metarun")
 
@@ -33,15 +34,10 @@ EXTRAS = {"mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}  # tracke
 ARTIFACTS = ("results.json", "curves.png", ".hydra/config.yaml", ".hydra/overrides.yaml")
 
 
-def flat_config(config: dict, prefix: str = "") -> dict[str, str]:
-    """{"a": {"b": 1}} -> {"a.b": "1"}: parameters as trackers show them (lists as JSON)."""
-    out = {}
-    for k, v in config.items():
-        if isinstance(v, dict) and v:
-            out.update(flat_config(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, str) else json.dumps(v)
-    return out
+def flat_config(config: dict) -> dict[str, str]:
+    """{"a": {"b": 1}} -> {"a.b": "1"}: parameters as trackers show them (the run folder's dotted keys,
+    values other than strings as JSON)."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in flatten(config).items()}
 
 
 def final_metrics(results: dict) -> dict[str, float]:
