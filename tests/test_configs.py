@@ -104,3 +104,16 @@ def test_a_data_config_sets_the_encoder_length_it_needs_and_the_command_line_win
     assert compose_cfg([]).encoder.max_length == 64
     assert compose_cfg(["data=20newsgroups", "encoder.max_length=32"]).encoder.max_length == 32
     assert build(compose_cfg(["data=20newsgroups"]).data, "data").test.classes  # the hint is not a loader argument
+
+
+def test_fsic_presets_are_the_protaugment_protocol_with_their_recipes():
+    """fsic_best is experiment=protaugment_protonet (the trained protocol) plus the learned name prior
+    and transductive test prototypes; fsic_frozen the same test protocol without training."""
+    base = OmegaConf.to_container(compose_cfg(["experiment=protaugment_protonet"]))
+    best = OmegaConf.to_container(compose_cfg(["experiment=fsic_best"]))
+    assert (best["learner"]["label_prior"], best["eval"]["test"]["transductive_steps"]) == ("learned", 3)
+    best["learner"]["label_prior"], best["eval"]["test"]["transductive_steps"] = "none", 0
+    assert best == base
+    frozen = compose_cfg(["experiment=fsic_frozen"])
+    assert (frozen.trainer.max_steps, frozen.encoder.freeze, frozen.learner.label_prior) == (0, True, "add")
+    assert OmegaConf.to_container(frozen.eval.test) == {**base["eval"]["test"], "transductive_steps": 3}
