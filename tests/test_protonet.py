@@ -248,3 +248,18 @@ def test_support_tuning_runs_end_to_end_and_bad_options_are_named(tmp_path):
         ProtoNet(nn.Identity(), support_tuning_loss="mse")
     with pytest.raises(ConfigError, match="learner.support_tuning_steps must be a whole number of at least 0"):
         ProtoNet(nn.Identity(), support_tuning_steps=-1)
+
+
+def test_checkpoints_from_before_and_after_the_label_prior_load():
+    """The fixed label weight comes from the config: a run trained before `label_prior` existed (no
+    `_label_weight` in its state) and one that saved it both load, and the config's weight wins."""
+    state = ProtoNet(nn.Linear(3, 3)).trained_state()
+    assert "_label_weight" not in state
+    p = ProtoNet(nn.Linear(3, 3), label_prior="add", label_weight=2.0)
+    p.load_trained_state(state)
+    p.load_trained_state({**state, "_label_weight": torch.tensor(1.0)})
+    assert p.label_weight.item() == 2.0
+    learned = ProtoNet(nn.Linear(3, 3), label_prior="learned").trained_state()
+    assert "label_weight_raw" in learned  # a learned weight is trained, so it is saved
+    with pytest.raises(Exception, match="does not fit"):
+        ProtoNet(nn.Linear(3, 3)).load_trained_state(learned)

@@ -117,9 +117,15 @@ class Learner(nn.Module):
         frozen = self._frozen()
         return {k: v for k, v in self.state_dict().items() if k not in frozen}
 
+    def _from_config(self) -> set[str]:
+        """Non-persistent buffers: values the config decides, never read from a checkpoint."""
+        return {f"{prefix}.{b}".lstrip(".") for prefix, m in self.named_modules() for b in m._non_persistent_buffers_set}
+
     def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Load a `trained_state`: everything but this learner's frozen parameters must be there."""
-        missing, unexpected = self.load_state_dict(state, strict=False)
+        """Load a `trained_state`: everything but this learner's frozen parameters must be there. A
+        value the config decides (a non-persistent buffer) that an older checkpoint saved is skipped."""
+        from_config = self._from_config()
+        missing, unexpected = self.load_state_dict({k: v for k, v in state.items() if k not in from_config}, strict=False)
         absent = [k for k in missing if k not in self._frozen()]
         if absent or unexpected:
             raise CheckpointError(f"checkpoint does not fit this model (missing {absent[:3]}, unexpected "
