@@ -84,7 +84,7 @@ class ProtoNet(FeatureLearner):
         if label_prior == "learned":  # softplus^-1(w), so the weight starts at label_weight
             self.label_weight_raw = nn.Parameter(w + torch.log(-torch.expm1(-w)) if label_weight > 0 else torch.tensor(-20.0))
         else:
-            self.register_buffer("_label_weight", w, persistent=False)  # the config's; runs from before the prior load
+            self.register_buffer("_label_weight", w, persistent=False)  # from the config, not checkpoints
         self._names: dict[str, torch.Tensor] = {}  # name embeddings at evaluation (cleared by train())
         self.nota = nota
         self.nota_offset = nn.Parameter(torch.zeros(())) if nota else None
