@@ -30,7 +30,7 @@ from metarun.learners.base import Learner
 from metarun.models.base import Encoder
 from metarun.tracking import run_info
 from metarun.tracking.checkpoint import Checkpointer
-from metarun.tracking.files import write_json
+from metarun.files import write_json
 from metarun.tracking.metrics import MetricsWriter
 from metarun.tracking.plots import plot_run
 from metarun.tracking.run_dir import DONE, FAILED, RunDir

@@ -42,7 +42,7 @@ def download(name: str, base_url: str, dest: Path, force: bool = False) -> str:
     target = dest / name
     if target.exists() and not force:
         return f"{name}: kept the existing file ({check(target, name)})"
-    from metarun.tracking.files import atomic_write
+    from metarun.files import atomic_write
 
     url = f"{base_url.rstrip('/')}/{name}"
     summary = []

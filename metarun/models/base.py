@@ -24,6 +24,13 @@ class Encoder(nn.Module):
     untrained_tokens: bool = False  # has added tokens (entity markers) whose embeddings nothing trained yet
     frozen: bool = False  # built with freeze=true: its weights never train
 
+    def cache_identity(self) -> dict:
+        """What, besides its weights, decides this encoder's features of a text: its class, name and
+        tokenizer settings (`tokenize.identity()`); encoders with settings of their own add them.
+        The feature cache keys entries by it (evaluate/feature_cache.py)."""
+        return {"encoder": f"{type(self).__module__}.{type(self).__qualname__}", "name": self.name,
+                "tokenizer": self.tokenize.identity() if self.tokenize is not None else None}
+
     # -- transformer encoders override these ------------------------------------------------------
     def transformer_layers(self) -> nn.ModuleList:
         """The stack of transformer blocks, bottom first (adapted by `adapt=top_k`, copied by distill

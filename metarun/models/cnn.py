@@ -33,6 +33,10 @@ class CNNTokenizer:
     def __init__(self, tokenizer, max_length: int):
         self.tokenizer, self.max_length = tokenizer, max_length
 
+    def identity(self) -> dict:
+        """The settings that decide its output for a given vocabulary (feature-cache keys)."""
+        return {"max_length": self.max_length, "vocab": len(self.tokenizer)}
+
     def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         for e in examples:
             if e.tokens is None or e.head is None or e.tail is None:

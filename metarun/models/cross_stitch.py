@@ -74,6 +74,10 @@ class CrossStitchEncoder(Encoder):
             hs = list(torch.einsum("tu,ubld->tbld", alpha.to(out.dtype), out))
         return torch.stack([pool_states(x, batch, self.pooling, self.normalize) for x in hs])  # (T, B, D)
 
+    def cache_identity(self) -> dict:
+        return super().cache_identity() | {"pooling": self.pooling, "normalize": self.normalize,
+                                           "tasks": self.tasks, "eval_tower": self.eval_tower}
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         feats = self.towers(batch)
         return feats.mean(0) if self.eval_tower is None else feats[self.tasks.index(self.eval_tower)]

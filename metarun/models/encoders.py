@@ -51,6 +51,10 @@ class TextTokenizer:
         if entity_markers:
             self.marker_ids = tokenizer.convert_tokens_to_ids(list(MARKERS))
 
+    def identity(self) -> dict:
+        """The settings that decide its output for a given vocabulary (feature-cache keys)."""
+        return {"max_length": self.max_length, "markers": self.entity_markers, "vocab": len(self.tokenizer)}
+
     def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         if not self.entity_markers:
             pairs = [e.text_pair for e in examples]
@@ -157,6 +161,9 @@ class TransformerEncoder(Encoder):
 
     def pool(self, states: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return pool_states(states, batch, self.pooling, self.normalize)
+
+    def cache_identity(self) -> dict:
+        return super().cache_identity() | {"pooling": self.pooling, "normalize": self.normalize}
 
     # -- the transformer part of the encoder contract ---------------------------------------------
     def transformer_layers(self) -> nn.ModuleList:

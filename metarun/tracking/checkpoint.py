@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from metarun.errors import CheckpointError
-from metarun.tracking.files import atomic_write
+from metarun.files import atomic_write
 
 FORMAT_VERSION = 1
 

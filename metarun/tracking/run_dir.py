@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from metarun.errors import RunDirError
-from metarun.tracking.files import atomic_write, write_json
+from metarun.files import atomic_write, write_json
 
 log = logging.getLogger("metarun")
 

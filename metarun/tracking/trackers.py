@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 from metarun.errors import ConfigError
-from metarun.tracking.files import write_json
+from metarun.files import write_json
 from metarun.tracking.run_dir import flatten
 
 log = logging.getLogger("metarun")
