@@ -14,6 +14,7 @@ same config is skipped, so a crashed sweep is relaunched with the same command a
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
 import logging
@@ -64,6 +65,7 @@ def _main(cfg: DictConfig) -> float | None:
                 continue
             message = _message(e)
             if not sweep:
+                _remove_if_empty(run_dir)  # Hydra made it; a refused run leaves no folder behind
                 _fail(message)
             _record_failure(run_dir / FAILED, f"metarun: error: {message}\n")
             return None
@@ -107,6 +109,11 @@ def _record_failure(path: Path, text: str) -> None:
     except OSError as e:  # the folder itself cannot be written: say so, and go on with the sweep
         log.error("cannot write %s (%s)", path, e.strerror)
     log.error("job in %s failed; the sweep goes on. Error in %s:\n%s", path.parent, path, text.strip().splitlines()[-1])
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only ever removes an empty folder
 
 
 def _fail(message: str) -> None:

@@ -121,6 +121,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str], out_dir: str | Path 
     with folder:
         if folder.claim(config) != "new":
             raise RunDirError(f"{out} already holds a run; give metarun-eval a new --out folder.")
+        folder.hold()
         folder.prepare("new", config, overrides)
         with folder.log_file():
             c.learner.to(trainer.device)

@@ -20,23 +20,28 @@ from omegaconf import OmegaConf
 
 def safe_dirname(overrides: str, limit: int = 120) -> str:
     """Hydra's `override_dirname` ("k=v,k2=v2") as one folder name that stays inside the sweep folder:
-    a path-like or long value becomes its last part and a hash of the whole (stable across
-    relaunches), and no `/` or other unsafe character is left."""
-    def value(v: str) -> str:
+    a path-like or long value becomes its last part and a hash of the value (the same value gives the
+    same name in every job and relaunch), and no `/` or other unsafe character is left. A name still
+    over `limit` shortens those parts further; only past that is the whole name cut and hashed."""
+    def value(v: str, tail_len: int) -> str:
         if "/" in v or "\\" in v or len(v) > 40:
-            tail = re.sub(r"[^A-Za-z0-9._-]", "_", re.split(r"[/\\]", v.rstrip("/\\"))[-1])[:24].strip(".")
+            tail = re.sub(r"[^A-Za-z0-9._-]", "_", re.split(r"[/\\]", v.rstrip("/\\"))[-1])[:tail_len].strip(".")
             return f"{tail or 'path'}-{hashlib.sha256(v.encode()).hexdigest()[:8]}"
         return v
 
-    def item(text: str) -> str:
-        key, sep, val = text.partition("=")
-        return f"{key}{sep}{value(val)}" if sep else value(text)
+    def name(tail_len: int) -> str:
+        def item(text: str) -> str:
+            key, sep, val = text.partition("=")
+            return f"{key}{sep}{value(val, tail_len)}" if sep else value(text, tail_len)
+
+        return re.sub(r"[^A-Za-z0-9._,=+@:\[\]{}-]", "_", ",".join(map(item, items)))
 
     items = re.split(r",(?=[^,=\[\]{}]+=)", overrides) if overrides else []  # commas inside [..] stay
-    out = re.sub(r"[^A-Za-z0-9._,=+@:\[\]{}-]", "_", ",".join(map(item, items)))
-    if len(out) > limit:
-        out = f"{out[: limit - 9]}-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
-    return out
+    for tail_len in (24, 10, 0):
+        out = name(tail_len)
+        if len(out) <= limit:
+            return out
+    return f"{out[: limit - 9]}-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
 
 
 def file_stem(*values) -> str:

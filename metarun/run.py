@@ -115,7 +115,9 @@ def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist
                               f"prototypes with the episode's queries, which learner={learner.name} does not take; use "
                               f"learner=protonet, or set it to 0.")
         evaluator.feature_cache = cache
-    log.info("data %s: %d train / %d val / %d test classes (%d / %d / %d examples)", data.name,
+    named = (" (named after its file; data.name=... names it otherwise)"
+             if str(OmegaConf.to_container(cfg.data, resolve=False).get("name", "")).startswith("${stem:") else "")
+    log.info("data %s%s: %d train / %d val / %d test classes (%d / %d / %d examples)", data.name, named,
              len(data.train.classes), len(data.val.classes), len(data.test.classes), len(data.train), len(data.val),
              len(data.test))
     return Components(config, trainer, dist, data, encoder, learner, episodes, val, tests, cache)
@@ -158,6 +160,13 @@ def fit_and_test(c: Components, run_dir: Path, trackers: list[Tracker] = (), ove
     finally:
         writer.close()
     return state, {**test_scores, **val_scores}, report
+
+
+def train_inputs(c: Components, state: TrainState) -> str:
+    """What the learner trained on: "cached features", "text", or "none" (no training step ran)."""
+    if state.step == 0:
+        return "none"
+    return "cached features" if trains_on_features(c) else "text"
 
 
 def trains_on_features(c: Components) -> bool:
@@ -239,6 +248,7 @@ def _claim(folder: RunDir, config: dict, dist: Dist) -> str:
         try:
             folder.lock()
             verdict = folder.claim(config)
+            folder.hold()
         except RunDirError as e:
             folder.unlock()
             verdict = f"error: {e}"
@@ -295,7 +305,7 @@ def results_record(cfg: DictConfig, c: Components, state: TrainState, scores: di
         "results": scores,
         "best_step": state.best_step,
         "steps": state.step,
-        "train_inputs": "cached features" if trains_on_features(c) else "text",
+        "train_inputs": train_inputs(c, state),
         **({"report": report} if report else {}),
         **({"test_classes": test_classes} if (test_classes := _named_test_classes(c)) else {}),
         "wall_time_s": round(wall_time_s, 1),

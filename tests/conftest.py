@@ -53,10 +53,9 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = N
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file of a run folder by its relative path (the lock file aside: its content is the pid
-    of the last process that asked for the folder)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
+    """Every file of a run folder by its relative path, the lock file included (a refused run does not
+    write its pid there)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def read_json(path: Path) -> dict:

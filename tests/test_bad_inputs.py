@@ -150,7 +150,7 @@ def test_the_lock_of_a_dead_process_is_stale(tmp_path):
     import sys
 
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from metarun.tracking.run_dir import RunDir; "
-                               f"d = RunDir({str(tmp_path)!r}).lock(); print('locked', flush=True); time.sleep(60)"],
+                               f"d = RunDir({str(tmp_path)!r}).lock(); d.hold(); print('locked', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(RunDirError, match=f"pid {holder.pid}"):

@@ -114,7 +114,7 @@ def test_table_reader_through_datasets_names_a_bad_json_line_and_a_missing_label
     with pytest.raises(DataError, match=r"rows.jsonl, line 4 is not valid JSON"):
         read_rows(path, "text", "label")
     path.write_text(f"{good}\n\n{json.dumps({'text': 'no label here'})}\n")
-    with pytest.raises(DataError, match=r"rows.jsonl, line 3: missing text or label"):
+    with pytest.raises(DataError, match=r"rows.jsonl, line 3: the label \('label'\) is empty or missing"):
         read_rows(path, "text", "label")
     path.write_text(f"{good}\n{good}\n")
     assert read_rows(path, "text", "label") == [Example("hello there", "greet")] * 2

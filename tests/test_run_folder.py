@@ -183,3 +183,48 @@ def test_frozen_weights_are_not_saved_and_come_back_from_where_the_run_builds_th
         assert any("scale" in k for k in saved)
     again = run_in_process([*ARGS, "encoder.freeze=true", "learner=matching", "skip_done=false"], run_dir)
     assert again["results"] == out["results"]  # resumed from a checkpoint without the encoder
+
+
+def test_a_run_killed_after_logging_its_test_scores_logs_each_line_once_after_the_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    first = run_in_process(FAST, run_dir)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert sum('"test/' in line for line in lines) == 1
+    for f in ("results.json", "DONE"):  # killed after the test line, before the results were written
+        (run_dir / f).unlink()
+    again = run_in_process(FAST, run_dir)
+    assert again["results"] == first["results"]
+    assert (run_dir / "metrics.jsonl").read_text().splitlines() == lines  # every line exactly once
+
+
+def test_a_refused_rerun_changes_no_byte_of_the_folder_not_even_the_lock(tmp_path):
+    from conftest import snapshot
+    from metarun.errors import RunDirError
+
+    run_dir = tmp_path / "run"
+    run_in_process(FAST, run_dir)
+    before, mtime = snapshot(run_dir), (run_dir / ".lock").stat().st_mtime_ns
+    with pytest.raises(RunDirError):
+        run_in_process([*FAST, "trainer.lr=0.01"], run_dir)
+    assert snapshot(run_dir) == before and (run_dir / ".lock").stat().st_mtime_ns == mtime
+
+
+def test_sweep_folder_names_depend_on_each_value_only():
+    from metarun.resolvers import safe_dirname
+
+    path = "/a/long/path/to/the/shared/data/folder/of/this/lab/liu_splits.json"
+    names = [safe_dirname(f"data.split_file={path},learner={learner},sampler.k_shot={k},trainer.max_steps=100,"
+                          f"trainer.lr=0.0001,seed={k}") for learner in ("protonet", "relation") for k in (1, 5)]
+    parts = {n.split(",")[0] for n in names}
+    assert len(parts) == 1 and parts.pop().startswith("data.split_file=liu_splits")  # one value, one name
+    assert len(set(names)) == 4 and all(len(n) <= 120 and "/" not in n for n in names)
+
+
+def test_options_added_later_at_their_old_behaviour_match_saved_configs_without_them():
+    from metarun.tracking.run_dir import config_diff
+
+    saved = {"data": {"name": "banking77", "split": 1}, "seed": 0}
+    now = {"data": {"name": "banking77", "split": 1, "dedupe": False, "encoding": "utf-8", "quoting": "minimal"},
+           "seed": 0}
+    assert config_diff(saved, now) == {}  # older run folders still resume and are still skipped
+    assert config_diff(saved, {**now, "data": {**now["data"], "dedupe": True}}) == {"data.dedupe": (False, True)}

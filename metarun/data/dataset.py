@@ -6,10 +6,13 @@ no tensors; samplers draw indices from it and the collate step turns examples in
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from metarun.errors import DataError
+
+log = logging.getLogger("metarun")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,25 @@ class Example:
     head: tuple[int, int] | None = None
     tail: tuple[int, int] | None = None
     text_pair: str | None = None
+
+
+def drop_duplicates(examples: Sequence[Example], where: str, drop: bool) -> tuple[Example, ...]:
+    """`examples` without the ones that repeat an earlier example of the same class word for word when
+    `drop` (data.dedupe=true); otherwise all of them, with a warning when there are such repeats: a
+    query can then be its own support example and score a perfect episode."""
+    seen, repeats = set(), []
+    for i, e in enumerate(examples):
+        key = (e.label, e.text, e.text_pair, e.tokens, e.head, e.tail)
+        (repeats.append(i) if key in seen else seen.add(key))
+    if not repeats:
+        return tuple(examples)
+    if drop:
+        log.info("%s: dropped %d exact duplicates (data.dedupe=true)", where, len(repeats))
+        skip = set(repeats)
+        return tuple(e for i, e in enumerate(examples) if i not in skip)
+    log.warning("%s: %d examples repeat an earlier example of their class word for word, so a query can be its own "
+                "support example; data.dedupe=true drops the repeats", where, len(repeats))
+    return tuple(examples)
 
 
 @dataclass(frozen=True)

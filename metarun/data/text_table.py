@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from metarun.data.class_splits import ClassSplit, resolve_class_split
-from metarun.data.dataset import DataSplits, Example, FewShotDataset, split_by_classes
+from metarun.data.dataset import DataSplits, Example, FewShotDataset, drop_duplicates, split_by_classes
 from metarun.data.hf import read_file
 from metarun.errors import DataError
 
@@ -29,19 +29,17 @@ def detect_format(path: Path, fmt: str) -> str:
     raise DataError(f"cannot tell the format of {path} from its extension; set data.format to one of {FORMATS}.")
 
 
-def read_rows(path: str | Path, text_column: str, label_column: str, fmt: str = "auto") -> list[Example]:
-    """Read one file into examples (through `datasets`: data/hf.py). Empty texts are skipped; a missing
-    column, a bad JSON line or a row without a label is an error naming the file."""
+def read_rows(path: str | Path, text_column: str, label_column: str, fmt: str = "auto", encoding: str = "utf-8",
+              quoting: str = "minimal") -> list[Example]:
+    """Read one file into examples (through `datasets`: data/hf.py). Empty texts are skipped with a
+    warning; a missing column, a bad line or a row without a label is an error naming the file."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(
             f"data file {path} does not exist. Point the data config at it, e.g. data.path=/path/to/file.tsv."
         )
     fmt = detect_format(path, fmt)
-    try:
-        examples = read_file(path, fmt, text_column, label_column)
-    except UnicodeDecodeError as e:
-        raise DataError(f"cannot read {path}: {e}. Check the file is a readable UTF-8 {fmt} file.") from None
+    examples = read_file(path, fmt, text_column, label_column, encoding, quoting)
     if not examples:
         raise DataError(f"{path} holds no labelled examples.")
     return examples
@@ -58,11 +56,15 @@ def load_table(
     split: int | str = 1,
     train_per_class: int | None = None,
     subsample_seed: int = 0,
+    encoding: str = "utf-8",
+    quoting: str = "minimal",
+    dedupe: bool = False,
 ) -> DataSplits:
     """Any CSV/TSV/JSONL file(s) with a class split given inline (`classes`) or as a JSON file."""
     paths = [path] if isinstance(path, str) else list(path)
-    examples = [e for p in paths for e in read_rows(p, text_column, label_column, format)]
-    data = FewShotDataset(tuple(examples), source=", ".join(str(p) for p in paths))
+    examples = [e for p in paths for e in read_rows(p, text_column, label_column, format, encoding, quoting)]
+    source = ", ".join(str(p) for p in paths)
+    data = FewShotDataset(drop_duplicates(examples, source, dedupe), source=source)
     cs = resolve_class_split(name, classes, split_file, split)
     return make_splits(name, data, cs, train_per_class, subsample_seed)
 

@@ -8,6 +8,8 @@ import logging
 import math
 from pathlib import Path
 
+from metarun.files import atomic_write
+
 log = logging.getLogger("metarun")
 
 
@@ -29,8 +31,20 @@ class MetricsWriter:
             self._tensorboard(purge_step=step + 1)
 
     def write_scores(self, step: int, scores: dict[str, dict]) -> None:
-        """Evaluation scores {"val/5way_5shot": {"acc", "ci95", ...}} as `val/5way_5shot/acc`, `.../ci95`."""
-        self.write(step, {f"{k}/{m}": v[m] for k, v in scores.items() for m in ("acc", "ci95")})
+        """Evaluation scores {"val/5way_5shot": {"acc", "ci95", ...}} as `val/5way_5shot/acc`, `.../ci95`.
+        A line of the same scores at the same step (a run killed after logging its test scores, then
+        resumed) is replaced, so every line is in the file exactly once."""
+        metrics = {f"{k}/{m}": v[m] for k, v in scores.items() for m in ("acc", "ci95")}
+        self._drop(step, set(metrics))
+        self.write(step, metrics)
+
+    def _drop(self, step: int, keys: set[str]) -> None:
+        if self.path is None or not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        kept = [line for line in lines if not (_step_of(line) == step and set(json.loads(line)) - {"step"} == keys)]
+        if len(kept) != len(lines):
+            atomic_write(self.path, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
 
     def write(self, step: int, metrics: dict[str, float | None]) -> None:
         """One line; a value that is missing or not finite (a CI of one episode) is written as null."""

@@ -39,6 +39,9 @@ IGNORED = ("skip_done", "retries", "token_cache", "trainer.progress", "trainer.n
 # where results are mirrored (trackers, TensorBoard) and whether features come from disk are not what a run computes
 IGNORED_PREFIXES = ("logger.", "feature_cache.")
 CONTINUABLE = ("trainer.max_steps",)  # a larger value continues a run of the smaller one
+# Keys added after runs were made, with the value that reproduces what those runs did: a saved config
+# without the key counts as having this value, so older run folders still resume and are still skipped.
+ADDED_LATER = {"data.dedupe": False, "data.encoding": "utf-8", "data.quoting": "minimal"}
 
 
 def flatten(config: dict, prefix: str = "") -> dict:
@@ -54,8 +57,9 @@ def flatten(config: dict, prefix: str = "") -> dict:
 
 
 def config_diff(saved: dict, new: dict) -> dict[str, tuple]:
-    """Dotted keys whose values differ (missing keys count as None), IGNORED keys left out."""
-    a, b = flatten(saved), flatten(new)
+    """Dotted keys whose values differ (missing keys count as None, or as their ADDED_LATER value),
+    IGNORED keys left out."""
+    a, b = ADDED_LATER | flatten(saved), ADDED_LATER | flatten(new)
     return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys())
             if not ignored(k) and a.get(k) != b.get(k)}
 
@@ -65,7 +69,8 @@ def ignored(key: str) -> bool:
 
 
 def config_digest(config: dict) -> str:
-    relevant = {k: v for k, v in flatten(config).items() if not ignored(k)}
+    relevant = {k: v for k, v in flatten(config).items() 
+                if not ignored(k) and not (k in ADDED_LATER and ADDED_LATER[k] == v)}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -120,7 +125,8 @@ class RunDir:
     # -- one process at a time --------------------------------------------------------------------
     def lock(self) -> "RunDir":
         """Take the folder's lock (`.lock`, an flock: released when this process exits, however it
-        exits), or refuse with the holder's pid."""
+        exits), or refuse with the holder's pid. The pid is written by `hold()`, once `claim` has
+        allowed the run: a refused run changes no byte of the folder."""
         self.path.mkdir(parents=True, exist_ok=True)
         f = open(self / ".lock", "a+")
         try:
@@ -136,12 +142,16 @@ class RunDir:
                 f"another metarun process (pid {holder}) is running in {self.path}; wait for it to finish, or "
                 f"give this run its own folder (hydra.run.dir=...)."
             ) from None
+        self._lock_file = f
+        return self
+
+    def hold(self) -> None:
+        """Record this process as the lock's holder (named to a second process that is refused)."""
+        f = self._lock_file
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
         f.flush()
-        self._lock_file = f
-        return self
 
     def unlock(self) -> None:
         if self._lock_file is not None:
