@@ -2,8 +2,8 @@
 
 Exit codes: 0 done; 2 a mistake the user can fix (a bad value, a missing file, a run folder that holds
 another run's work, a full disk or a folder it may not write): one paragraph, no traceback; 3 a sweep
-finished but some of its jobs failed (FAILED in their folders); 130 interrupted (Ctrl-C): the message
-names the last checkpoint, and the same command resumes from it.
+finished but some of its jobs failed (FAILED in their folders); 130 interrupted (Ctrl-C), 143 terminated
+(SIGTERM): the message names the last checkpoint, and the same command resumes from it.
 
 In a sweep (`metarun -m ...`) no job takes the others down: a failing job writes FAILED (with the
 error) into its folder and the sweep goes on; unexpected errors are retried `retries` times, each
@@ -18,6 +18,7 @@ import contextlib
 import difflib
 import errno
 import logging
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -31,7 +32,16 @@ from metarun.paths import config_dir
 
 log = logging.getLogger("metarun")
 
-EXIT_USER_ERROR, EXIT_SWEEP_FAILED, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_USER_ERROR, EXIT_SWEEP_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a scheduler ending the job): stops the run as Ctrl-C does, so trackers are told,
+    the lock is released and the message names the checkpoint to resume from."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
 USER_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
@@ -69,12 +79,13 @@ def _main(cfg: DictConfig) -> float | None:
                 _fail(message)
             _record_failure(run_dir / FAILED, f"metarun: error: {message}\n")
             return None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             last = run_dir / "checkpoints" / "last.pt"
             where = (f"the last checkpoint is {last}" if last.is_file() else "no checkpoint was written yet")
-            print(f"metarun: interrupted; {where}. Run the same command (with hydra.run.dir={run_dir}) to resume.",
+            how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+            print(f"metarun: {how}; {where}. Run the same command (with hydra.run.dir={run_dir}) to resume.",
                   file=sys.stderr)
-            sys.exit(EXIT_INTERRUPTED)
+            sys.exit(EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED)
         except Exception:
             if not sweep:
                 raise
@@ -156,6 +167,7 @@ def suggest_keys(args: list[str]) -> list[str]:
 def main() -> None:
     from metarun.tracking import callbacks
 
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         _main()
     except SystemExit as e:

@@ -29,6 +29,8 @@ def build(node: DictConfig | dict, group: str, **objects):
         cause = e.__cause__
         if isinstance(cause, MetarunError):
             raise cause from None
+        if isinstance(cause, ImportError) or "Error locating target" in str(e):
+            raise unknown_target(group, params.get("_target_"), cause or e) from None
         raise
     except TypeError as e:
         if "keyword argument" in str(e) or "required positional" in str(e):
@@ -38,6 +40,27 @@ def build(node: DictConfig | dict, group: str, **objects):
                 f"{', '.join(a for a in accepted if a not in objects)}."
             ) from None
         raise
+
+
+def import_target(target: str, group: str):
+    """The class or function `target` names, or a ConfigError listing the group's choices."""
+    try:
+        return get_object(target)
+    except Exception as e:  # ImportError, or Hydra's wrapper of it
+        raise unknown_target(group, target, e) from None
+
+
+def unknown_target(group: str, target: object, error: BaseException) -> ConfigError:
+    from metarun.paths import config_dir
+
+    while (error.__cause__ or error.__context__) is not None:  # the ImportError under Hydra's wrappers
+        error = error.__cause__ or error.__context__
+    folder = config_dir() / group.split(".")[-1]
+    choices = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    hint = f" Choose one of {group.split('.')[-1]}={', '.join(choices)}." if choices else ""
+    return ConfigError(f"{group}._target_={target} cannot be imported ({type(error).__name__}: "
+                       f"{str(error).splitlines()[0][:160]}): the config names code this version of metarun does not "
+                       f"have (a config saved by another version?).{hint}")
 
 
 def without(node: DictConfig, *keys: str) -> dict:

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from metarun.config import build, without
+from metarun.config import build, import_target, without
 from metarun.data.collate import EpisodeDataset, FeatureEpisodeDataset
 from metarun.data.dataset import DataSplits
 from metarun.data.tokenized import pretokenized
@@ -50,7 +49,7 @@ def seed_everything(seed: int) -> None:
 
 def build_learner(node: DictConfig, encoder: Encoder, train_classes: list[str]) -> Learner:
     """The learner of `node`; its name is the config's (`learner=anil` is "anil", a MAML policy)."""
-    cls = get_class(node._target_)
+    cls = import_target(node._target_, "learner")
     if not (isinstance(cls, type) and issubclass(cls, Learner)):
         raise ConfigError(f"learner._target_={node._target_} is not a metarun Learner (metarun.learners.base.Learner).")
     classes = {"train_classes": train_classes} if cls.trains_on_classes else {}

@@ -64,3 +64,36 @@ def test_an_option_newer_than_the_run_is_named_and_plus_adds_it(finished, tmp_pa
         evaluate_run(old, ["eval.test.transductive_steps=3"], tmp_path / "x")
     results = evaluate_run(old, ["+eval.test.transductive_steps=3", "eval.test.episodes=4"], tmp_path / "td")
     assert results["results"]["test/5way_1shot"]["episodes"] == 4
+
+
+def test_a_killed_run_is_tested_at_its_best_checkpoint_or_refused_without_one(finished, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from metarun.errors import RunDirError
+
+    killed = tmp_path / "killed"
+    shutil.copytree(finished, killed)
+    for f in ("DONE", "results.json"):
+        (killed / f).unlink()
+    with caplog.at_level(logging.WARNING, "metarun"):
+        results = evaluate_run(killed, [], tmp_path / "a")
+    assert "did not finish (no DONE): testing its best checkpoint so far" in caplog.text
+    source = read_json(finished / "results.json")["results"]
+    assert results["results"] == {k: v for k, v in source.items() if k.startswith("test/")}
+    (killed / "checkpoints" / "best.pt").unlink()  # killed before its first validation
+    with pytest.raises(RunDirError, match="stopped before its first validation.*Resume it first"):
+        evaluate_run(killed, [], tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_saved_config_naming_code_that_is_gone_is_one_message(finished, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(finished, old)
+    config = old / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("metarun.learners.protonet.ProtoNet", "metarun.learners.gone.Gone"))
+    with pytest.raises(ConfigError, match=r"learner._target_=metarun.learners.gone.Gone cannot be imported.*"
+                                          r"Choose one of learner=.*protonet"):
+        evaluate_run(old, [], tmp_path / "x")

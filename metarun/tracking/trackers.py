@@ -76,10 +76,14 @@ def build_trackers(logger: dict, config: dict, run_dir: Path, sweep_dir: Path | 
     ids = json.loads(ids_file.read_text()) if ids_file.is_file() else {}
     trackers: list[Tracker] = []
     try:
-        if logger.get("mlflow"):
-            trackers.append(MLflowTracker(logger["mlflow"], config, run_dir, sweep_dir, ids.get("mlflow")))
-        if logger.get("wandb"):
-            trackers.append(WandbTracker(logger["wandb"], config, run_dir, sweep_dir, ids.get("wandb")))
+        for name, cls in (("mlflow", MLflowTracker), ("wandb", WandbTracker)):
+            if logger.get(name):
+                try:
+                    trackers.append(cls(logger[name], config, run_dir, sweep_dir, ids.get(name)))
+                except Exception as e:  # a tracker never stops the run: metrics.jsonl has every line
+                    log.warning("%s: could not start its run (%s: %s); the run goes on without it (metrics.jsonl "
+                                "and results.json have everything). Check logger.%s's settings.", name,
+                                type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "", name)
     except BaseException:
         for tracker in trackers:
             with contextlib.suppress(Exception):
