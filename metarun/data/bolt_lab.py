@@ -10,9 +10,9 @@ import importlib.util
 import re
 from pathlib import Path
 
-from metarun.data.class_splits import resolve_class_split
+from metarun.data.class_splits import make_splits, resolve_class_split
 from metarun.data.dataset import DataSplits, Example, FewShotDataset, LabelledSplits, drop_duplicates
-from metarun.data.text_table import make_splits, read_rows
+from metarun.data.text_table import read_rows
 from metarun.errors import DataError
 
 # 20 Newsgroups rows start with "Newsgroup:<label>Document_id: <n>", which would leak the label.

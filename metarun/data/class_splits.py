@@ -11,7 +11,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from metarun.errors import ConfigError
+import numpy as np
+
+from metarun.data.dataset import DataSplits, FewShotDataset, split_by_classes
+from metarun.errors import ConfigError, DataError
 from metarun.paths import config_dir
 
 
@@ -66,3 +69,27 @@ def resolve_class_split(name: str, classes: dict | None, split_file: str | None,
         f"data={name} needs a class split: set data.split_file (one of {', '.join(available_split_files())}, "
         f"or a JSON path) or data.classes={{train: [...], val: [...], test: [...]}}."
     )
+
+
+def make_splits(
+    name: str, data: FewShotDataset, cs: ClassSplit, train_per_class: int | None, subsample_seed: int
+) -> DataSplits:
+    splits = split_by_classes(name, data, cs.train, cs.val, cs.test, cs.where)
+    if train_per_class is not None:
+        splits = DataSplits(name, subsample_per_class(splits.train, train_per_class, subsample_seed), splits.val, splits.test)
+    return splits
+
+
+def subsample_per_class(data: FewShotDataset, per_class: int, seed: int) -> FewShotDataset:
+    """Keep at most `per_class` examples of each class, chosen by a fixed seed (low-data profiles)."""
+    if per_class < 1:
+        raise DataError(f"data.train_per_class must be a positive number of examples, got {per_class}.")
+    rng = np.random.default_rng(seed)
+    keep = sorted(i for c in data.classes for i in _choose(rng, data.indices_of(c), per_class))
+    return FewShotDataset(tuple(data[i] for i in keep), f"{data.source}, {per_class} per class")
+
+
+def _choose(rng, indices: tuple[int, ...], k: int) -> list[int]:
+    if len(indices) <= k:
+        return list(indices)
+    return [indices[j] for j in rng.choice(len(indices), size=k, replace=False)]

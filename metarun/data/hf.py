@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from metarun.data.class_splits import ALIASES, resolve_class_split
+from metarun.data.class_splits import ALIASES, make_splits, resolve_class_split, subsample_per_class
 from metarun.data.dataset import DataSplits, Example, FewShotDataset, drop_duplicates
 
 from metarun.errors import DataError, check_choice
@@ -321,8 +321,6 @@ def load_hf(
     """`data=hf`: the dataset's rows (the `splits` named, default all, pooled in order), split by
     class with `classes` or `split_file`; with neither, the dataset's own train / validation / test
     splits when they are class-disjoint."""
-    from metarun.data.text_table import make_splits
-
     dd = load(path, data_files, config_name, revision, delimiter, encoding, quoting)
     chosen = list(splits) if splits else list(dd)
     unknown = [s for s in chosen if s not in dd]
@@ -365,8 +363,6 @@ def _line_of(path: str, data_files, dd, split: str, encoding: str):
 
 def _own_splits(name: str, where: str, parts: dict[str, list[Example]], train_per_class, subsample_seed) -> DataSplits:
     """The dataset's train / validation / test splits as the class split, when no two share a class."""
-    from metarun.data.text_table import subsample_per_class
-
     roles = {ALIASES.get(s, s): s for s in parts}
     if not {"train", "val", "test"} <= set(roles):
         raise DataError(f"data={name}: {where} has splits {list(parts)}, not train, validation and test; give the "

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from metarun.data.class_splits import ClassSplit, resolve_class_split
-from metarun.data.dataset import DataSplits, Example, FewShotDataset, drop_duplicates, split_by_classes
+from metarun.data.class_splits import make_splits, resolve_class_split
+from metarun.data.dataset import DataSplits, Example, FewShotDataset, drop_duplicates
 from metarun.data.hf import read_file
 from metarun.errors import DataError
 
@@ -67,29 +67,3 @@ def load_table(
     data = FewShotDataset(drop_duplicates(examples, source, dedupe), source=source)
     cs = resolve_class_split(name, classes, split_file, split)
     return make_splits(name, data, cs, train_per_class, subsample_seed)
-
-
-def make_splits(
-    name: str, data: FewShotDataset, cs: ClassSplit, train_per_class: int | None, subsample_seed: int
-) -> DataSplits:
-    splits = split_by_classes(name, data, cs.train, cs.val, cs.test, cs.where)
-    if train_per_class is not None:
-        splits = DataSplits(name, subsample_per_class(splits.train, train_per_class, subsample_seed), splits.val, splits.test)
-    return splits
-
-
-def subsample_per_class(data: FewShotDataset, per_class: int, seed: int) -> FewShotDataset:
-    """Keep at most `per_class` examples of each class, chosen by a fixed seed (low-data profiles)."""
-    import numpy as np
-
-    if per_class < 1:
-        raise DataError(f"data.train_per_class must be a positive number of examples, got {per_class}.")
-    rng = np.random.default_rng(seed)
-    keep = sorted(i for c in data.classes for i in _choose(rng, data.indices_of(c), per_class))
-    return FewShotDataset(tuple(data[i] for i in keep), f"{data.source}, {per_class} per class")
-
-
-def _choose(rng, indices: tuple[int, ...], k: int) -> list[int]:
-    if len(indices) <= k:
-        return list(indices)
-    return [indices[j] for j in rng.choice(len(indices), size=k, replace=False)]
