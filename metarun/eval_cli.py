@@ -45,7 +45,7 @@ def compose_eval_config(run_dir: Path, overrides: list[str]) -> dict:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-    from metarun.run import resolved
+    from metarun.config import resolved
     from metarun.tracking.run_dir import CONFIG, RunDir, config_diff
 
     saved = RunDir(run_dir).saved_config()
@@ -90,7 +90,8 @@ def compose_eval_config(run_dir: Path, overrides: list[str]) -> dict:
 def evaluate_run(run_dir: str | Path, overrides: list[str], out_dir: str | Path | None = None) -> dict:
     """Test RUN_DIR's best checkpoint under the new evaluation settings; -> the new results."""
     from metarun.config import build
-    from metarun.run import build_components, format_results, results_record
+    from metarun.assembly import build_components, train_inputs
+    from metarun.tracking.results import format_results, results_record
     from metarun.tracking.checkpoint import Checkpointer
     from metarun.tracking.run_dir import RunDir
     from metarun.trainer import TrainState
@@ -131,11 +132,9 @@ def evaluate_run(run_dir: str | Path, overrides: list[str], out_dir: str | Path 
         folder.hold()
         folder.prepare("new", config, overrides)
         with folder.log_file():
-            c.learner.to(trainer.device)
-            scores = {}
-            for evaluator in c.tests:
-                scores.update(trainer.evaluate(evaluator, c.learner))
-            results = results_record(cfg, c, state, scores, None, time.time() - started, out)
+            scores = trainer.test(c.learner, c.tests)
+            results = results_record(cfg, c.learner.name, c.data, c.tests[0], train_inputs(c, state), state, scores,
+                                     None, time.time() - started, out)
             results["source_run"] = str(run_dir)
             folder.finish(results, config)
             log.info("results of %s's checkpoint (%s):\n%s", run_dir, out, format_results(scores))

@@ -122,6 +122,14 @@ class Trainer:
         """Scores of `evaluator` (see metarun.evaluate) on this trainer's device and precision."""
         return evaluator(learner, self.device, self.autocast_dtype)
 
+    def test(self, learner: Learner, evaluators) -> dict:
+        """The test loop of a run and of metarun-eval: every evaluator's scores, in order."""
+        learner.to(self.device)
+        scores = {}
+        for evaluator in evaluators:
+            scores.update(self.evaluate(evaluator, learner))
+        return scores
+
     def fit(self, learner: Learner, episodes: EpisodeDataset, validate, ckpt: Checkpointer,
             log: MetricsWriter) -> TrainState:
         """Train for `max_steps` optimiser steps, resuming from `ckpt.last` when it exists (and the

@@ -11,7 +11,7 @@ from conftest import compose_cfg
 from metarun.errors import ConfigError
 from metarun.paths import config_dir
 from metarun.config import build
-from metarun.run import build_learner
+from metarun.assembly import build_learner
 
 GROUPS = ["data", "sampler", "learner", "encoder", "trainer", "eval", "logger", "experiment", "debug"]
 

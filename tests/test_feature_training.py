@@ -8,7 +8,8 @@ from conftest import FAST, compose_cfg, run_in_process
 from metarun.data.collate import FeatureEpisodeDataset
 from metarun.config import build
 from metarun.models.encoders import TransformerEncoder
-from metarun.run import build_components, resolved, training_episodes
+from metarun.assembly import build_components, training_episodes
+from metarun.config import resolved
 from metarun.trainer import Trainer
 
 FROZEN = [*FAST, "encoder.freeze=true"]

@@ -27,8 +27,10 @@ __all__ = ["DrawFineTuning", "EpisodicEvaluator", "Evaluator", "HeldOutTasks", "
            "encode_examples", "evaluating", "mean_ci95", "summary"]
 
 
-def build_evaluator(ev: DictConfig, role: str, data: DataSplits, progress: bool, dist: Dist = Dist()):
-    """The evaluator of `eval.<role>` (val or test) for a run on `data`."""
+def build_evaluator(ev: DictConfig, role: str, data: DataSplits, progress: bool, dist: Dist = Dist(),
+                    feature_cache=None):
+    """The evaluator of `eval.<role>` (val or test) for a run on `data`; `feature_cache`: a FeatureCache
+    when the run's encoder does not train."""
     node = ev[role]
     target = None
     if node.get("data") is not None:  # another dataset: cross-dataset episodes, or a labelled per-class target
@@ -43,7 +45,7 @@ def build_evaluator(ev: DictConfig, role: str, data: DataSplits, progress: bool,
     unused = get_class(node._target_).unused_keys
     protocol = without(node, "data", *unused)
     objects = {"data": getattr(data, role), "prefix": role, "batch_size": ev.batch_size, "progress": progress,
-               "dist": dist, "target": target}
+               "dist": dist, "target": target, "feature_cache": feature_cache}
     if "seed" not in node:  # a protocol may fix its own seed (per_class draws); else the eval seed
         objects["seed"] = ev.seed
     return build(protocol, f"eval.{role}", **objects)

@@ -22,7 +22,8 @@ class Evaluator:
     it does not take (build_evaluator drops them)."""
 
     unused_keys: tuple[str, ...] = ()
-    feature_cache = None  # a FeatureCache (evaluate/feature_cache.py) when the run's encoder does not train
+    feature_cache = None  # a FeatureCache (evaluate/feature_cache.py) when the run's encoder does not train:
+    #                       a constructor argument of every protocol
     transductive_steps: int = 0  # > 0: the protocol lets transductive learners refine with the queries
     classes: list[str] = []  # the classes it tests on, and their readable names if the data has them
     class_names: dict[str, str] = {}

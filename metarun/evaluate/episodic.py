@@ -55,7 +55,7 @@ class EpisodicEvaluator(Evaluator):
                  shots: int | Sequence[int] = 5, n_query: int = 5, episodes: int = 600,
                  max_per_class: int | None = None, na_rate: int = 0, single_query: bool = False,
                  transductive_steps: int = 0, batch_size: int = 64, progress: bool = True, dist: Dist = Dist(),
-                 target: DataSplits | None = None):
+                 target: DataSplits | None = None, feature_cache=None):
         for key, value, low in (("episodes", episodes, 1), ("max_per_class", max_per_class, 1),
                                 ("n_query", n_query, 1), ("na_rate", na_rate, 0),
                                 ("transductive_steps", transductive_steps, 0)):
@@ -79,6 +79,7 @@ class EpisodicEvaluator(Evaluator):
         self.classes, self.class_names = list(data.classes), dict(target.class_names) if target is not None else {}
         self.protocols, self.prefix, self.batch_size, self.dist = protocols, prefix, batch_size, dist
         self.progress = progress and dist.main
+        self.feature_cache = feature_cache
         self.transductive_steps = transductive_steps  # soft k-means steps with the queries (transductive learners)
         # Build samplers now so impossible protocols (N too large, K+Q too many) fail before training.
         self.samplers = [EpisodeSampler(self.data, p.n_way, p.k_shot, p.n_query, p.seed, role=prefix,

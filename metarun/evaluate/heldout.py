@@ -15,8 +15,10 @@ class HeldOutTasks(Evaluator):
     """Learners with `task_heads` (multi-task): each task's head on that task's held-out examples ->
     {test/task_<t>: {acc, ci95, examples}}, accuracy with a binomial 95% interval over examples."""
 
-    def __init__(self, heldout: dict[str, FewShotDataset], batch_size: int = 64, progress: bool = True):
+    def __init__(self, heldout: dict[str, FewShotDataset], batch_size: int = 64, progress: bool = True,
+                 feature_cache=None):
         self.heldout, self.batch_size, self.progress = heldout, batch_size, progress
+        self.feature_cache = feature_cache
 
     def __call__(self, learner: Learner, device: torch.device, autocast_dtype: torch.dtype | None = None) -> dict:
         out = {}

@@ -49,7 +49,7 @@ class PerClassEvaluator(Evaluator):
     def __init__(self, target: LabelledSplits | None, shots: int | Sequence[int], draws: int, seed: int,
                  C: float = 1.0, max_iter: int = 100, prefix: str = "test", batch_size: int = 64,
                  progress: bool = True, head: str = "logreg", finetune: DrawFineTuning | dict | None = None,
-                 data: FewShotDataset | None = None, dist=None):
+                 data: FewShotDataset | None = None, dist=None, feature_cache=None):
         """`target`: the labelled pool and test set (`eval.test.data`); `data` and `dist`, the run's
         split and process group that every evaluator is handed, are not used: draws run on rank 0."""
         if not isinstance(target, LabelledSplits):
@@ -70,6 +70,7 @@ class PerClassEvaluator(Evaluator):
                                 f"lower eval.test.shots.")
         self.data, self.shots, self.draws, self.seed, self.C, self.max_iter = data, shots, draws, seed, C, max_iter
         self.prefix, self.batch_size, self.progress = prefix, batch_size, progress
+        self.feature_cache = feature_cache
         self.head = head
         self.finetune = finetune if isinstance(finetune, DrawFineTuning) else DrawFineTuning(**(finetune or {}))
         self.classes = data.test.classes

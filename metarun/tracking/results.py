@@ -1,5 +1,6 @@
-"""Finished runs as records: loading results.json files with their saved configs, the labels a run
-gets in tables and plots, and how runs in one cell are aggregated (shared by table.py and plots.py)."""
+"""Runs as records: the results.json a run writes (`results_record`, `format_results`); loading
+results.json files with their saved configs, the labels a run gets in tables and plots, and how runs
+in one cell are aggregated (shared by table.py and plots.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,46 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 BUILTIN = ("learner", "data", "test_data", "encoder", "seed")
+
+
+def results_record(cfg, learner: str, data, test, train_inputs: str, state, scores: dict, report: dict | None,
+                   wall_time_s: float, run_dir: Path) -> dict:
+    """results.json of a run: what ran (`cfg`, the learner's name, the DataSplits `data`, the first
+    test evaluator `test`), its TrainState `state`, every score, the learner's report."""
+    return {
+        "learner": learner,
+        "data": data.name,
+        "test_data": (cfg.eval.test.get("data") or {}).get("name", data.name),
+        "encoder": cfg.encoder.name,
+        "seed": cfg.seed,
+        "results": scores,
+        "best_step": state.best_step,
+        "steps": state.step,
+        "train_inputs": train_inputs,
+        **({"report": report} if report else {}),
+        **({"test_classes": test_classes} if (test_classes := named_test_classes(data, test)) else {}),
+        "wall_time_s": round(wall_time_s, 1),
+        "run_dir": str(run_dir),
+    }
+
+
+def named_test_classes(data, test) -> dict[str, str] | None:
+    """The classes the test episodes came from (another dataset's in a cross-domain run), with their
+    readable names, when the data has names (FewRel relations)."""
+    names = test.class_names or (data.class_names if set(test.classes) <= set(data.test.classes) else {})
+    return {k: names.get(k, k) for k in test.classes} if names else None
+
+
+def format_results(scores: dict) -> str:
+    def unit(v: dict) -> str:
+        if "examples" in v:
+            return f"{v['examples']} held-out examples"
+        return f"{v['episodes']} episodes" if "episodes" in v else f"{v['draws']} draws"
+
+    def ci(v: dict) -> str:
+        return "n/a" if v["ci95"] is None else f"{v['ci95']:.2f}"
+
+    return "\n".join(f"  {k:<28} {v['acc']:6.2f} ± {ci(v)}  ({unit(v)})" for k, v in scores.items())
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[dict]:

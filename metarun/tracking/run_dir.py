@@ -21,16 +21,31 @@ import json
 import logging
 import os
 import time
+from enum import Enum
 from pathlib import Path
 
 import yaml
 
 from metarun.errors import RunDirError
 from metarun.files import atomic_write, write_json
+from metarun.tracking.plots import plot_run
+from metarun.tracking.results import format_results
 
 log = logging.getLogger("metarun")
 
 DONE, FAILED, RESULTS, CONFIG = "DONE", "FAILED", "results.json", ".hydra/config.yaml"
+
+
+class Claim(str, Enum):
+    """What `RunDir.claim` allows a run of a config to do in a folder."""
+
+    NEW = "new"  # start
+    RESUME = "resume"  # the same config: from its last checkpoint (or test a finished run again)
+    CONTINUE = "continue"  # a larger trainer.max_steps: train the finished steps on to the new count
+
+    def describe(self) -> str:
+        return {"new": "new run", "resume": "resuming", "continue": "continuing to more steps"}[self.value]
+
 LAST = "checkpoints/last.pt"
 # Keys that cannot change what a run computes: a relaunch may differ in them.
 IGNORED = ("skip_done", "retries", "token_cache", "trainer.progress", "trainer.num_workers", "trainer.keep_optimizer",
@@ -166,8 +181,8 @@ class RunDir:
         self.unlock()
 
     # -- what a new run may do ----------------------------------------------------------------------
-    def claim(self, config: dict) -> str:
-        """-> "new", "resume" (same config, a checkpoint or a finished run) or "continue" (a larger
+    def claim(self, config: dict) -> Claim:
+        """-> NEW, RESUME (same config, a checkpoint or a finished run) or CONTINUE (a larger
         trainer.max_steps); raises RunDirError when the folder holds another run's work."""
         has_work = self.finished() or (self / LAST).is_file() or (self / RESULTS).is_file()
         saved = self.saved_config()
@@ -178,16 +193,16 @@ class RunDir:
                     f"{CONFIG} saying what config made it, so this run cannot know it may use the folder; nothing "
                     f"was changed. Use a new hydra.run.dir."
                 )
-            return "new"
+            return Claim.NEW
         diff = config_diff(saved, config)
         if not diff:
-            return "resume" if has_work else "new"
+            return Claim.RESUME if has_work else Claim.NEW
         if not has_work:
             log.warning("%s held an unfinished run of another config with no checkpoint (%s); starting afresh",
                         self.path, describe(diff))
-            return "new"
+            return Claim.NEW
         if set(diff) <= set(CONTINUABLE) and _larger(diff["trainer.max_steps"]):
-            return "continue"
+            return Claim.CONTINUE
         what = "finished" if self.finished() else "resumable"
         raise RunDirError(
             f"{self.path} holds a {what} run of another config ({describe(diff)}); it was left as it is. Use a new "
@@ -195,19 +210,19 @@ class RunDir:
             + (" (only a larger trainer.max_steps may continue it)." if "trainer.max_steps" in diff else ".")
         )
 
-    def prepare(self, mode: str, config: dict, overrides: list[str] | None = None) -> None:
+    def prepare(self, mode: Claim, config: dict, overrides: list[str] | None = None) -> None:
         """Make the folder ready for a run of `config` that `claim` allowed: remove what no finished
         work needs (orphan temp files of killed writes, a stale FAILED, DONE of a run that goes on),
         keep a continued run's results, save the config."""
         for tmp in [*self.path.glob(".*.tmp"), *(self / "checkpoints").glob(".*.tmp")]:
             tmp.unlink(missing_ok=True)  # we hold the lock: no live write is in flight
         (self / FAILED).unlink(missing_ok=True)
-        if mode == "continue" and (self / RESULTS).is_file():
+        if mode == Claim.CONTINUE and (self / RESULTS).is_file():
             steps = json.loads((self / RESULTS).read_text()).get("steps", "previous")
             os.replace(self / RESULTS, self / f"results.steps{steps}.json")
-        if mode in ("continue", "resume"):
+        if mode in (Claim.CONTINUE, Claim.RESUME):
             (self / DONE).unlink(missing_ok=True)  # written again when this run finishes
-        if mode == "new":
+        if mode == Claim.NEW:
             for stale in (RESULTS, DONE):
                 (self / stale).unlink(missing_ok=True)
         atomic_write(self / CONFIG, lambda f: f.write(yaml.safe_dump(config, sort_keys=False).encode()))
@@ -228,6 +243,16 @@ class RunDir:
             root.removeHandler(handler)
             handler.close()
 
+    def write_results(self, results: dict, config: dict) -> None:
+        """The plots, then results.json, then DONE: each written only when everything before it worked,
+        so a folder with DONE holds a complete run and a failed run leaves no results.json."""
+        try:
+            plot_run(self.path)
+        except Exception as e:  # a plot is a convenience: it never costs the run its results
+            log.warning("curves.png not written (%s: %s)", type(e).__name__, e)
+        self.finish(results, config)
+        log.info("results (%s, %.0f s):\n%s", self.path, results["wall_time_s"], format_results(results["results"]))
+
     def finish(self, results: dict, config: dict) -> None:
         """results.json, then DONE (with the config's digest): the folder holds a complete run."""
         write_json(self / RESULTS, results)
@@ -237,3 +262,21 @@ class RunDir:
 def _larger(change: tuple) -> bool:
     old, new = change
     return isinstance(old, int) and isinstance(new, int) and new > old
+
+
+def claim_folder(folder: RunDir, config: dict, dist) -> Claim:
+    """Rank 0 locks the folder and decides what this run may do there; every rank gets the verdict
+    (or the refusal's message), and a refusal stops them all. `dist`: the run's process group."""
+    verdict, refusal = None, None
+    if dist.main:
+        try:
+            folder.lock()
+            verdict = folder.claim(config)
+            folder.hold()
+        except RunDirError as e:
+            folder.unlock()
+            refusal = str(e)
+    verdict, refusal = dist.broadcast((verdict, refusal))
+    if refusal is not None:
+        raise RunDirError(refusal)
+    return Claim(verdict)

@@ -95,6 +95,17 @@ def build_trackers(logger: dict, config: dict, run_dir: Path, sweep_dir: Path | 
     return trackers
 
 
+def close_trackers(trackers: list[Tracker], close) -> None:
+    """`close(tracker)` (finish, or mark failed) for each tracker; a tracker's error is a warning, never
+    the run's."""
+    for tracker in trackers:
+        try:
+            close(tracker)
+        except Exception as e:
+            log.warning("%s: could not close its run (%s: %s); the run folder is complete", tracker.name,
+                        type(e).__name__, e)
+
+
 def job_name(run_dir: Path, sweep_dir: Path | None) -> str:
     return run_dir.name if sweep_dir is not None else str(run_dir)
 

@@ -1,0 +1,164 @@
+"""The parts of a run, built from its config and checked against each other before anything is
+written: data, encoder (with its stored tokenisation), learner, training episodes, evaluators (with
+the feature cache), and the choice of training inputs (text, or cached features of a frozen encoder)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from metarun.config import build, import_target, without
+from metarun.data.collate import EpisodeDataset, FeatureEpisodeDataset
+from metarun.data.dataset import DataSplits
+from metarun.data.tokenized import pretokenized
+from metarun.distributed import Dist
+from metarun.errors import ConfigError
+from metarun.evaluate import Evaluator, HeldOutTasks, build_evaluator
+from metarun.evaluate.common import encode_examples, evaluating
+from metarun.evaluate.feature_cache import FeatureCache
+from metarun.learners.base import Learner
+from metarun.models.base import Encoder
+from metarun.trainer import TrainState, Trainer
+
+log = logging.getLogger("metarun")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_learner(node: DictConfig, encoder: Encoder, train_classes: list[str]) -> Learner:
+    """The learner of `node`; its name is the config's (`learner=anil` is "anil", a MAML policy)."""
+    cls = import_target(node._target_, "learner")
+    if not (isinstance(cls, type) and issubclass(cls, Learner)):
+        raise ConfigError(f"learner._target_={node._target_} is not a metarun Learner (metarun.learners.base.Learner).")
+    classes = {"train_classes": train_classes} if cls.trains_on_classes else {}
+    learner = build(without(node, "name"), "learner", encoder=encoder, **classes)
+    learner.name = node.name
+    return learner
+
+
+def check_nota(cfg: DictConfig, learner: Learner) -> None:
+    """None-of-the-above queries need a learner that predicts NOTA as class N."""
+    rates = {"sampler.na_rate": cfg.sampler.get("na_rate", 0), "eval.val.na_rate": cfg.eval.val.get("na_rate", 0),
+             "eval.test.na_rate": cfg.eval.test.get("na_rate", 0)}
+    asked = [f"{k}={v}" for k, v in rates.items() if v]
+    if asked and not learner.nota:
+        raise ConfigError(f"{', '.join(asked)} adds none-of-the-above queries, but this learner does not predict "
+                          f"NOTA; set learner.nota=true (learner=protonet, matching, relation or pair).")
+
+
+@dataclass
+class Components:
+    """Everything a run is made of, built from its config."""
+
+    config: dict  # the resolved config, as saved in checkpoints
+    trainer: Trainer
+    dist: Dist
+    data: DataSplits
+    encoder: Encoder
+    learner: Learner
+    episodes: EpisodeDataset
+    val: Evaluator  # picks the best checkpoint
+    tests: list[Evaluator]  # score it
+    feature_cache: FeatureCache | None = None  # features on disk, when the encoder's weights do not train
+
+
+def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist) -> Components:
+    seed_everything(cfg.seed)
+    data = build(cfg.data, "data")
+    encoder = build(cfg.encoder, "encoder")
+    if cfg.get("token_cache", True) and encoder.tokenize is not None:
+        encoder.tokenize = pretokenized(encoder.tokenize, [data.train, data.val, data.test])
+    if encoder.untrained_tokens and trainer.max_steps == 0:
+        log.warning("encoder=%s adds entity-marker tokens whose embeddings are untrained, and trainer.max_steps=0 "
+                    "leaves them so: entity-start features of a frozen encoder read them. Train, or start the markers "
+                    "from punctuation (encoder.marker_init=punct), or use encoder.pooling=mean.", encoder.name)
+    learner = build_learner(cfg.learner, encoder, data.train.classes)
+    check_nota(cfg, learner)
+    if trainer.max_steps > 0 and not any(p.requires_grad for p in learner.parameters()):
+        raise ConfigError(f"learner={learner.name} with encoder.freeze=true has no parameter to train; test the frozen "
+                          f"encoder with trainer.max_steps=0, or train it (encoder.freeze=false), or pick a learner "
+                          f"with a head of its own (relation, snail, siamese, induction, anil).")
+    sampler = build(cfg.sampler, "sampler", dataset=data.train, seed=cfg.seed, role="training")
+    cache = open_feature_cache(cfg, encoder, trainer)
+    val = build_evaluator(cfg.eval, "val", data, trainer.progress, dist, cache)
+    tests = [build_evaluator(cfg.eval, "test", data, trainer.progress, dist, cache)]
+    if learner.task_heads and data.heldout:
+        tests.append(HeldOutTasks(data.heldout, cfg.eval.batch_size, trainer.progress, cache))
+    check_transductive(learner, {"val": val, "test": tests[0]})
+    episodes = EpisodeDataset(sampler, encoder.tokenize, trainer.max_steps * trainer.meta_batch)
+    named = (" (named after its file; data.name=... names it otherwise)"
+             if str(OmegaConf.to_container(cfg.data, resolve=False).get("name", "")).startswith("${stem:") else "")
+    log.info("data %s%s: %d train / %d val / %d test classes (%d / %d / %d examples)", data.name, named,
+             len(data.train.classes), len(data.val.classes), len(data.test.classes), len(data.train), len(data.val),
+             len(data.test))
+    return Components(config, trainer, dist, data, encoder, learner, episodes, val, tests, cache)
+
+
+def open_feature_cache(cfg: DictConfig, encoder: Encoder, trainer: Trainer) -> FeatureCache | None:
+    """The on-disk feature cache, for encoders whose weights this run does not train (frozen, or no
+    training steps): only their features can be asked for again by another run."""
+    node = cfg.get("feature_cache") or {}
+    if not node.get("enabled", True) or encoder.tokenize is None or not (encoder.frozen or trainer.max_steps == 0):
+        return None
+    return FeatureCache(node.get("dir"), node.get("max_gb", 2.0))
+
+
+def check_transductive(learner: Learner, evaluators: dict[str, Evaluator]) -> None:
+    """Transductive protocols refine class prototypes with the queries: only a learner that takes them."""
+    for role, evaluator in evaluators.items():
+        steps = evaluator.transductive_steps
+        if steps and not (learner.transductive and learner.feature_eval):
+            raise ConfigError(f"eval.{role}.transductive_steps={steps} refines class prototypes with the episode's "
+                              f"queries, which learner={learner.name} does not take; use learner=protonet, or set it "
+                              f"to 0.")
+
+
+def train_inputs(c: Components, state: TrainState) -> str:
+    """What the learner trained on: "cached features", "text", or "none" (no training step ran)."""
+    if state.step == 0:
+        return "none"
+    return "cached features" if trains_on_features(c) else "text"
+
+
+def trains_on_features(c: Components) -> bool:
+    """A frozen encoder under a learner that reads text only through `embed` (`feature_train`), with
+    `trainer.train_on_features`: the training episodes can be cached features."""
+    return c.trainer.train_on_features and c.learner.feature_train and c.encoder.frozen and c.trainer.max_steps > 0
+
+
+def training_episodes(c: Components) -> EpisodeDataset:
+    """The training episodes, as cached features where `trains_on_features`: each training sentence is
+    encoded once, in eval mode (no dropout: the features evaluation sees), so thousands of episodes
+    cost about one pass over the training classes instead of one encoder forward per episode."""
+    if not trains_on_features(c):
+        return c.episodes
+    device, data = c.trainer.device, c.episodes.sampler.dataset
+    c.learner.to(device)
+    with evaluating(c.learner, device, c.trainer.autocast_dtype) as amp, torch.no_grad(), amp:
+        features = encode_examples(c.learner, data, device, c.config["eval"]["batch_size"], "train: encoding",
+                                   c.trainer.progress and c.dist.main, cache=c.feature_cache)
+    log.info("training on cached features of the frozen encoder (%d training examples encoded once)", len(data))
+    return FeatureEpisodeDataset(c.episodes.sampler, features.cpu(), len(c.episodes))
+
+
+def learner_report(learner: Learner, encoder: Encoder, test_data, device) -> dict | None:
+    """The learner's `report` (distill: sizes and speeds) on 256 test sentences in batches of 64."""
+    if not learner.reports:
+        return None
+    examples = [test_data[i] for i in range(min(256, len(test_data)))]
+    batches = [{k: v.to(device) for k, v in encoder.tokenize(examples[i : i + 64]).items()}
+               for i in range(0, len(examples), 64)]
+    report = learner.report(batches)
+    if report:
+        log.info("report: %s", json.dumps({k: v for k, v in report.items() if k != "teacher_results"}))
+    return report
