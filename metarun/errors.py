@@ -30,3 +30,35 @@ def check_choice(option: str, value: object, choices) -> None:
     if value not in choices:
         raise ConfigError(f"{option}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}.")
 
+
+
+def check_int(option: str, value: object, low: int = 1, null: str | None = None) -> None:
+    """Stop with `option=value is not valid; it must be a whole number of at least LOW` unless `value`
+    is one (booleans are not); `null`, when given, says what null means and allows it."""
+    if value is None and null is not None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{option}={value!r} is not valid; it must be a whole number of at least {low}"
+                          + (f" (or null for {null})." if null else "."))
+
+
+def check_number(option: str, value: object, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False, null: str | None = None) -> None:
+    """Stop unless `value` is a finite number within [low, high] (an end left out is unbounded; `*_open`
+    excludes it); `null`, when given, says what null means and allows it."""
+    import math
+
+    if value is None and null is not None:
+        return
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    inside = number and (low is None or (value > low if low_open else value >= low)) and (
+        high is None or (value < high if high_open else value <= high))
+    if not inside:
+        if high is None:
+            what = "a positive number" if low == 0 and low_open else f"a number {'>' if low_open else '>='} {low}"
+        elif low is None:
+            what = f"a number {'<' if high_open else '<='} {high}"
+        else:
+            what = f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ConfigError(f"{option}={value!r} is not valid; it must be {what}" + (f" (or null for {null})." if null
+                                                                                   else "."))

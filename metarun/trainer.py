@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from metarun.data.collate import EpisodeDataset
 from metarun import distributed
 from metarun.distributed import Dist
-from metarun.errors import CheckpointError, ConfigError, NonFiniteLossError, check_choice
+from metarun.errors import CheckpointError, ConfigError, NonFiniteLossError, check_choice, check_int, check_number
 from metarun.learners.base import Learner
 from metarun.tracking.checkpoint import Checkpointer
 from metarun.tracking.metrics import MetricsWriter
@@ -69,19 +69,10 @@ class Trainer:
                   "checkpoint_every": (checkpoint_every, 1), "warmup_steps": (warmup_steps, 0),
                   "num_workers": (num_workers, 0), "patience": (patience, 1)}
         for key, (value, low) in counts.items():
-            if key == "patience" and value is None:
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"trainer.{key}={value!r} is not valid; it must be a whole number of at least {low}"
-                                  + (" (or null for none)." if key == "patience" else "."))
-        numbers = {"lr": (lr, "a positive number"), "weight_decay": (weight_decay, "a number >= 0"),
-                   "grad_clip": (grad_clip, "a positive number, or null for no clipping")}
-        for key, (value, what) in numbers.items():
-            if key == "grad_clip" and value is None:
-                continue
-            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if not number or value < 0 or (value == 0 and key != "weight_decay"):
-                raise ConfigError(f"trainer.{key}={value!r} is not valid; it must be {what}.")
+            check_int(f"trainer.{key}", value, low, null="none" if key == "patience" else None)
+        check_number("trainer.lr", lr, 0, low_open=True)
+        check_number("trainer.weight_decay", weight_decay, 0)
+        check_number("trainer.grad_clip", grad_clip, 0, low_open=True, null="no clipping")
         check_choice("trainer.precision", precision, PRECISIONS)
         check_choice("trainer.schedule", schedule, SCHEDULES)
         self.max_steps, self.lr, self.weight_decay, self.warmup_steps = max_steps, lr, weight_decay, warmup_steps

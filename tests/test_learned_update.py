@@ -104,7 +104,7 @@ def test_lstm_meta_trains_the_meta_learner_at_its_own_rate():
 
 @pytest.mark.parametrize("kw, message", [
     (dict(inner_lr=1.5), "learner.inner_lr is the initial input gate"),
-    (dict(hidden_size=0), "learner.hidden_size must be >= 1"),
+    (dict(hidden_size=0), "learner.hidden_size=0 is not valid; it must be a whole number of at least 1"),
     (dict(adapt="layers"), "learner.adapt='layers' is not valid; choose one of: all, head, top_k"),
     (dict(meta_lr=0), "learner.meta_lr must be positive"),
 ])
@@ -200,7 +200,7 @@ def test_adapter_predict_leaves_meta_parameters_unchanged():
     (dict(generate="weights"), "learner.generate='weights' is not valid; choose one of: head, adapters"),
     (dict(skip="mean"), "learner.skip='mean' is not valid; choose one of: proto, none"),
     (dict(generate="adapters"), "learner.generate=adapters generates LoRA deltas for transformer blocks"),
-    (dict(rank=0), "learner.hidden, learner.rank and learner.task_dim must be >= 1"),
+    (dict(rank=0), "learner.rank=0 is not valid; it must be a whole number of at least 1"),
 ])
 def test_hypernet_bad_options_are_named(kw, message):
     with pytest.raises(ConfigError, match=message):

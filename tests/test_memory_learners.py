@@ -265,7 +265,7 @@ def test_low_rank_tensor_equals_its_full_product():
 
 
 def test_induction_bad_options_are_named():
-    with pytest.raises(ConfigError, match="learner.tensor_rank must be a positive integer, or null"):
+    with pytest.raises(ConfigError, match=r"learner.tensor_rank=0 is not valid; it must be a whole number of at least 1 \(or null for the full tensor\)"):
         make(InductionNet, tensor_rank=0)
     with pytest.raises(ConfigError, match="learner.aggregate='median' is not valid; choose one of: mean, max"):
         make(Siamese, aggregate="median")

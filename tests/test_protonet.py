@@ -246,7 +246,7 @@ def test_support_tuning_runs_end_to_end_and_bad_options_are_named(tmp_path):
     assert results["results"]["test/5way_1shot"]["episodes"] == 4
     with pytest.raises(ConfigError, match="learner.support_tuning_loss='mse' is not valid; choose one of: proto, pairs"):
         ProtoNet(nn.Identity(), support_tuning_loss="mse")
-    with pytest.raises(ConfigError, match="learner.support_tuning_steps must be a whole number of at least 0"):
+    with pytest.raises(ConfigError, match="learner.support_tuning_steps=-1 is not valid; it must be a whole number of at least 0"):
         ProtoNet(nn.Identity(), support_tuning_steps=-1)
 
 

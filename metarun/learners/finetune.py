@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.data.collate import Episode
-from metarun.errors import ConfigError, check_choice
+from metarun.errors import ConfigError, check_choice, check_int, check_number
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy
 from metarun.learners.heads import (
     HEADS,
@@ -41,15 +41,12 @@ class ProbedLearner(FeatureLearner):
     def __init__(self, encoder: nn.Module, test_head: str = "logreg", C: float = 1.0, test_steps: int = 100,
                  test_lr: float = 0.01, scale: float = 10.0, head_lr: float | None = 1e-3):
         super().__init__()
-        if head_lr is not None and head_lr <= 0:
-            raise ConfigError(f"learner.head_lr must be positive (or null for trainer.lr), got {head_lr}.")
+        check_number("learner.head_lr", head_lr, 0, low_open=True, null="trainer.lr")
         self.head_lr = head_lr
         check_choice("learner.test_head", test_head, HEADS)
         for key, value in (("scale", scale), ("C", C), ("test_lr", test_lr)):
-            if value <= 0:
-                raise ConfigError(f"learner.{key} must be positive, got {value}.")
-        if not isinstance(test_steps, int) or test_steps < 1:
-            raise ConfigError(f"learner.test_steps must be a positive integer, got {test_steps!r}.")
+            check_number(f"learner.{key}", value, 0, low_open=True)
+        check_int("learner.test_steps", test_steps)
         self.encoder, self.scale = encoder, float(scale)
         self.test_head, self.C, self.test_steps, self.test_lr = test_head, float(C), test_steps, float(test_lr)
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from metarun.errors import ConfigError, check_choice
+from metarun.errors import ConfigError, check_choice, check_int
 from metarun.learners.base import encoder_and_rest
 from metarun.learners.functional import prototypes, proto_head
 from metarun.learners.maml import MAML
@@ -106,9 +106,8 @@ class HyperNet(MAML):
                  vmap_tasks: bool = False):
         check_choice("learner.generate", generate, GENERATE)
         check_choice("learner.skip", skip, SKIP)
-        if hidden < 1 or rank < 1 or task_dim < 1:
-            raise ConfigError(f"learner.hidden, learner.rank and learner.task_dim must be >= 1, got {hidden}, {rank}, "
-                              f"{task_dim}.")
+        for opt, v in (("hidden", hidden), ("rank", rank), ("task_dim", task_dim)):
+            check_int(f"learner.{opt}", v)
         if generate == "adapters" and not encoder.transformer:
             raise ConfigError(f"learner.generate=adapters generates LoRA deltas for transformer blocks, but "
                               f"encoder={encoder.name} has none; use encoder=minilm (or minilm_markers), or "

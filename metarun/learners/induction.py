@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.data.collate import Episode
-from metarun.errors import ConfigError
+from metarun.errors import check_int
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, encoder_and_rest
 
 
@@ -49,13 +49,9 @@ class InductionNet(FeatureLearner):
     def __init__(self, encoder: nn.Module, routing_iters: int = 3, relation_dim: int = 100,
                  tensor_rank: int | None = 16, head_lr: float | None = 1e-3):
         super().__init__()
-        if not isinstance(routing_iters, int) or routing_iters < 1:
-            raise ConfigError(f"learner.routing_iters must be a positive integer, got {routing_iters!r}.")
-        if not isinstance(relation_dim, int) or relation_dim < 1:
-            raise ConfigError(f"learner.relation_dim must be a positive integer, got {relation_dim!r}.")
-        if tensor_rank is not None and (not isinstance(tensor_rank, int) or tensor_rank < 1):
-            raise ConfigError(f"learner.tensor_rank must be a positive integer, or null for the full tensor, "
-                              f"got {tensor_rank!r}.")
+        check_int("learner.routing_iters", routing_iters)
+        check_int("learner.relation_dim", relation_dim)
+        check_int("learner.tensor_rank", tensor_rank, null="the full tensor")
         self.encoder, self.routing_iters, self.head_lr = encoder, routing_iters, head_lr
         d, h = encoder.out_dim, relation_dim
         self.transform = nn.Linear(d, d)

@@ -29,7 +29,7 @@ import math
 import torch
 from torch import nn
 
-from metarun.errors import ConfigError
+from metarun.errors import ConfigError, check_int
 from metarun.learners.base import encoder_and_rest
 from metarun.learners.maml import MAML
 from metarun.models.base import Encoder
@@ -55,9 +55,8 @@ class LSTMOptimizer(nn.Module):
         if not 0 < inner_lr < 1:
             raise ConfigError(f"learner.inner_lr is the initial input gate of lstm_meta, a sigmoid: it must be in "
                               f"(0, 1), got {inner_lr}.")
-        if hidden_size < 1 or tensor_embedding < 0:
-            raise ConfigError(f"learner.hidden_size must be >= 1 and learner.tensor_embedding >= 0, got "
-                              f"{hidden_size} and {tensor_embedding}.")
+        check_int("learner.hidden_size", hidden_size)
+        check_int("learner.tensor_embedding", tensor_embedding, 0)
         self.names, self.zero_first = names, ()
         self.embedding = nn.Embedding(len(names), tensor_embedding) if tensor_embedding else None
         self.lstm = nn.LSTMCell(4 + tensor_embedding, hidden_size)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.data.collate import Episode
-from metarun.errors import ConfigError, check_choice
+from metarun.errors import ConfigError, check_choice, check_int
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, encoder_and_rest
 from metarun.learners.functional import FEATURE_NORMS, interleaved_order, normalize_episode, random_presentation
 
@@ -83,8 +83,7 @@ class MANN(FeatureLearner):
         self.feature_norm = feature_norm
         for opt, v in (("hidden", hidden), ("slots", slots), ("slot_width", slot_width), ("read_heads", read_heads),
                        ("max_way", max_way)):
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"learner.{opt} must be a positive integer, got {v!r}.")
+            check_int(f"learner.{opt}", v)
         if read_heads > slots:
             raise ConfigError(f"learner.read_heads={read_heads} cannot exceed learner.slots={slots}.")
         if not 0 <= gamma <= 1 or not 0 <= bank_momentum < 1:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.data.collate import Episode
-from metarun.errors import ConfigError, check_choice
+from metarun.errors import ConfigError, check_choice, check_int
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, with_nota
 from metarun.learners.functional import (
     cosine_similarity,
@@ -60,9 +60,8 @@ class ProtoNet(FeatureLearner):
                  support_tuning_layers: int = 1, support_tuning_loss: str = "proto"):
         super().__init__()
         check_choice("learner.support_tuning_loss", support_tuning_loss, TUNING_LOSSES)
-        for opt, v, low in (("support_tuning_steps", support_tuning_steps, 0), ("support_tuning_layers", support_tuning_layers, 1)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise ConfigError(f"learner.{opt} must be a whole number of at least {low}, got {v!r}.")
+        check_int("learner.support_tuning_steps", support_tuning_steps, 0)
+        check_int("learner.support_tuning_layers", support_tuning_layers, 1)
         self.tuning = {"steps": support_tuning_steps, "lr": support_tuning_lr, "layers": support_tuning_layers,
                        "loss": support_tuning_loss}
         if support_tuning_steps:

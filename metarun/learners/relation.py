@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.data.collate import Episode
-from metarun.errors import ConfigError
+from metarun.errors import check_int
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, encoder_and_rest, with_nota
 from metarun.learners.functional import prototypes
 
@@ -25,8 +25,7 @@ class RelationNet(FeatureLearner):
         super().__init__()
         self.nota = nota
         self.nota_offset = nn.Parameter(torch.zeros(())) if nota else None
-        if not isinstance(hidden, int) or hidden < 1:
-            raise ConfigError(f"learner.hidden must be a positive integer, got {hidden!r}.")
+        check_int("learner.hidden", hidden)
         self.encoder, self.head_lr = encoder, head_lr
         d = encoder.out_dim
         self.relation = nn.Sequential(nn.Linear(2 * d, hidden), nn.ReLU(), nn.Linear(hidden, 1))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.data.collate import Episode
-from metarun.errors import ConfigError, check_choice
+from metarun.errors import ConfigError, check_choice, check_int
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, encoder_and_rest
 from metarun.learners.functional import FEATURE_NORMS, interleaved_order, normalize_episode, random_presentation
 
@@ -87,8 +87,7 @@ class SNAIL(FeatureLearner):
         check_choice("learner.feature_norm", feature_norm, FEATURE_NORMS)
         self.feature_norm = feature_norm
         for opt, v in (("max_way", max_way), ("max_shot", max_shot), ("filters", filters)):
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"learner.{opt} must be a positive integer, got {v!r}.")
+            check_int(f"learner.{opt}", v)
         if len(attention) != 3 or any(len(a) != 2 or min(a) < 1 for a in attention):
             raise ConfigError(f"learner.attention must be three [key_size, value_size] pairs (the paper's "
                               f"[[64, 32], [256, 128], [512, 256]]), got {attention!r}.")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.data.dataset import Example
-from metarun.errors import ConfigError, check_choice
+from metarun.errors import ConfigError, check_choice, check_int
 from metarun.models.base import Encoder
 from metarun.models.encoders import resolve_model_path
 
@@ -73,8 +73,7 @@ class CNNEncoder(Encoder):
         check_choice("encoder.init", init, INITS)
         for key, value in (("position_dim", position_dim), ("hidden", hidden), ("kernel_size", kernel_size),
                            ("max_length", max_length), ("word_dim", word_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"encoder.{key} must be a positive integer, got {value!r}.")
+            check_int(f"encoder.{key}", value)
         resolved = resolve_model_path(path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(resolved)
