@@ -27,7 +27,7 @@ from torch import nn
 from torch.func import functional_call
 
 from metarun.data.collate import Episode
-from metarun.errors import ConfigError, check_choice
+from metarun.errors import ConfigError, check_choice, check_int, check_number
 from metarun.learners.base import Learner, StepOutput, accuracy
 from metarun.learners.functional import adapt, linear_head, proto_head, sgd
 from metarun.models.base import Encoder
@@ -36,11 +36,6 @@ ADAPT = ("all", "head", "top_k")
 HEAD_INIT = ("proto", "zeros")
 STEP_SIZES = ("scalar", "per_step", "per_param")
 HEAD = ("head.weight", "head.bias")
-
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
 
 
 def adapted_encoder_names(encoder: Encoder, mode: str, top_k: int) -> list[str]:
@@ -119,10 +114,9 @@ class MAML(Learner):
     ):
         super().__init__()
         test_inner_steps = inner_steps if test_inner_steps is None else test_inner_steps
-        _check(isinstance(inner_steps, int) and inner_steps >= 0, f"learner.inner_steps must be >= 0, got {inner_steps}.")
-        _check(isinstance(test_inner_steps, int) and test_inner_steps >= 0,
-               f"learner.test_inner_steps must be >= 0, got {test_inner_steps}.")
-        _check(inner_lr > 0, f"learner.inner_lr must be positive, got {inner_lr}.")
+        check_int("learner.inner_steps", inner_steps, 0)
+        check_int("learner.test_inner_steps", test_inner_steps, 0)
+        check_number("learner.inner_lr", inner_lr, 0, low_open=True)
         check_choice("learner.adapt", adapt, ADAPT)
         check_choice("learner.head_init", head_init, HEAD_INIT)
         check_choice("learner.step_size", step_size, STEP_SIZES)
@@ -255,9 +249,11 @@ class Reptile(MAML):
 
     def __init__(self, encoder: Encoder, **kwargs):
         super().__init__(encoder, **kwargs)
-        _check(bool(self.enc_names), "learner=reptile moves encoder weights towards adapted ones, so some must "
-               "adapt: set learner.adapt=all or top_k, and learner.freeze_encoder=false.")
-        _check(not self.batch_tasks, "learner=reptile runs tasks in sequence; set learner.vmap_tasks=false.")
+        if not self.enc_names:
+            raise ConfigError("learner=reptile moves encoder weights towards adapted ones, so some must adapt: set "
+                              "learner.adapt=all or top_k, and learner.freeze_encoder=false.")
+        if self.batch_tasks:
+            raise ConfigError("learner=reptile runs tasks in sequence; set learner.vmap_tasks=false.")
 
     def training_loss(self, episode: Episode) -> StepOutput:
         policy = self.policy
