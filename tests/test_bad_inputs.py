@@ -76,44 +76,76 @@ CASES = {
     "test queries zero": (["eval.test.n_query=0"], MetarunError, ["eval.test.n_query=0"]),
     "val max_per_class zero": (["eval.val.max_per_class=0"], MetarunError, ["eval.val.max_per_class=0"]),
     "per_class draws zero": (["eval=per_class", "eval.test.draws=0"], MetarunError, ["eval.test.draws"]),
-    "per_class on a table": ([*TABLE[:-1], "data.path={files}/good.jsonl", "eval=per_class"], MetarunError,
-                             ["eval.test.data.bolt_name=banking"]),
+    "per_class on a table": (
+        [*TABLE[:-1], "data.path={files}/good.jsonl", "eval=per_class"],
+        MetarunError,
+        ["eval.test.data.bolt_name=banking"],
+    ),
     # sampler
     "k_shot zero": (["sampler.k_shot=0"], MetarunError, ["k_shot"]),
     "k_shot too large": (["sampler.k_shot=300"], MetarunError, ["K+Q = 300+5", "has "]),
     "n_way too large": (["sampler.n_way=1000"], MetarunError, ["1000-way"]),
     "nota without a nota learner": (["sampler.na_rate=1"], MetarunError, ["sampler.na_rate=1", "learner.nota=true"]),
     # learners and encoders
-    "distance unknown": (["learner.distance=manhattan"], MetarunError, ["learner.distance='manhattan'", "euclidean, cosine"]),
+    "distance unknown": (
+        ["learner.distance=manhattan"],
+        MetarunError,
+        ["learner.distance='manhattan'", "euclidean, cosine"],
+    ),
     "inner steps negative": (["learner=maml", "learner.inner_steps=-1"], MetarunError, ["learner.inner_steps"]),
     "inner lr zero": (["learner=maml", "learner.inner_lr=0"], MetarunError, ["learner.inner_lr"]),
-    "adapt unknown": (["learner=maml", "learner.adapt=some"], MetarunError, ["learner.adapt='some'", "all, head, top_k"]),
+    "adapt unknown": (
+        ["learner=maml", "learner.adapt=some"],
+        MetarunError,
+        ["learner.adapt='some'", "all, head, top_k"],
+    ),
     "step size unknown": (["learner=maml", "learner.step_size=adam"], MetarunError, ["scalar, per_step, per_param"]),
     "test head unknown": (["learner=finetune", "learner.test_head=svm"], MetarunError, ["learner.test_head='svm'"]),
     "distill without a teacher": (["learner=distill"], MetarunError, ["learner.teacher="]),
-    "distill from a broken teacher": (["learner=distill", "learner.teacher={files}/teacher.pt"], MetarunError,
-                                      ["teacher.pt"]),
+    "distill from a broken teacher": (
+        ["learner=distill", "learner.teacher={files}/teacher.pt"],
+        MetarunError,
+        ["teacher.pt"],
+    ),
     "pooling unknown": (["encoder.pooling=max"], MetarunError, ["encoder.pooling='max'", "mean, cls, entity_start"]),
     "option the learner lacks": (["+learner.warmth=2"], MetarunError, ["warmth", "Options it accepts"]),
     # data files
     "unknown split": (["data.split=7"], MetarunError, ["data.split=7", "1, 2, 3, 4, 5"]),
     "missing table": ([*TABLE, "data.path={files}/none.tsv"], MetarunError, ["none.tsv does not exist", "data.path"]),
-    "table without a label column": ([*TABLE, "data.path={files}/nolabel.jsonl"], MetarunError,
-                                     ["nolabel.jsonl, line 1", "data.label_column"]),
+    "table without a label column": (
+        [*TABLE, "data.path={files}/nolabel.jsonl"],
+        MetarunError,
+        ["nolabel.jsonl, line 1", "data.label_column"],
+    ),
     "table without a path": (["data=table"], MetarunError, ["data.path is required"]),
     "table cut short": ([*TABLE, "data.path={files}/cut.jsonl"], MetarunError, ["cut.jsonl, line 2"]),
-    "table class missing": (["data=table", "data.path={files}/good.jsonl",
-                             "data.classes={train: [a, b, zz], val: [d, e], test: [f, g]}"], MetarunError, ["zz"]),
+    "table class missing": (
+        ["data=table", "data.path={files}/good.jsonl", "data.classes={train: [a, b, zz], val: [d, e], test: [f, g]}"],
+        MetarunError,
+        ["zz"],
+    ),
     # FewRel files
-    "missing fewrel file": (["data=fewrel", "data.root={files}/nowhere"], MetarunError,
-                            ["train_wiki.json does not exist", "data.root"]),
-    "malformed fewrel": (["data=fewrel", "data.root={files}/bad_fewrel"], MetarunError,
-                         ["train_wiki.json, relation P1, instance 0", "outside"]),
-    "fewrel not json": (["data=fewrel_val_split", "data.root={files}/json_fewrel"], MetarunError,
-                        ["val_wiki.json is not valid JSON"]),
+    "missing fewrel file": (
+        ["data=fewrel", "data.root={files}/nowhere"],
+        MetarunError,
+        ["train_wiki.json does not exist", "data.root"],
+    ),
+    "malformed fewrel": (
+        ["data=fewrel", "data.root={files}/bad_fewrel"],
+        MetarunError,
+        ["train_wiki.json, relation P1, instance 0", "outside"],
+    ),
+    "fewrel not json": (
+        ["data=fewrel_val_split", "data.root={files}/json_fewrel"],
+        MetarunError,
+        ["val_wiki.json is not valid JSON"],
+    ),
     # the run folder itself
-    "another learner in a finished folder": (["learner=matching"], RunDirError, ["finished run of another config",
-                                                                                 "learner.name"]),
+    "another learner in a finished folder": (
+        ["learner=matching"],
+        RunDirError,
+        ["finished run of another config", "learner.name"],
+    ),
     "another lr in a finished folder": (["trainer.lr=0.01"], RunDirError, ["trainer.lr: 0.001 there, 0.01 now"]),
     "fewer steps than the finished run": (["trainer.max_steps=3"], RunDirError, ["trainer.max_steps: 6 there, 3 now"]),
 }
@@ -149,9 +181,16 @@ def test_the_lock_of_a_dead_process_is_stale(tmp_path):
     import subprocess
     import sys
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from metarun.tracking.run_dir import RunDir; "
-                               f"d = RunDir({str(tmp_path)!r}).lock(); d.hold(); print('locked', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from metarun.tracking.run_dir import RunDir; "
+            f"d = RunDir({str(tmp_path)!r}).lock(); d.hold(); print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(RunDirError, match=f"pid {holder.pid}"):
         RunDir(tmp_path).lock()
@@ -173,13 +212,16 @@ def test_a_corrupt_checkpoint_of_an_unfinished_run_is_kept(finished, tmp_path):
     assert after["checkpoints/last.pt"] == before["checkpoints/last.pt"] and "results.json" not in after
 
 
-@pytest.mark.parametrize("args,texts", [
-    (["learner=protonett"], ["Could not find 'learner/protonett'", "protonet"]),
-    (["trainer.max_stepz=5"], ["trainer.max_stepz is not a config key", "did you mean trainer.max_steps"]),
-    (["seed=-1"], ["seed=-1"]),
-    (["data@eval.test.data=hwu64"], ["+data@eval.test.data=hwu64"]),
-    (["learner=matching"], ["finished run of another config", "left as it is"]),
-])
+@pytest.mark.parametrize(
+    "args,texts",
+    [
+        (["learner=protonett"], ["Could not find 'learner/protonett'", "protonet"]),
+        (["trainer.max_stepz=5"], ["trainer.max_stepz is not a config key", "did you mean trainer.max_steps"]),
+        (["seed=-1"], ["seed=-1"]),
+        (["data@eval.test.data=hwu64"], ["+data@eval.test.data=hwu64"]),
+        (["learner=matching"], ["finished run of another config", "left as it is"]),
+    ],
+)
 def test_the_cli_exits_2_with_one_paragraph(args, texts, finished, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(finished, run_dir)

@@ -38,9 +38,26 @@ def test_runs_started_together_get_their_own_folders(tmp_path):
     import subprocess
     import sys
 
-    args = [sys.executable, "-m", "metarun", *FAST, "trainer.max_steps=0", "eval.test.episodes=2", "eval.test.shots=[1]"]
-    procs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}) for _ in range(2)]
+    args = [
+        sys.executable,
+        "-m",
+        "metarun",
+        *FAST,
+        "trainer.max_steps=0",
+        "eval.test.episodes=2",
+        "eval.test.shots=[1]",
+    ]
+    procs = [
+        subprocess.Popen(
+            args,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"},
+        )
+        for _ in range(2)
+    ]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()
     folders = sorted(d.name for d in (tmp_path / "outputs").glob("*/*") if (d / "results.json").is_file())
@@ -54,8 +71,11 @@ def test_help_lists_every_config_group_and_its_options(tmp_path):
 
     res = run_cli(["--help"], cwd=tmp_path)
     assert res.returncode == 0
-    groups = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in config_dir().iterdir()
-              if d.is_dir() and any(d.glob("*.yaml"))}  # hydra/ holds only Hydra's own groups
+    groups = {
+        d.name: sorted(f.stem for f in d.glob("*.yaml"))
+        for d in config_dir().iterdir()
+        if d.is_dir() and any(d.glob("*.yaml"))
+    }  # hydra/ holds only Hydra's own groups
     assert {"data", "learner", "encoder", "eval", "sampler", "trainer"} <= set(groups)
     for group, options in groups.items():
         assert f"{group}: {', '.join(options)}" in res.stdout, res.stdout
@@ -104,7 +124,9 @@ def test_incompatible_checkpoint_names_the_difference(tmp_path):
 def test_the_checkpointer_refuses_a_checkpoint_of_another_config(tmp_path):
     from metarun.tracking.checkpoint import Checkpointer
 
-    Checkpointer(tmp_path, {"seed": 0, "sampler": {"k_shot": 5}}).save(tmp_path / "checkpoints" / "last.pt", {"step": 3})
+    Checkpointer(tmp_path, {"seed": 0, "sampler": {"k_shot": 5}}).save(
+        tmp_path / "checkpoints" / "last.pt", {"step": 3}
+    )
     with pytest.raises(CheckpointError, match="different config.*sampler"):
         Checkpointer(tmp_path, {"seed": 0, "sampler": {"k_shot": 1}}).resume_state()
     assert Checkpointer(tmp_path, {"seed": 0, "sampler": {"k_shot": 5}}).resume_state()["step"] == 3

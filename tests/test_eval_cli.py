@@ -60,7 +60,9 @@ def test_an_option_newer_than_the_run_is_named_and_plus_adds_it(finished, tmp_pa
     config = yaml.safe_load((old / ".hydra" / "config.yaml").read_text())
     del config["eval"]["test"]["transductive_steps"]
     (old / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    with pytest.raises(ConfigError, match=r"eval.test.transductive_steps is not a key .* `\+eval.test.transductive_steps=...` adds one"):
+    with pytest.raises(
+        ConfigError, match=r"eval.test.transductive_steps is not a key .* `\+eval.test.transductive_steps=...` adds one"
+    ):
         evaluate_run(old, ["eval.test.transductive_steps=3"], tmp_path / "x")
     results = evaluate_run(old, ["+eval.test.transductive_steps=3", "eval.test.episodes=4"], tmp_path / "td")
     assert results["results"]["test/5way_1shot"]["episodes"] == 4
@@ -94,6 +96,9 @@ def test_a_saved_config_naming_code_that_is_gone_is_one_message(finished, tmp_pa
     shutil.copytree(finished, old)
     config = old / ".hydra" / "config.yaml"
     config.write_text(config.read_text().replace("metarun.learners.protonet.ProtoNet", "metarun.learners.gone.Gone"))
-    with pytest.raises(ConfigError, match=r"learner._target_=metarun.learners.gone.Gone cannot be imported.*"
-                                          r"Choose one of learner=.*protonet"):
+    with pytest.raises(
+        ConfigError,
+        match=r"learner._target_=metarun.learners.gone.Gone cannot be imported.*"
+        r"Choose one of learner=.*protonet",
+    ):
         evaluate_run(old, [], tmp_path / "x")

@@ -49,13 +49,17 @@ def test_a_second_frozen_run_reads_every_feature_from_disk(tmp_path, count_forwa
 
 def test_a_frozen_training_run_shares_entries_and_a_trained_encoder_never_uses_the_cache(tmp_path):
     cache = tmp_path / "cache"
-    run_in_process([*FAST, "learner=relation", "encoder.freeze=true", f"feature_cache.dir={cache}"], tmp_path / "frozen")
+    run_in_process(
+        [*FAST, "learner=relation", "encoder.freeze=true", f"feature_cache.dir={cache}"], tmp_path / "frozen"
+    )
     assert len(list(cache.glob("*.pt"))) >= 2  # validation and test sets (and the training classes, if cached)
     before = set(cache.glob("*.pt"))
     run_in_process([*FAST, f"feature_cache.dir={cache}"], tmp_path / "trained")
     assert set(cache.glob("*.pt")) == before
-    run_in_process([*FAST, "trainer.max_steps=0", "feature_cache.enabled=false", f"feature_cache.dir={tmp_path / 'off'}"],
-                   tmp_path / "off")
+    run_in_process(
+        [*FAST, "trainer.max_steps=0", "feature_cache.enabled=false", f"feature_cache.dir={tmp_path / 'off'}"],
+        tmp_path / "off",
+    )
     assert not (tmp_path / "off").exists() or not list((tmp_path / "off").glob("*.pt"))
 
 

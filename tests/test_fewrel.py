@@ -48,7 +48,13 @@ def test_real_val_split_when_available():
     from metarun.config import build
 
     d = build(compose_cfg(["data=fewrel_val_split", f"data.root={FEWREL_VAL.parent}"]).data, "data")
-    assert (len(d.train.classes), len(d.test.classes), len(d.train), len(d.val), len(d.test)) == (6, 10, 3600, 600, 7000)
+    assert (len(d.train.classes), len(d.test.classes), len(d.train), len(d.val), len(d.test)) == (
+        6,
+        10,
+        3600,
+        600,
+        7000,
+    )
     assert d.class_names["P26"] == "spouse"
 
 
@@ -112,8 +118,9 @@ def test_matching_net_is_an_attention_weighted_label_vote():
     learner.encoder.out_dim = 5
     ep = feature_episode()
     log_p = learner.predict(ep)
-    attention = torch.softmax(5.0 * torch.nn.functional.normalize(ep.query, dim=-1)
-                              @ torch.nn.functional.normalize(ep.support, dim=-1).T, -1)
+    attention = torch.softmax(
+        5.0 * torch.nn.functional.normalize(ep.query, dim=-1) @ torch.nn.functional.normalize(ep.support, dim=-1).T, -1
+    )
     expected = torch.stack([attention[:, ep.support_labels == c].sum(1) for c in range(3)], 1)
     assert torch.allclose(log_p.exp(), expected, atol=1e-6) and torch.allclose(log_p.exp().sum(1), torch.ones(6))
     assert (log_p.argmax(1) == ep.query_labels).all()
@@ -137,7 +144,10 @@ def test_metric_learners_train_every_parameter(cls):
 
 
 def test_pair_batch_joins_support_and_query_without_the_query_cls():
-    s = {"input_ids": torch.tensor([[101, 5, 6, 102], [101, 7, 102, 0]]), "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])}
+    s = {
+        "input_ids": torch.tensor([[101, 5, 6, 102], [101, 7, 102, 0]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]),
+    }
     q = {"input_ids": torch.tensor([[101, 9, 102]]), "attention_mask": torch.tensor([[1, 1, 1]])}
     out = pair_batch(s, q)
     assert out["input_ids"].tolist() == [[101, 5, 6, 102, 9, 102], [101, 7, 102, 9, 102, 0]]
@@ -154,7 +164,9 @@ def test_pair_net_averages_same_scores_over_shots_and_trains_every_parameter():
     words = "river bridge city company founded born player team".split()
     support = [Example(f"{w} one", str(i // 2)) for i, w in enumerate(words[:6])]  # 3-way 2-shot
     query = [Example(f"{w} two", str(i)) for i, w in enumerate(words[:3])]
-    ep = Episode(enc.tokenize(support), torch.tensor([0, 0, 1, 1, 2, 2]), enc.tokenize(query), torch.tensor([0, 1, 2]), 3)
+    ep = Episode(
+        enc.tokenize(support), torch.tensor([0, 0, 1, 1, 2, 2]), enc.tokenize(query), torch.tensor([0, 1, 2]), 3
+    )
     learner.eval()
     logits = learner.predict(ep)
     pairs = pair_batch(ep.support, ep.query)
@@ -174,17 +186,41 @@ def test_pair_net_averages_same_scores_over_shots_and_trains_every_parameter():
 
 def test_fewrel_cli_runs_each_new_learner_with_the_official_protocol(fewrel_file, tmp_path):
     root = fewrel_file.parent
-    args = [*FAST, "data=fewrel_val_split", f"data.root={root}", "data.train=[P100,P101,P102]",
-            "data.test=[P103,P104,P105]", "data.val_per_class=4", "eval=fewrel_official", "eval.test.n_way=[2,3]",
-            "eval.test.episodes=12", "eval.val.n_way=3", "eval.val.n_query=2", "sampler.n_way=3", "sampler.n_query=2",
-            "eval.val.shots=[1]"]
+    args = [
+        *FAST,
+        "data=fewrel_val_split",
+        f"data.root={root}",
+        "data.train=[P100,P101,P102]",
+        "data.test=[P103,P104,P105]",
+        "data.val_per_class=4",
+        "eval=fewrel_official",
+        "eval.test.n_way=[2,3]",
+        "eval.test.episodes=12",
+        "eval.val.n_way=3",
+        "eval.val.n_query=2",
+        "sampler.n_way=3",
+        "sampler.n_query=2",
+        "eval.val.shots=[1]",
+    ]
     for learner, encoder in (("protonet", "cnn"), ("matching", "cnn"), ("relation", "tiny"), ("pair", "tiny")):
         run = tmp_path / learner
-        run_in_process([*args, f"learner={learner}", f"encoder={encoder}", "encoder.init=random"
-                        if encoder == "cnn" else "encoder.max_length=32"], run)
+        run_in_process(
+            [
+                *args,
+                f"learner={learner}",
+                f"encoder={encoder}",
+                "encoder.init=random" if encoder == "cnn" else "encoder.max_length=32",
+            ],
+            run,
+        )
         out = read_json(run / "results.json")
-        assert set(out["results"]) == {"val/3way_1shot", "test/2way_1shot", "test/2way_5shot", "test/3way_1shot",
-                                       "test/3way_5shot"}
+        assert set(out["results"]) == {
+            "val/3way_1shot",
+            "test/2way_1shot",
+            "test/2way_5shot",
+            "test/3way_1shot",
+            "test/3way_5shot",
+        }
         assert all(v["episodes"] == 12 for k, v in out["results"].items() if k.startswith("test/"))
 
 
@@ -211,43 +247,72 @@ def test_nota_is_an_extra_class_with_a_learned_offset(cls):
     torch.manual_seed(0)
     learner = make(FeatureEncoder(5, 4), nota=True)
     ep = feature_episode()
-    ep = Episode(ep.support, ep.support_labels, torch.cat([ep.query, 5 * torch.randn(2, 5)]),
-                 torch.cat([ep.query_labels, torch.tensor([3, 3])]), 3)
+    ep = Episode(
+        ep.support,
+        ep.support_labels,
+        torch.cat([ep.query, 5 * torch.randn(2, 5)]),
+        torch.cat([ep.query_labels, torch.tensor([3, 3])]),
+        3,
+    )
     out = learner.training_loss(ep)
     out.loss.backward()
     assert learner.predict(ep).shape == (8, 4) and learner.nota_offset.grad.abs() > 0
-    assert any(g["lr"] == 1e-3 and any(p is learner.nota_offset for p in g["params"]) for g in learner.param_groups(1e-5))
+    assert any(
+        g["lr"] == 1e-3 and any(p is learner.nota_offset for p in g["params"]) for g in learner.param_groups(1e-5)
+    )
 
 
 def test_nota_needs_a_learner_that_predicts_it(fewrel_file, tmp_path):
-    args = [*FAST, "data=fewrel_val_split", f"data.root={fewrel_file.parent}", "data.train=[P100,P101,P102]",
-            "data.test=[P103,P104,P105]", "data.val_per_class=4", "encoder=cnn", "encoder.init=random",
-            "sampler.n_way=2", "sampler.na_rate=1", "sampler.n_query=2", "eval.val.n_way=2", "eval.val.shots=[1]",
-            "eval.val.n_query=2", "eval.test.n_way=2", "eval.test.na_rate=1",
-            "eval.test.episodes=10"]
+    args = [
+        *FAST,
+        "data=fewrel_val_split",
+        f"data.root={fewrel_file.parent}",
+        "data.train=[P100,P101,P102]",
+        "data.test=[P103,P104,P105]",
+        "data.val_per_class=4",
+        "encoder=cnn",
+        "encoder.init=random",
+        "sampler.n_way=2",
+        "sampler.na_rate=1",
+        "sampler.n_query=2",
+        "eval.val.n_way=2",
+        "eval.val.shots=[1]",
+        "eval.val.n_query=2",
+        "eval.test.n_way=2",
+        "eval.test.na_rate=1",
+        "eval.test.episodes=10",
+    ]
     with pytest.raises(ConfigError, match=r"sampler.na_rate=1, eval.test.na_rate=1.*learner.nota=true"):
         run_in_process([*args, "learner=maml"], tmp_path / "maml")
     run_in_process([*args, "learner=protonet", "learner.nota=true"], tmp_path / "proto")
-    assert {"test/2way_1shot_na1", "test/2way_5shot_na1"} <= set(read_json(tmp_path / "proto" / "results.json")["results"])
+    assert {"test/2way_1shot_na1", "test/2way_5shot_na1"} <= set(
+        read_json(tmp_path / "proto" / "results.json")["results"]
+    )
 
 
 def test_download_helper_fetches_checks_and_never_leaves_half_files(fewrel_file, tmp_path):
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("download_fewrel", Path(__file__).parents[1] / "scripts" / "download_fewrel.py")
+    spec = importlib.util.spec_from_file_location(
+        "download_fewrel", Path(__file__).parents[1] / "scripts" / "download_fewrel.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     server = fewrel_file.parent  # a "remote" folder served through file:// URLs
     (server / "pid2name.json").write_text(json.dumps({"P100": ["crosses", "..."]}))
     (server / "broken.json").write_text('{"P1": [{"tokens": []}]}')
     dest = tmp_path / "data" / "fewrel"
-    code = module.main(["--dest", str(dest), "--base-url", server.as_uri(), "--files", "val_wiki.json", "pid2name.json"])
+    code = module.main(
+        ["--dest", str(dest), "--base-url", server.as_uri(), "--files", "val_wiki.json", "pid2name.json"]
+    )
     assert code == 0 and read_fewrel_count(dest / "val_wiki.json") == 6 and (dest / "pid2name.json").exists()
     umask = os.umask(0)
     os.umask(umask)
     assert all(stat.S_IMODE((dest / n).stat().st_mode) == 0o666 & ~umask for n in ("val_wiki.json", "pid2name.json"))
-    assert module.main(["--dest", str(dest), "--base-url", server.as_uri(), "--files", "broken.json", "missing.json"]) == 1
+    assert (
+        module.main(["--dest", str(dest), "--base-url", server.as_uri(), "--files", "broken.json", "missing.json"]) == 1
+    )
     assert sorted(p.name for p in dest.iterdir()) == ["pid2name.json", "val_wiki.json"]  # nothing half-written
 
 
@@ -266,34 +331,68 @@ def test_domain_adaptation_tests_on_another_file(fewrel_file, tmp_path, caplog):
     (fewrel_file.parent / "pid2name.json").write_text(json.dumps({f"P{100 + i}": [f"wiki {i}", ""] for i in range(6)}))
     (tmp_path / "pm_names.json").write_text(json.dumps({f"PM{i}": [f"pubmed {i}", ""] for i in range(6)}))
     run = tmp_path / "da"
-    run_in_process([*FAST, "data=fewrel_val_split", f"data.root={fewrel_file.parent}", "data.train=[P100,P101,P102]",
-                   "data.test=[P103,P104,P105]", "data.val_per_class=4", "encoder=cnn", "encoder.init=random",
-                   "sampler.n_way=3", "sampler.n_query=2", "eval.val.n_way=3", "eval.val.shots=[1]", "eval.val.n_query=2",
-                   "+data@eval.test.data=fewrel_file", f"eval.test.data.path={other}",
-                   "eval.test.data.names_file=pm_names.json"], run)
+    run_in_process(
+        [
+            *FAST,
+            "data=fewrel_val_split",
+            f"data.root={fewrel_file.parent}",
+            "data.train=[P100,P101,P102]",
+            "data.test=[P103,P104,P105]",
+            "data.val_per_class=4",
+            "encoder=cnn",
+            "encoder.init=random",
+            "sampler.n_way=3",
+            "sampler.n_query=2",
+            "eval.val.n_way=3",
+            "eval.val.shots=[1]",
+            "eval.val.n_query=2",
+            "+data@eval.test.data=fewrel_file",
+            f"eval.test.data.path={other}",
+            "eval.test.data.names_file=pm_names.json",
+        ],
+        run,
+    )
     out = read_json(run / "results.json")
     assert (out["data"], out["test_data"]) == ("fewrel_val_split", "pubmed")  # named after the file
     assert "test episodes from pubmed (6 test classes)" in caplog.text
     assert out["test_classes"] == {f"PM{i}": f"pubmed {i}" for i in range(6)}  # the relations tested on
 
 
-def test_markers_can_start_from_punctuation_and_untrained_frozen_markers_are_warned_about(fewrel_file, tmp_path,
-                                                                                         caplog):
+def test_markers_can_start_from_punctuation_and_untrained_frozen_markers_are_warned_about(
+    fewrel_file, tmp_path, caplog
+):
     from metarun.models.encoders import TransformerEncoder
 
     tiny = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
-    enc = TransformerEncoder(pretrained=False, config_overrides=tiny, entity_markers=True, pooling="entity_start",
-                             marker_init="punct")
+    enc = TransformerEncoder(
+        pretrained=False, config_overrides=tiny, entity_markers=True, pooling="entity_start", marker_init="punct"
+    )
     table, ids = enc.model.get_input_embeddings().weight, enc.hf_tokenizer.convert_tokens_to_ids
     assert torch.equal(table[ids("[E1]")], table[ids("@")]) and torch.equal(table[ids("[/E2]")], table[ids("#")])
     assert not torch.equal(table[ids("[E1]")], table[ids("[E2]")])
     with pytest.raises(ConfigError, match="resize, punct"):
         TransformerEncoder(pretrained=False, config_overrides=tiny, entity_markers=True, marker_init="zero")
     caplog.set_level("WARNING", logger="metarun")
-    args = [*FAST, "data=fewrel_val_split", f"data.root={fewrel_file.parent}", "data.train=[P100,P101,P102]",
-            "data.test=[P103,P104,P105]", "data.val_per_class=4", "encoder=minilm_markers", "encoder.max_length=32",
-            "encoder.pretrained=true", "trainer.max_steps=0", "sampler.n_way=3", "sampler.n_query=2", "eval.val.n_way=3", "eval.test.n_way=3",
-            "eval.val.shots=[1]", "eval.val.n_query=2", "eval.test.n_query=2", "eval.test.episodes=4"]
+    args = [
+        *FAST,
+        "data=fewrel_val_split",
+        f"data.root={fewrel_file.parent}",
+        "data.train=[P100,P101,P102]",
+        "data.test=[P103,P104,P105]",
+        "data.val_per_class=4",
+        "encoder=minilm_markers",
+        "encoder.max_length=32",
+        "encoder.pretrained=true",
+        "trainer.max_steps=0",
+        "sampler.n_way=3",
+        "sampler.n_query=2",
+        "eval.val.n_way=3",
+        "eval.test.n_way=3",
+        "eval.val.shots=[1]",
+        "eval.val.n_query=2",
+        "eval.test.n_query=2",
+        "eval.test.episodes=4",
+    ]
     run_in_process(args, tmp_path / "resize")
     assert "entity-marker tokens whose embeddings are untrained" in caplog.text
     caplog.clear()

@@ -71,7 +71,9 @@ def test_parquet_class_label_column_gives_the_class_names_and_own_splits_are_the
     files = {}
     for split, classes in (("train", CLASSES["train"]), ("validation", CLASSES["val"]), ("test", CLASSES["test"])):
         rows = [(t, names.index(c)) for t, c in ROWS if c in classes]
-        ds = datasets.Dataset.from_dict({"text": [t for t, _ in rows], "label": [c for _, c in rows]}, features=features)
+        ds = datasets.Dataset.from_dict(
+            {"text": [t for t, _ in rows], "label": [c for _, c in rows]}, features=features
+        )
         files[split] = str(tmp_path / f"{split}.parquet")
         ds.to_parquet(files[split])
     spec = ", ".join(f"{k}: '{v}'" for k, v in files.items())
@@ -87,8 +89,13 @@ def test_own_splits_that_share_classes_are_refused_with_what_to_do(tmp_path):
     test = write_csv(tmp_path / "test.csv", ROWS[4:])
     val = write_csv(tmp_path / "validation.csv", ROWS[6:8])
     with pytest.raises(DataError, match=r"share classes \(\['music'\]\).*data.classes"):
-        load_hf("x", "csv", {"train": str(train), "validation": str(val), "test": str(test)},
-                text_column="sentence", label_column="intent")
+        load_hf(
+            "x",
+            "csv",
+            {"train": str(train), "validation": str(val), "test": str(test)},
+            text_column="sentence",
+            label_column="intent",
+        )
     with pytest.raises(DataError, match=r"has splits \['train'\], not train, validation and test"):
         load_hf("x", "csv", str(train), text_column="sentence", label_column="intent")
 
@@ -110,7 +117,7 @@ def test_table_reader_through_datasets_names_a_bad_json_line_and_a_missing_label
 
     good = json.dumps({"text": "hello there", "label": "greet"})
     path = tmp_path / "rows.jsonl"
-    path.write_text(f"{good}\n\n{good}\n{{\"text\": \"cut sh\n")
+    path.write_text(f'{good}\n\n{good}\n{{"text": "cut sh\n')
     with pytest.raises(DataError, match=r"rows.jsonl, line 4 is not valid JSON"):
         read_rows(path, "text", "label")
     path.write_text(f"{good}\n\n{json.dumps({'text': 'no label here'})}\n")
@@ -125,8 +132,12 @@ def test_text_pairs_are_read_as_sequence_pairs():
 
     enc = build(compose_cfg(["encoder=tiny"]).encoder, "encoder")
     assert isinstance(enc, TransformerEncoder)
-    batch = enc.tokenize([Example("a man sleeps", "contradiction", text_pair="a man runs"),
-                          Example("it rains", "entailment", text_pair="water falls from the sky")])
+    batch = enc.tokenize(
+        [
+            Example("a man sleeps", "contradiction", text_pair="a man runs"),
+            Example("it rains", "entailment", text_pair="water falls from the sky"),
+        ]
+    )
     assert batch["token_type_ids"].max() == 1  # the second text is segment 1
     single = enc.tokenize([Example("a man sleeps", "x")])
     assert single["token_type_ids"].max() == 0
@@ -136,22 +147,48 @@ def test_text_pairs_are_read_as_sequence_pairs():
 
 def test_hf_pair_columns_reach_the_examples(tmp_path):
     path = tmp_path / "nli.jsonl"
-    path.write_text("".join(json.dumps({"premise": f"p{i}", "hypothesis": f"h{i}", "label": c}) + "\n"
-                            for i, c in enumerate(["a", "a", "b", "b", "c", "c"])))
-    data = load_hf("nli", "json", str(path), text_column="premise", text_pair_column="hypothesis",
-                   classes={"train": ["a"], "val": ["b"], "test": ["c"]})
+    path.write_text(
+        "".join(
+            json.dumps({"premise": f"p{i}", "hypothesis": f"h{i}", "label": c}) + "\n"
+            for i, c in enumerate(["a", "a", "b", "b", "c", "c"])
+        )
+    )
+    data = load_hf(
+        "nli",
+        "json",
+        str(path),
+        text_column="premise",
+        text_pair_column="hypothesis",
+        classes={"train": ["a"], "val": ["b"], "test": ["c"]},
+    )
     assert data.train.examples == (Example("p0", "a", text_pair="h0"), Example("p1", "a", text_pair="h1"))
 
 
 def test_a_run_on_data_hf_trains_and_tests(tmp_path):
-    rows = [(f"{w} sentence number {i} about {c}", c) for c in ("aa", "bb", "cc", "dd", "ee", "ff", "gg")
-            for i, w in enumerate(("one", "two", "three", "four", "five", "six"))]
+    rows = [
+        (f"{w} sentence number {i} about {c}", c)
+        for c in ("aa", "bb", "cc", "dd", "ee", "ff", "gg")
+        for i, w in enumerate(("one", "two", "three", "four", "five", "six"))
+    ]
     path = write_csv(tmp_path / "data.csv", rows)
-    args = [*FAST, "data=hf", "data.path=csv", f"data.data_files={path}", "data.text_column=sentence",
-            "data.label_column=intent", "data.classes={train: [aa, bb, cc], val: [dd, ee], test: [ff, gg]}",
-            "sampler.n_way=2", "sampler.k_shot=1", "sampler.n_query=2",
-            "eval.val.n_way=2", "eval.test.n_way=2", "eval.val.shots=[1]", "eval.test.shots=[1]",
-            "eval.val.n_query=2", "eval.test.n_query=2"]
+    args = [
+        *FAST,
+        "data=hf",
+        "data.path=csv",
+        f"data.data_files={path}",
+        "data.text_column=sentence",
+        "data.label_column=intent",
+        "data.classes={train: [aa, bb, cc], val: [dd, ee], test: [ff, gg]}",
+        "sampler.n_way=2",
+        "sampler.k_shot=1",
+        "sampler.n_query=2",
+        "eval.val.n_way=2",
+        "eval.test.n_way=2",
+        "eval.val.shots=[1]",
+        "eval.test.shots=[1]",
+        "eval.val.n_query=2",
+        "eval.test.n_query=2",
+    ]
     results = run_in_process(args, tmp_path / "run")
     assert results["data"] == "data" and results["steps"] == 6
     assert 0 <= results["results"]["test/2way_1shot"]["acc"] <= 100

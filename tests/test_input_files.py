@@ -26,13 +26,30 @@ def csv_file(tmp_path, body: bytes | str, name="rows.csv"):
 BAD = {  # name -> (file name, bytes, data=hf builder, what the message must say)
     "empty file": ("rows.csv", b"", "csv", r"rows.csv is empty \(0 bytes\)"),
     "header only": ("rows.csv", b"text,label\n", "csv", r"rows.csv holds no rows \(a header line only\?\)"),
-    "not utf-8": ("rows.csv", b"text,label\nok,a\ncaf\xe9 au lait,a\n", "csv",
-                  r"rows.csv, line 3: bytes that are not utf-8 text .*data.encoding"),
-    "bad json line": ("rows.jsonl", b'{"text": "x", "label": "a"}\n{"text": "y", "label"\n', "json",
-                      r"rows.jsonl, line 2 is not valid JSON"),
-    "csv read as json": ("rows.csv", b"text,label\nhello,a\n", "json", r"rows.csv, line 1 is not valid JSON.*data.path=csv"),
-    "unbalanced quote": ("rows.tsv", b'text\tlabel\nfine\ta\n"never closed\ta\nmore\tb\n', "csv",
-                         r"rows.tsv, line 3: a quote .* never closes.*data.quoting=none"),
+    "not utf-8": (
+        "rows.csv",
+        b"text,label\nok,a\ncaf\xe9 au lait,a\n",
+        "csv",
+        r"rows.csv, line 3: bytes that are not utf-8 text .*data.encoding",
+    ),
+    "bad json line": (
+        "rows.jsonl",
+        b'{"text": "x", "label": "a"}\n{"text": "y", "label"\n',
+        "json",
+        r"rows.jsonl, line 2 is not valid JSON",
+    ),
+    "csv read as json": (
+        "rows.csv",
+        b"text,label\nhello,a\n",
+        "json",
+        r"rows.csv, line 1 is not valid JSON.*data.path=csv",
+    ),
+    "unbalanced quote": (
+        "rows.tsv",
+        b'text\tlabel\nfine\ta\n"never closed\ta\nmore\tb\n',
+        "csv",
+        r"rows.tsv, line 3: a quote .* never closes.*data.quoting=none",
+    ),
 }
 
 
@@ -97,8 +114,9 @@ def test_the_cli_refuses_a_bad_file_with_exit_2_one_paragraph_and_no_run_folder(
     path = csv_file(tmp_path, b"text,label\nok,a\ncaf\xe9,a\n")
     run_dir = tmp_path / "run"
     for data in (["data=hf", "data.path=csv", f"data.data_files={path}"], ["data=table", f"data.path={path}"]):
-        proc = run_cli([*FAST, *data, "data.classes={train: [a], val: [b], test: [c]}", f"hydra.run.dir={run_dir}"],
-                       tmp_path)
+        proc = run_cli(
+            [*FAST, *data, "data.classes={train: [a], val: [b], test: [c]}", f"hydra.run.dir={run_dir}"], tmp_path
+        )
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and "rows.csv, line 3: bytes that are not utf-8" in proc.stderr
         assert not run_dir.exists()
@@ -107,9 +125,24 @@ def test_the_cli_refuses_a_bad_file_with_exit_2_one_paragraph_and_no_run_folder(
 def test_a_table_run_says_it_is_named_after_its_file(tmp_path, caplog):
     path = csv_file(tmp_path, "text,label\n" + ROWS, "my_intents.csv")
     with caplog.at_level(logging.INFO, "metarun"):
-        results = run_in_process([*FAST, "data=table", f"data.path={path}", "trainer.max_steps=0", "sampler.n_way=2",
-                                  "sampler.k_shot=1", "sampler.n_query=1", "eval.val.n_way=1", "eval.val.shots=[1]",
-                                  "eval.val.n_query=1", "eval.test.n_way=2", "eval.test.shots=[1]", "eval.test.n_query=1",
-                                  "data.classes={train: [a, b], val: [c], test: [d, e]}"], tmp_path / "run")
+        results = run_in_process(
+            [
+                *FAST,
+                "data=table",
+                f"data.path={path}",
+                "trainer.max_steps=0",
+                "sampler.n_way=2",
+                "sampler.k_shot=1",
+                "sampler.n_query=1",
+                "eval.val.n_way=1",
+                "eval.val.shots=[1]",
+                "eval.val.n_query=1",
+                "eval.test.n_way=2",
+                "eval.test.shots=[1]",
+                "eval.test.n_query=1",
+                "data.classes={train: [a, b], val: [c], test: [d, e]}",
+            ],
+            tmp_path / "run",
+        )
     assert results["data"] == "my_intents" and "data my_intents (named after its file" in caplog.text
     assert results["train_inputs"] == "none"  # no training step ran

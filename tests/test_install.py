@@ -23,11 +23,24 @@ def test_wheel_install_finds_configs(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     probe = subprocess.run(
-        [sys.executable, "-c", "import metarun, metarun.paths; print(metarun.__file__); print(metarun.paths.config_dir())"],
-        capture_output=True, text=True, cwd=elsewhere, env=env,
+        [
+            sys.executable,
+            "-c",
+            "import metarun, metarun.paths; print(metarun.__file__); print(metarun.paths.config_dir())",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        env=env,
     )
     assert probe.stdout.splitlines() == [str(target / "metarun" / "__init__.py"), str(target / "metarun" / "configs")]
-    res = subprocess.run([sys.executable, "-m", "metarun", "--cfg", "job", "data=hwu64"], capture_output=True,
-                         text=True, cwd=elsewhere, env=env, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "metarun", "--cfg", "job", "data=hwu64"],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        env=env,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "bolt_name: hwu" in res.stdout

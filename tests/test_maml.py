@@ -38,7 +38,9 @@ def meta_grads(learner, episode):
 def test_one_inner_step_on_linear_model_matches_hand_derivation():
     x, y = torch.randn(5, 3), torch.randn(5)
     w = torch.randn(3, requires_grad=True)
-    out = adapt(lambda p: ((x @ p["w"] - y) ** 2).mean(), {"w": w}, ["w"], 1, sgd(lambda s: {"w": 0.1}), first_order=False)
+    out = adapt(
+        lambda p: ((x @ p["w"] - y) ** 2).mean(), {"w": w}, ["w"], 1, sgd(lambda s: {"w": 0.1}), first_order=False
+    )
     expected = w - 0.1 * (2 / 5) * x.T @ (x @ w - y)
     assert torch.allclose(out["w"], expected, atol=1e-6)
 
@@ -71,7 +73,9 @@ def test_first_and_second_order_differ_and_first_order_matches_its_definition():
     head = {"w": torch.zeros(3, 3, requires_grad=True), "b": torch.zeros(3, requires_grad=True)}
     params = {**fast, **head}
     for _ in range(2):
-        feats = torch.func.functional_call(learner.encoder, {k[8:]: v for k, v in params.items() if k in fast}, (ep.support,))
+        feats = torch.func.functional_call(
+            learner.encoder, {k[8:]: v for k, v in params.items() if k in fast}, (ep.support,)
+        )
         loss = F.cross_entropy(feats @ params["w"].T + params["b"], ep.support_labels)
         g = torch.autograd.grad(loss, list(params.values()))
         params = {k: (v - 0.5 * gi).detach().requires_grad_() for (k, v), gi in zip(params.items(), g)}
@@ -114,24 +118,39 @@ def test_batched_and_sequential_meta_gradients_agree(engine, first_order, head_i
 
 def tiny_encoder():
     torch.manual_seed(0)
-    return TransformerEncoder(pretrained=False, name="tiny", config_overrides=dict(
-        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32))
+    return TransformerEncoder(
+        pretrained=False,
+        name="tiny",
+        config_overrides=dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32),
+    )
 
 
 def text_episode(enc, n=3, k=2, q=2, shift=0):
     from metarun.data.dataset import Example
 
     words = ["card", "payment", "refund", "transfer", "atm", "pin", "top up", "fee"]
-    ex = lambda c, i: Example(f"{words[(c + shift) % 8]} {words[(c + i) % 8]} please" + " now" * (shift * i % 3),  # noqa: E731
-                              str(c))
+    ex = lambda c, i: Example(
+        f"{words[(c + shift) % 8]} {words[(c + i) % 8]} please" + " now" * (shift * i % 3),  # noqa: E731
+        str(c),
+    )
     s = [ex(c, i) for c in range(n) for i in range(k)]
     qq = [ex(c, i + k) for c in range(n) for i in range(q)]
-    return Episode(enc.tokenize(s), torch.arange(n).repeat_interleave(k), enc.tokenize(qq),
-                   torch.arange(n).repeat_interleave(q), n)
+    return Episode(
+        enc.tokenize(s), torch.arange(n).repeat_interleave(k), enc.tokenize(qq), torch.arange(n).repeat_interleave(q), n
+    )
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(first_order=True), dict(adapt="head"), dict(adapt="top_k", top_k=1),
-                                dict(step_size="per_step"), dict(step_size="per_param", first_order=True)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(first_order=True),
+        dict(adapt="head"),
+        dict(adapt="top_k", top_k=1),
+        dict(step_size="per_step"),
+        dict(step_size="per_param", first_order=True),
+    ],
+)
 def test_every_meta_parameter_gets_a_gradient_and_predict_is_pure(kw):
     enc = tiny_encoder()
     learner = MAML(enc, inner_steps=2, inner_lr=0.01, **kw)
@@ -139,7 +158,9 @@ def test_every_meta_parameter_gets_a_gradient_and_predict_is_pure(kw):
     out = learner.training_loss(ep)
     assert torch.isfinite(out.loss)
     out.loss.backward()
-    missing = [n for n, p in learner.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    missing = [
+        n for n, p in learner.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
+    ]
     assert not missing
     before = copy.deepcopy(learner.state_dict())
     learner.eval()
@@ -195,11 +216,18 @@ def test_reptile_pseudo_gradient_is_theta_minus_phi():
         assert torch.allclose(grads[f"encoder.{n}"], p.detach() - phi[n], atol=1e-6)
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(inner_steps=-1), "learner.inner_steps"), (dict(inner_lr=0.0), "learner.inner_lr"),
-    (dict(inner_lr=-1e-3), "learner.inner_lr"), (dict(adapt="some"), "all, head, top_k"),
-    (dict(head_init="random"), "proto, zeros"), (dict(step_size="adam"), "scalar, per_step, per_param"), (dict(test_inner_steps=-2), "test_inner_steps"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(inner_steps=-1), "learner.inner_steps"),
+        (dict(inner_lr=0.0), "learner.inner_lr"),
+        (dict(inner_lr=-1e-3), "learner.inner_lr"),
+        (dict(adapt="some"), "all, head, top_k"),
+        (dict(head_init="random"), "proto, zeros"),
+        (dict(step_size="adam"), "scalar, per_step, per_param"),
+        (dict(test_inner_steps=-2), "test_inner_steps"),
+    ],
+)
 def test_bad_options_are_named(kw, match):
     with pytest.raises(ConfigError, match=match):
         MAML(MLPEncoder(4, 3), **kw)

@@ -265,13 +265,15 @@ def test_low_rank_tensor_equals_its_full_product():
 
 
 def test_induction_bad_options_are_named():
-    with pytest.raises(ConfigError, match=r"learner.tensor_rank=0 is not valid; it must be a whole number of at least 1 \(or null for the full tensor\)"):
+    with pytest.raises(ConfigError, match=r"learner.tensor_rank=0 is not valid; it must be a whole number of at "
+                                          r"least 1 \(or null for the full tensor\)"):
         make(InductionNet, tensor_rank=0)
     with pytest.raises(ConfigError, match="learner.aggregate='median' is not valid; choose one of: mean, max"):
         make(Siamese, aggregate="median")
 
 
 # -- episode feature normalisation (SNAIL, MANN) --------------------------------------------------
+
 
 def test_center_l2_removes_the_support_mean_and_scales_to_unit_length():
     from metarun.learners.functional import normalize_episode
@@ -300,5 +302,7 @@ def test_feature_norm_is_applied_and_checked(kind):
         base = learner.predict_from_features(s, ep.support_labels, q, ep.n_way)
         moved = learner.predict_from_features(3 * (s + 10), shifted.support_labels, 3 * (q + 10), ep.n_way)
     torch.testing.assert_close(moved, base, rtol=1e-4, atol=1e-5)  # center_l2: a shift and a scale change nothing
-    with pytest.raises(ConfigError, match="learner.feature_norm='zscore' is not valid; choose one of: none, l2, center_l2"):
+    with pytest.raises(
+        ConfigError, match="learner.feature_norm='zscore' is not valid; choose one of: none, l2, center_l2"
+    ):
         make(kind, feature_norm="zscore")

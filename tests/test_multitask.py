@@ -133,7 +133,7 @@ def test_pcgrad_surrogate_hands_the_projected_gradient_to_the_encoder():
     feats = learner.encoder(ep.support)
     losses, _, _ = learner._task_losses(feats, ep)
     shared = list(learner.encoder.parameters())
-    flat = [torch.cat([g.flatten() for g in torch.autograd.grad(l, shared, retain_graph=True)]) for l in losses]
+    flat = [torch.cat([g.flatten() for g in torch.autograd.grad(loss, shared, retain_graph=True)]) for loss in losses]
     expected = pcgrad(flat, torch.Generator().manual_seed(0))
     ew_value = losses.sum().item()
     learner.zero_grad()
@@ -164,15 +164,15 @@ def test_multitask_data_prefixes_labels_and_holds_out_examples():
     assert data.train.classes == ["x/a", "x/b", "y/e", "y/f"]
     assert data.test.classes == ["d"] and data.val.classes == ["c"]
     assert {t: len(d) for t, d in data.heldout.items()} == {"x": 4, "y": 4}
-    assert len(data.train) == 32 and not {e.text for e in data.train.examples} & {e.text for d in data.heldout.values() for e in d.examples}
+    heldout = {e.text for d in data.heldout.values() for e in d.examples}
+    assert len(data.train) == 32 and not {e.text for e in data.train.examples} & heldout
     with pytest.raises(ConfigError, match="not one of the sources"):
         load_multitask("two", {"x": splits("x", ["a", "b", "c", "d"])}, target="z")
 
 
 def test_leave_one_dataset_out_trains_on_every_class_of_the_other_sources():
     sources = {n: splits(n, [f"{n}{i}" for i in range(4)]) for n in ("x", "y", "z")}
-    data = load_multitask("loo", sources, target="x", heldout_fraction=0.0, train_on_target=False,
-                          source_classes="all")
+    data = load_multitask("loo", sources, target="x", heldout_fraction=0.0, train_on_target=False, source_classes="all")
     assert data.train.classes == [f"{t}/{t}{i}" for t in ("y", "z") for i in range(4)]
     assert data.test.classes == ["x3"] and data.val.classes == ["x2"] and set(data.heldout) == {"y", "z"}
     with pytest.raises(ConfigError, match=r"at least two training tasks.*\['y'\]"):
@@ -182,8 +182,9 @@ def test_leave_one_dataset_out_trains_on_every_class_of_the_other_sources():
 
 
 def test_multitask_cli_end_to_end(tmp_path):
-    run_in_process([*FAST, "experiment=multitask_intents", "learner.weighting=uw", "sampler.batch_size=4"],
-                   tmp_path / "run")
+    run_in_process(
+        [*FAST, "experiment=multitask_intents", "learner.weighting=uw", "sampler.batch_size=4"], tmp_path / "run"
+    )
     out = read_json(tmp_path / "run" / "results.json")
     assert out["learner"] == "multitask" and out["data"] == "intents3" and out["test_data"] == "intents3"
     assert {"test/task_banking77", "test/task_clinc150", "test/task_hwu64", "test/5way_1shot"} <= set(out["results"])

@@ -146,13 +146,15 @@ def test_a_learned_label_weight_trains_at_its_own_rate_and_gets_gradients(tmp_pa
 def test_bad_label_prior_options_name_the_choices():
     from metarun.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="learner.label_prior='names' is not valid; choose one of: none, add, learned"):
+    with pytest.raises(ConfigError, match="learner.label_prior='names' is not valid; choose one of: none, add, "
+                                          "learned"):
         ProtoNet(nn.Identity(), label_prior="names")
     with pytest.raises(ConfigError, match=r"must contain \{name\}"):
         ProtoNet(nn.Identity(), label_prior="add", label_template="about")
 
 
 # -- contrastive episode losses (ContrastNet) -------------------------------------------------------
+
 
 def test_supervised_contrastive_loss_equals_a_hand_computation():
     import math
@@ -201,6 +203,7 @@ def test_contrastive_terms_add_to_the_episode_loss_and_train_the_encoder():
 
 # -- support-set tuning at test time ---------------------------------------------------------------
 
+
 def test_leave_one_out_and_pair_losses_equal_hand_computations():
     from metarun.learners.support_tuning import leave_one_out_loss, pair_loss
 
@@ -241,12 +244,17 @@ def test_support_tuning_runs_end_to_end_and_bad_options_are_named(tmp_path):
     from conftest import FAST, run_in_process
     from metarun.errors import ConfigError
 
-    results = run_in_process([*FAST, "trainer.max_steps=0", "learner.support_tuning_steps=2", "eval.test.episodes=4"],
-                             tmp_path / "run")
+    results = run_in_process(
+        [*FAST, "trainer.max_steps=0", "learner.support_tuning_steps=2", "eval.test.episodes=4"], tmp_path / "run"
+    )
     assert results["results"]["test/5way_1shot"]["episodes"] == 4
-    with pytest.raises(ConfigError, match="learner.support_tuning_loss='mse' is not valid; choose one of: proto, pairs"):
+    with pytest.raises(
+        ConfigError, match="learner.support_tuning_loss='mse' is not valid; choose one of: proto, pairs"
+    ):
         ProtoNet(nn.Identity(), support_tuning_loss="mse")
-    with pytest.raises(ConfigError, match="learner.support_tuning_steps=-1 is not valid; it must be a whole number of at least 0"):
+    with pytest.raises(
+        ConfigError, match="learner.support_tuning_steps=-1 is not valid; it must be a whole number of at least 0"
+    ):
         ProtoNet(nn.Identity(), support_tuning_steps=-1)
 
 

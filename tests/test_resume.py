@@ -81,12 +81,21 @@ def test_meta_learned_learners_resume_exactly_after_sigkill(tmp_path, learner, o
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("sig, code, words, learner", [
-    ("SIGINT", 130, "interrupted", ["learner=lstm_meta", "learner.tensor_embedding=2", "learner.inner_steps=2"]),
-    ("SIGTERM", 143, "terminated (SIGTERM)", ["learner=hypernet", "learner.generate=adapters", "learner.inner_steps=1"]),
-])
-def test_ctrl_c_or_sigterm_mid_training_exits_with_a_message_and_the_resume_is_exact(tmp_path, sig, code, words,
-                                                                                       learner):
+@pytest.mark.parametrize(
+    "sig, code, words, learner",
+    [
+        ("SIGINT", 130, "interrupted", ["learner=lstm_meta", "learner.tensor_embedding=2", "learner.inner_steps=2"]),
+        (
+            "SIGTERM",
+            143,
+            "terminated (SIGTERM)",
+            ["learner=hypernet", "learner.generate=adapters", "learner.inner_steps=1"],
+        ),
+    ],
+)
+def test_ctrl_c_or_sigterm_mid_training_exits_with_a_message_and_the_resume_is_exact(
+    tmp_path, sig, code, words, learner
+):
     import signal
     import subprocess
     import sys
@@ -94,8 +103,13 @@ def test_ctrl_c_or_sigterm_mid_training_exits_with_a_message_and_the_resume_is_e
 
     args = [*FAST, *learner, "trainer.max_steps=100", "trainer.eval_every=100", "trainer.checkpoint_every=2"]
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "metarun", *args, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metarun", *args, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     last = run_dir / "checkpoints" / "last.pt"
     deadline = time.time() + 120
     while not last.is_file() and proc.poll() is None and time.time() < deadline:

@@ -66,7 +66,9 @@ def test_sweep_job_folders_stay_inside_the_sweep_and_failed_jobs_exit_3(tmp_path
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 2 and all((j / "FAILED").is_file() for j in jobs)
     assert [j.name.split("data.path=")[1].split("-")[0] for j in jobs] == ["x.tsv", "y.tsv"]
-    assert not (tmp_path.parent / "x.tsv").exists() and not any(p.name.startswith("abs") for p in tmp_path.rglob("abs*"))
+    assert not (tmp_path.parent / "x.tsv").exists() and not any(
+        p.name.startswith("abs") for p in tmp_path.rglob("abs*")
+    )
     summary = res.stdout + res.stderr
     assert "2 job(s) failed" in summary and all(j.name in summary for j in jobs)
 
@@ -74,8 +76,10 @@ def test_sweep_job_folders_stay_inside_the_sweep_and_failed_jobs_exit_3(tmp_path
 def test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
     full = run_in_process(ARGS, tmp_path / "full")
     run_dir = tmp_path / "run"
-    killed = run_cli([*ARGS, f"hydra.run.dir={run_dir}", "trainer.debug_kill_at_step=6",
-                      "trainer.debug_kill_during_save=true"], cwd=tmp_path)
+    killed = run_cli(
+        [*ARGS, f"hydra.run.dir={run_dir}", "trainer.debug_kill_at_step=6", "trainer.debug_kill_during_save=true"],
+        cwd=tmp_path,
+    )
     assert killed.returncode == -9
     orphans = list((run_dir / "checkpoints").glob(".last.pt.*.tmp"))
     assert len(orphans) == 1 and orphans[0].stat().st_size > 0  # the write that was cut short
@@ -140,8 +144,10 @@ def test_ctrl_c_names_the_last_checkpoint_and_exits_130(cli_job, tmp_path, capsy
     assert "interrupted" in err and str(tmp_path / "checkpoints" / "last.pt") in err and "resume" in err
 
 
-@pytest.mark.parametrize("code,words", [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "read-only"),
-                                        (errno.EACCES, "permission was denied")])
+@pytest.mark.parametrize(
+    "code,words",
+    [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "read-only"), (errno.EACCES, "permission was denied")],
+)
 def test_a_full_disk_or_unwritable_folder_is_one_message_naming_the_path(cli_job, capsys, code, words):
     def failing(cfg):
         raise OSError(code, os.strerror(code), "/data/runs/x/results.json")
@@ -213,8 +219,14 @@ def test_sweep_folder_names_depend_on_each_value_only():
     from metarun.resolvers import safe_dirname
 
     path = "/a/long/path/to/the/shared/data/folder/of/this/lab/liu_splits.json"
-    names = [safe_dirname(f"data.split_file={path},learner={learner},sampler.k_shot={k},trainer.max_steps=100,"
-                          f"trainer.lr=0.0001,seed={k}") for learner in ("protonet", "relation") for k in (1, 5)]
+    names = [
+        safe_dirname(
+            f"data.split_file={path},learner={learner},sampler.k_shot={k},trainer.max_steps=100,"
+            f"trainer.lr=0.0001,seed={k}"
+        )
+        for learner in ("protonet", "relation")
+        for k in (1, 5)
+    ]
     parts = {n.split(",")[0] for n in names}
     assert len(parts) == 1 and parts.pop().startswith("data.split_file=liu_splits")  # one value, one name
     assert len(set(names)) == 4 and all(len(n) <= 120 and "/" not in n for n in names)
@@ -224,7 +236,9 @@ def test_options_added_later_at_their_old_behaviour_match_saved_configs_without_
     from metarun.tracking.run_dir import config_diff
 
     saved = {"data": {"name": "banking77", "split": 1}, "seed": 0}
-    now = {"data": {"name": "banking77", "split": 1, "dedupe": False, "encoding": "utf-8", "quoting": "minimal"},
-           "seed": 0}
+    now = {
+        "data": {"name": "banking77", "split": 1, "dedupe": False, "encoding": "utf-8", "quoting": "minimal"},
+        "seed": 0,
+    }
     assert config_diff(saved, now) == {}  # older run folders still resume and are still skipped
     assert config_diff(saved, {**now, "data": {**now["data"], "dedupe": True}}) == {"data.dedupe": (False, True)}

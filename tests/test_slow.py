@@ -9,7 +9,9 @@ from conftest import read_json, run_cli
 def test_frozen_minilm_protonet_on_banking77_matches_known_numbers(tmp_path):
     # Frozen all-MiniLM-L6-v2 + ProtoNet, BANKING77 split 1, 600 episodes: 78.11 / 94.69 measured here.
     run_dir = tmp_path / "run"
-    res = run_cli(["trainer.max_steps=0", "trainer.progress=false", f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=900)
+    res = run_cli(
+        ["trainer.max_steps=0", "trainer.progress=false", f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=900
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     r = read_json(run_dir / "results.json")["results"]
     assert 76.0 <= r["test/5way_1shot"]["acc"] <= 80.0

@@ -56,9 +56,11 @@ def test_published_numbers_print_beside_ours(tmp_path, capsys):
     for i, (k, seed, acc) in enumerate([(1, 0, 80.0), (1, 1, 82.0), (5, 0, 95.0)]):
         fake_run(sweep, f"{i}_job", "protonet", k, seed, acc)
     published = tmp_path / "published.yaml"
-    published.write_text("source: Some et al. 2021\nrows: [learner]\ncols: [setting]\nagg: std\n"
-                         "row_names: {protonet: ProtoNet, paper-only: Their method}\n"
-                         "values:\n  protonet: {5way_1shot: 83.5, 5way_5shot: 96.0}\n  paper-only: {5way_5shot: 97.1}\n")
+    published.write_text(
+        "source: Some et al. 2021\nrows: [learner]\ncols: [setting]\nagg: std\n"
+        "row_names: {protonet: ProtoNet, paper-only: Their method}\n"
+        "values:\n  protonet: {5way_1shot: 83.5, 5way_5shot: 96.0}\n  paper-only: {5way_5shot: 97.1}\n"
+    )
     assert main([str(sweep), "--published", str(published), "--out", str(sweep)]) == 0
     md = (sweep / "table_vs_published.md").read_text()
     lines = md.splitlines()
@@ -86,7 +88,10 @@ def test_every_reproduce_preset_has_published_numbers_and_a_usage_error():
         assert (config_dir() / "experiment" / f"{name}.yaml").is_file()
         assert load_published(root / "scripts" / "published" / f"{name}.yaml")["values"]
     bad = subprocess.run(["bash", str(script), "nope"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "one of: protaugment_protonet, fsic_best, fsic_frozen, intentbert_protocol, mteb_banking77" in bad.stderr
+    assert (
+        bad.returncode == 2
+        and "one of: protaugment_protonet, fsic_best, fsic_frozen, intentbert_protocol, mteb_banking77" in bad.stderr
+    )
 
 
 def test_reproduce_script_runs_a_preset_and_prints_it_beside_the_published_table(tmp_path):
@@ -97,9 +102,20 @@ def test_reproduce_script_runs_a_preset_and_prints_it_beside_the_published_table
 
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"METARUN_REPRO_DIR": str(tmp_path)}
-    res = subprocess.run(["bash", str(root / "scripts" / "reproduce.sh"), "mteb_banking77", "debug=fast",
-                          "trainer.progress=false", "eval.test.draws=2"], capture_output=True, text=True, env=env,
-                         timeout=600)
+    res = subprocess.run(
+        [
+            "bash",
+            str(root / "scripts" / "reproduce.sh"),
+            "mteb_banking77",
+            "debug=fast",
+            "trainer.progress=false",
+            "eval.test.draws=2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     lines = (tmp_path / "mteb_banking77" / "table_vs_published.md").read_text().splitlines()
     assert lines[0] == "| model | banking77_8per_class ours | banking77_8per_class published |"
@@ -112,12 +128,23 @@ def test_reproduce_script_runs_a_preset_and_prints_it_beside_the_published_table
 def test_sweep_tables_get_a_row_for_every_key_the_sweep_varies():
     from metarun.tracking.callbacks import SweepSummary, swept_keys
 
-    overrides = ["experiment=x", "learner=protonet,maml", "trainer.max_steps=0,300", "data@eval.test.data=a,b",
-                 "seed=0,1,2", "data.split=1,2", "hydra/launcher=parallel", "trainer.progress=false"]
+    overrides = [
+        "experiment=x",
+        "learner=protonet,maml",
+        "trainer.max_steps=0,300",
+        "data@eval.test.data=a,b",
+        "seed=0,1,2",
+        "data.split=1,2",
+        "hydra/launcher=parallel",
+        "trainer.progress=false",
+    ]
     assert swept_keys(overrides) == ["learner", "trainer.max_steps", "test_data", "seed", "data.split"]
     same = [{"data": "banking77", "test_data": "banking77"}]
     assert SweepSummary().table_rows(overrides, same) == ["learner", "trainer.max_steps"]  # seeds, splits averaged
-    assert SweepSummary().table_rows(["data=a,b", "data.train_per_class=10,null"], same) == ["learner", "data.train_per_class"]
+    assert SweepSummary().table_rows(["data=a,b", "data.train_per_class=10,null"], same) == [
+        "learner",
+        "data.train_per_class",
+    ]
     cross = [{"data": "fewrel", "test_data": "pubmed"}]
     assert SweepSummary().table_rows(["data=a,b"], cross) == ["learner", "data"]  # data is not the test column
     assert SweepSummary(rows="encoder").table_rows(overrides, same) == ["encoder"]
@@ -130,8 +157,10 @@ def test_sweep_plot_draws_a_line_per_row_label(tmp_path):
     for i, (k, seed, acc) in enumerate([(1, 0, 80.0), (5, 1, 95.0)]):
         fake_run(tmp_path / "sweep", f"{i}_job", "protonet", k, seed, acc)
     runs = load_runs([tmp_path / "sweep"])
-    assert [" / ".join(labels(r, ["learner", "seed", "sampler.k_shot"], "5way_1shot")) for r in runs] == \
-        ["protonet / 0 / 1", "protonet / 1 / 5"]
+    assert [" / ".join(labels(r, ["learner", "seed", "sampler.k_shot"], "5way_1shot")) for r in runs] == [
+        "protonet / 0 / 1",
+        "protonet / 1 / 5",
+    ]
     png = plot_sweep(runs, tmp_path, lines=["learner", "seed"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -140,15 +169,25 @@ def test_unlike_runs_never_share_a_cell_and_tables_go_to_the_current_folder(tmp_
     """A frozen and a trained run, or runs on two target files, get rows of their own; seeds pool;
     --pool names other keys that may pool."""
     sweep = tmp_path / "runs"
-    for i, (steps, target, seed, acc) in enumerate([(0, "pubmed", 0, 40.0), (0, "pubmed", 1, 42.0),
-                                                    (300, "pubmed", 0, 60.0), (0, "semeval", 0, 30.0)]):
+    for i, (steps, target, seed, acc) in enumerate(
+        [(0, "pubmed", 0, 40.0), (0, "pubmed", 1, 42.0), (300, "pubmed", 0, 60.0), (0, "semeval", 0, 30.0)]
+    ):
         folder = sweep / f"{i}"
         (folder / ".hydra").mkdir(parents=True)
         (folder / ".hydra" / "config.yaml").write_text(
-            f"seed: {seed}\ntrainer:\n  max_steps: {steps}\neval:\n  test:\n    data:\n      path: {target}.json\n")
-        (folder / "results.json").write_text(json.dumps({
-            "learner": "protonet", "data": "fewrel", "test_data": "fewrel_file", "seed": seed,
-            "results": {"test/5way_1shot": {"acc": acc, "ci95": 1.0, "episodes": 600}}}))
+            f"seed: {seed}\ntrainer:\n  max_steps: {steps}\neval:\n  test:\n    data:\n      path: {target}.json\n"
+        )
+        (folder / "results.json").write_text(
+            json.dumps(
+                {
+                    "learner": "protonet",
+                    "data": "fewrel",
+                    "test_data": "fewrel_file",
+                    "seed": seed,
+                    "results": {"test/5way_1shot": {"acc": acc, "ci95": 1.0, "episodes": 600}},
+                }
+            )
+        )
     monkeypatch.chdir(tmp_path)
     assert main([str(sweep)]) == 0
     md = (tmp_path / "table.md").read_text()  # the current folder, not a run folder

@@ -52,7 +52,9 @@ def test_a_second_run_reads_the_stored_tokens_instead_of_tokenising(tmp_path, mo
     assert len(files) == 1
     calls = []
     real = type(tokenize.tokenizer).__call__
-    monkeypatch.setattr(type(tokenize.tokenizer), "__call__", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    monkeypatch.setattr(
+        type(tokenize.tokenizer), "__call__", lambda self, *a, **k: calls.append(1) or real(self, *a, **k)
+    )
     again = pretokenized(tokenize, [data], tmp_path)
     assert calls == []  # loaded from the Arrow file datasets wrote
     assert torch.equal(again(list(data.examples[:5]))["input_ids"], tokenize(list(data.examples[:5]))["input_ids"])
@@ -62,8 +64,9 @@ def test_a_second_run_reads_the_stored_tokens_instead_of_tokenising(tmp_path, mo
 
 
 def test_entity_markers_keep_tokenising_per_batch(tmp_path):
-    tokenize = build(compose_cfg(["encoder=tiny", "encoder.entity_markers=true", "encoder.pooling=entity_start"]).encoder,
-                     "encoder").tokenize
+    tokenize = build(
+        compose_cfg(["encoder=tiny", "encoder.entity_markers=true", "encoder.pooling=entity_start"]).encoder, "encoder"
+    ).tokenize
     assert pretokenized(tokenize, [sentences(5)], tmp_path) is tokenize
 
 

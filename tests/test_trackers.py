@@ -197,7 +197,8 @@ def test_a_tracker_that_cannot_start_is_one_warning_and_the_run_goes_on(tmp_path
 
     plain = run_in_process(ARGS, tmp_path / "plain")
     with caplog.at_level(logging.WARNING, "metarun"):
-        results = run_in_process([*ARGS, "logger=[jsonl,mlflow]", f"logger.mlflow.tracking_uri={uri}"], tmp_path / "run")
+        results = run_in_process([*ARGS, "logger=[jsonl,mlflow]", f"logger.mlflow.tracking_uri={uri}"],
+                                 tmp_path / "run")
     assert results["results"] == plain["results"] and (tmp_path / "run" / "DONE").is_file()
     warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("mlflow:")]
     assert len(warned) == 1 and "could not start its run" in warned[0] and "logger.mlflow" in warned[0]

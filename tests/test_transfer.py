@@ -232,7 +232,8 @@ def test_distill_from_a_hugging_face_classifier_maps_its_labels_to_the_training_
     classes = ["refund", "card lost", "top up"]
     learner = Distill(encoder, classes, teacher=str(teacher_dir), student_layers=[1])
     assert len(learner.encoder.model.encoder.layer) == 1 and learner.head.out_features == 3
-    examples = [Example(f"my {w} please", c) for w, c in (("card", "refund"), ("money", "top up"), ("pin", "card lost"))]
+    words = (("card", "refund"), ("money", "top up"), ("pin", "card lost"))
+    examples = [Example(f"my {w} please", c) for w, c in words]
     batch = encoder.tokenize(examples)
     full = learner.teacher.model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
     assert torch.equal(learner.teacher(batch), full[:, [2, 0, 3]])

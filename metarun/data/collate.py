@@ -32,8 +32,15 @@ class Episode:
                 return {k: v.to(device, non_blocking=non_blocking) for k, v in x.items()}
             return x.to(device, non_blocking=non_blocking)
 
-        return Episode(move(self.support), move(self.support_labels), move(self.query), move(self.query_labels), self.n_way, self.meta,
-                       self.encoded)
+        return Episode(
+            move(self.support),
+            move(self.support_labels),
+            move(self.query),
+            move(self.query_labels),
+            self.n_way,
+            self.meta,
+            self.encoded,
+        )
 
 
 Tokenize = Callable[[Sequence[Example]], dict[str, torch.Tensor]]

@@ -37,7 +37,9 @@ def read_fewrel(path: str | Path, relations: list[str] | None = None, hint: str 
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read FewRel file {path}: {e}.") from None
     except json.JSONDecodeError as e:
-        raise DataError(f"FewRel file {path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.") from None
+        raise DataError(
+            f"FewRel file {path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}."
+        ) from None
     if not isinstance(raw, dict):
         raise DataError(f"FewRel file {path} must hold a JSON object mapping relation ids to instance lists.")
     if relations is not None:
@@ -97,8 +99,13 @@ def load_fewrel(
             cache[k] = read_fewrel(Path(root).expanduser() / file, rels)
         return cache[k]
 
-    return DataSplits(name, part(train_file, "train"), part(val_file, "val"), part(test_file, "test"),
-                      class_names=relation_names(root))
+    return DataSplits(
+        name,
+        part(train_file, "train"),
+        part(val_file, "val"),
+        part(test_file, "test"),
+        class_names=relation_names(root),
+    )
 
 
 def relation_names(root: str | Path, file: str = "pid2name.json") -> dict[str, str]:
@@ -114,8 +121,16 @@ def relation_names(root: str | Path, file: str = "pid2name.json") -> dict[str, s
         raise DataError(f"{path} must map relation ids to [name, description] lists ({e}).") from None
 
 
-def load_fewrel_split(name: str, root: str, file: str, train: Sequence[str], test: Sequence[str],
-                      val_per_class: int = 100, seed: int = 0, names_file: str = "pid2name.json") -> DataSplits:
+def load_fewrel_split(
+    name: str,
+    root: str,
+    file: str,
+    train: Sequence[str],
+    test: Sequence[str],
+    val_per_class: int = 100,
+    seed: int = 0,
+    names_file: str = "pid2name.json",
+) -> DataSplits:
     """One FewRel file split by relation: `train` relations for meta-training, `test` relations for
     test episodes, and validation episodes from `val_per_class` held-out instances of each training
     relation (a fixed random choice per `seed`)."""
@@ -129,8 +144,10 @@ def load_fewrel_split(name: str, root: str, file: str, train: Sequence[str], tes
     for rel in train:
         idx = np.asarray(data.indices_of(rel))
         if len(idx) <= val_per_class:
-            raise DataError(f"data {name}: relation {rel} in {data.source} has {len(idx)} instances, too few to "
-                            f"hold out data.val_per_class={val_per_class} for validation.")
+            raise DataError(
+                f"data {name}: relation {rel} in {data.source} has {len(idx)} instances, too few to "
+                f"hold out data.val_per_class={val_per_class} for validation."
+            )
         held = set(rng.choice(len(idx), size=val_per_class, replace=False).tolist())
         for j, i in enumerate(idx.tolist()):
             (val_idx if j in held else train_idx).append(i)
@@ -138,8 +155,14 @@ def load_fewrel_split(name: str, root: str, file: str, train: Sequence[str], tes
     test_part = data.subset(test, f"{data.source} [test relations]")
     names = relation_names(root, names_file)
     log.info("%s: train relations %s; test relations %s", name, _named(train, names), _named(test, names))
-    return DataSplits(name, part(train_idx, "training relations"), part(val_idx, "held-out instances of the training relations"),
-                      test_part, val_seen_classes=True, class_names=names)
+    return DataSplits(
+        name,
+        part(train_idx, "training relations"),
+        part(val_idx, "held-out instances of the training relations"),
+        test_part,
+        val_seen_classes=True,
+        class_names=names,
+    )
 
 
 def load_fewrel_file(name: str, path: str, names_file: str | None = None) -> DataSplits:

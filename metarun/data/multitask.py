@@ -58,7 +58,9 @@ def load_multitask(name: str, sources: dict[str, DataSplits], target: str, heldo
             raise DataError(f"task {task!r} trains on the target's few-shot classes {leaked[:5]}; fix the class split.")
         pool = splits.train
         if source_classes == "all" and task != target:
-            pool = FewShotDataset(splits.train.examples + splits.val.examples + splits.test.examples, splits.train.source)
+            pool = FewShotDataset(
+                splits.train.examples + splits.val.examples + splits.test.examples, splits.train.source
+            )
         kept = []
         for c in pool.classes:
             idx = list(pool.indices_of(c))

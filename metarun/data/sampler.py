@@ -205,10 +205,14 @@ class MultiTaskSampler:
         self.task_indices = {t: [i for c in self.task_classes[t] for i in dataset.indices_of(c)] for t in self.tasks}
         for t, idx in self.task_indices.items():
             if len(idx) < batch_size:
-                raise DataError(f"task {t!r} has {len(idx)} training examples, fewer than sampler.batch_size={batch_size}.")
+                raise DataError(
+                    f"task {t!r} has {len(idx)} training examples, fewer than sampler.batch_size={batch_size}."
+                )
         self.probs = task_probabilities([len(self.task_indices[t]) for t in self.tasks], sampling, temperature, cap)
         # label of each example: the position of its class within its task's classes
-        self._labels = {i: k for t in self.tasks for k, c in enumerate(self.task_classes[t]) for i in dataset.indices_of(c)}
+        self._labels = {
+            i: k for t in self.tasks for k, c in enumerate(self.task_classes[t]) for i in dataset.indices_of(c)
+        }
 
     def __getitem__(self, i: int) -> MultiTaskSpec:
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, i]))

@@ -41,7 +41,9 @@ def fingerprint(tokenizer, max_length: int, keys: Sequence[tuple[str, str | None
         h.update(json.dumps(rules, sort_keys=True).encode())
     else:
         h.update(repr(sorted(tokenizer.get_vocab().items())).encode())
-    h.update(json.dumps([type(tokenizer).__name__, tokenizer.padding_side, tokenizer.pad_token_id, max_length]).encode())
+    h.update(
+        json.dumps([type(tokenizer).__name__, tokenizer.padding_side, tokenizer.pad_token_id, max_length]).encode()
+    )
     for key in keys:
         h.update(json.dumps(key).encode() + b"\n")
     return h.hexdigest()
@@ -72,8 +74,11 @@ class PretokenizedTokenizer:
             ids[i, : lengths[i]] = torch.from_numpy(row_ids)
             if row_segments is not None:
                 segments[i, : lengths[i]] = torch.from_numpy(row_segments)
-        out = {"input_ids": ids, "token_type_ids": segments,
-               "attention_mask": (torch.arange(width) < torch.tensor(lengths)[:, None]).long()}
+        out = {
+            "input_ids": ids,
+            "token_type_ids": segments,
+            "attention_mask": (torch.arange(width) < torch.tensor(lengths)[:, None]).long(),
+        }
         return {c: out[c] for c in self.columns}
 
 
@@ -111,12 +116,20 @@ def _verified(cache_file: Path, digest_file: Path, fp: str, rows: int):
             stored = json.loads(digest_file.read_text())
         except FileNotFoundError:
             raise ValueError(f"has no digest file {digest_file.name} (a write was cut short)") from None
-        if not isinstance(stored, dict) or stored.get("key") != fp or stored.get("digest") != content_digest(fp, tokens):
+        if (
+            not isinstance(stored, dict)
+            or stored.get("key") != fp
+            or stored.get("digest") != content_digest(fp, tokens)
+        ):
             raise ValueError("its contents do not match the digest written with them")
         return tokens
     except Exception as e:  # damaged, altered or foreign: never used
-        log.warning("token cache: %s is unusable (%s: %s); tokenising again", cache_file, type(e).__name__,
-                    str(e).splitlines()[0][:200] if str(e) else "")
+        log.warning(
+            "token cache: %s is unusable (%s: %s); tokenising again",
+            cache_file,
+            type(e).__name__,
+            str(e).splitlines()[0][:200] if str(e) else "",
+        )
         for f in (cache_file, digest_file):
             with contextlib.suppress(OSError):
                 f.unlink(missing_ok=True)
@@ -133,8 +146,12 @@ def _cache_folder(cache_dir: str | Path | None) -> Path | None:
         if not os.access(folder, os.W_OK):
             raise PermissionError(f"{folder} is not writable")
     except OSError as e:
-        log.warning("token cache: cannot use %s (%s); tokenising without the cache (set HF_DATASETS_CACHE to a "
-                    "writable folder, or token_cache=false)", folder, e.strerror or e)
+        log.warning(
+            "token cache: cannot use %s (%s); tokenising without the cache (set HF_DATASETS_CACHE to a "
+            "writable folder, or token_cache=false)",
+            folder,
+            e.strerror or e,
+        )
         return None
     return folder
 
@@ -147,8 +164,12 @@ def pretokenized(tokenize, parts: Sequence[FewShotDataset], cache_dir: str | Pat
 
     datasets.disable_progress_bars()  # about a second of work: no bar
     tokenizer = getattr(tokenize, "tokenizer", None)
-    if getattr(tokenize, "entity_markers", True) or tokenizer is None or not getattr(tokenizer, "is_fast", False) \
-            or tokenizer.padding_side != "right":
+    if (
+        getattr(tokenize, "entity_markers", True)
+        or tokenizer is None
+        or not getattr(tokenizer, "is_fast", False)
+        or tokenizer.padding_side != "right"
+    ):
         return tokenize
     keys = list(dict.fromkeys((e.text, e.text_pair) for part in parts for e in part.examples))
     if not keys:
@@ -164,20 +185,30 @@ def pretokenized(tokenize, parts: Sequence[FewShotDataset], cache_dir: str | Pat
     tokens = _verified(cache_file, digest_file, fp, len(keys))
     hit = tokens is not None
     if not hit:
+
         def encode(batch):
-            return tokenizer(batch["text"], batch["text_pair"] if pairs else None, truncation=True,
-                             max_length=tokenize.max_length)
+            return tokenizer(
+                batch["text"], batch["text_pair"] if pairs else None, truncation=True, max_length=tokenize.max_length
+            )
 
         table = datasets.Dataset.from_dict({"text": [k[0] for k in keys], "text_pair": [k[1] for k in keys]})
         try:
-            tokens = table.map(encode, batched=True, batch_size=1000, remove_columns=["text", "text_pair"],
-                               cache_file_name=str(cache_file), new_fingerprint=fp, load_from_cache_file=False,
-                               desc="tokenising")
+            tokens = table.map(
+                encode,
+                batched=True,
+                batch_size=1000,
+                remove_columns=["text", "text_pair"],
+                cache_file_name=str(cache_file),
+                new_fingerprint=fp,
+                load_from_cache_file=False,
+                desc="tokenising",
+            )
             digest = {"key": fp, "digest": content_digest(fp, tokens)}
             atomic_write(digest_file, lambda f: f.write(json.dumps(digest).encode()))
         except OSError as e:  # a full or read-only disk costs the cache, never the run
-            log.warning("token cache: could not write %s (%s); tokenising without the cache", cache_file,
-                        e.strerror or e)
+            log.warning(
+                "token cache: could not write %s (%s); tokenising without the cache", cache_file, e.strerror or e
+            )
             for f in (cache_file, digest_file):
                 with contextlib.suppress(OSError):
                     f.unlink(missing_ok=True)
@@ -186,6 +217,10 @@ def pretokenized(tokenize, parts: Sequence[FewShotDataset], cache_dir: str | Pat
     ids = _rows(tokens, "input_ids")
     segments = _rows(tokens, "token_type_ids") if pairs and "token_type_ids" in columns else [None] * len(keys)
     rows = dict(zip(keys, zip(ids, segments)))
-    log.info("tokens of %d sentences %s (%s)", len(keys), "read from the cache" if hit else "tokenised once and cached",
-             cache_file)
+    log.info(
+        "tokens of %d sentences %s (%s)",
+        len(keys),
+        "read from the cache" if hit else "tokenised once and cached",
+        cache_file,
+    )
     return PretokenizedTokenizer(tokenize, rows, columns)

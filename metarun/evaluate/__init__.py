@@ -23,12 +23,24 @@ from metarun.evaluate.episodic import EpisodicEvaluator, Protocol
 from metarun.evaluate.heldout import HeldOutTasks
 from metarun.evaluate.per_class import DrawFineTuning, PerClassEvaluator
 
-__all__ = ["DrawFineTuning", "EpisodicEvaluator", "Evaluator", "HeldOutTasks", "PerClassEvaluator", "Protocol", "build_evaluator",
-           "encode_examples", "evaluating", "mean_ci95", "summary"]
+__all__ = [
+    "DrawFineTuning",
+    "EpisodicEvaluator",
+    "Evaluator",
+    "HeldOutTasks",
+    "PerClassEvaluator",
+    "Protocol",
+    "build_evaluator",
+    "encode_examples",
+    "evaluating",
+    "mean_ci95",
+    "summary",
+]
 
 
-def build_evaluator(ev: DictConfig, role: str, data: DataSplits, progress: bool, dist: Dist = Dist(),
-                    feature_cache=None):
+def build_evaluator(
+    ev: DictConfig, role: str, data: DataSplits, progress: bool, dist: Dist = Dist(), feature_cache=None
+):
     """The evaluator of `eval.<role>` (val or test) for a run on `data`; `feature_cache`: a FeatureCache
     when the run's encoder does not train."""
     node = ev[role]
@@ -44,8 +56,15 @@ def build_evaluator(ev: DictConfig, role: str, data: DataSplits, progress: bool,
             ) from None
     unused = get_class(node._target_).unused_keys
     protocol = without(node, "data", *unused)
-    objects = {"data": getattr(data, role), "prefix": role, "batch_size": ev.batch_size, "progress": progress,
-               "dist": dist, "target": target, "feature_cache": feature_cache}
+    objects = {
+        "data": getattr(data, role),
+        "prefix": role,
+        "batch_size": ev.batch_size,
+        "progress": progress,
+        "dist": dist,
+        "target": target,
+        "feature_cache": feature_cache,
+    }
     if "seed" not in node:  # a protocol may fix its own seed (per_class draws); else the eval seed
         objects["seed"] = ev.seed
     return build(protocol, f"eval.{role}", **objects)

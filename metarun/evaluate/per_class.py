@@ -110,11 +110,20 @@ class PerClassEvaluator(Evaluator):
         with torch.inference_mode(), amp:
             pool_feats = encode_examples(learner, pool, device, self.batch_size, f"{self.prefix}: encoding pool",
                                          self.progress, cache=self.feature_cache)
-            test_feats = encode_examples(learner, self.data.test, device, self.batch_size, f"{self.prefix}: encoding test",
-                                         self.progress, cache=self.feature_cache)
+            test_feats = encode_examples(
+                learner,
+                self.data.test,
+                device,
+                self.batch_size,
+                f"{self.prefix}: encoding test",
+                self.progress,
+                cache=self.feature_cache,
+            )
         row = {i: r for r, i in enumerate(needed)}
         out = {}
-        for (k, d), idx in tqdm(draws.items(), desc=f"{self.prefix}: per-class draws", disable=not self.progress, leave=False):
+        for (k, d), idx in tqdm(
+            draws.items(), desc=f"{self.prefix}: per-class draws", disable=not self.progress, leave=False
+        ):
             x = pool_feats[[row[i] for i in idx]]
             y = self.labels([self.data.pool[i] for i in idx], device)
             w, b = fit_logistic_regression(x, y, len(self.classes), C=self.C, max_iter=self.max_iter)
@@ -145,7 +154,7 @@ class PerClassEvaluator(Evaluator):
                 opt.step()
         model.eval()
         with torch.inference_mode(), amp:
-            feats = encode_examples(model, self.data.test, device, self.batch_size, f"{self.prefix}: encoding test", False)
+            feats = encode_examples(
+                model, self.data.test, device, self.batch_size, f"{self.prefix}: encoding test", False
+            )
             return (model.head(feats.to(model.head.weight.dtype)).argmax(-1) == test_y).float().mean().item()
-
-

@@ -109,7 +109,9 @@ class Learner(nn.Module):
 
     # -- checkpoints: what trains is saved; frozen weights come from where they were loaded --------
     def _frozen(self) -> set[str]:
-        return {k for k, v in self.state_dict(keep_vars=True).items() if isinstance(v, nn.Parameter) and not v.requires_grad}
+        return {
+            k for k, v in self.state_dict(keep_vars=True).items() if isinstance(v, nn.Parameter) and not v.requires_grad
+        }
 
     def trained_state(self) -> dict[str, torch.Tensor]:
         """The state dict without frozen parameters (a frozen encoder's weights come from its package
@@ -119,17 +121,23 @@ class Learner(nn.Module):
 
     def _from_config(self) -> set[str]:
         """Non-persistent buffers: values the config decides, never read from a checkpoint."""
-        return {f"{prefix}.{b}".lstrip(".") for prefix, m in self.named_modules() for b in m._non_persistent_buffers_set}
+        return {
+            f"{prefix}.{b}".lstrip(".") for prefix, m in self.named_modules() for b in m._non_persistent_buffers_set
+        }
 
     def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load a `trained_state`: everything but this learner's frozen parameters must be there. A
         value the config decides (a non-persistent buffer) that an older checkpoint saved is skipped."""
         from_config = self._from_config()
-        missing, unexpected = self.load_state_dict({k: v for k, v in state.items() if k not in from_config}, strict=False)
+        missing, unexpected = self.load_state_dict(
+            {k: v for k, v in state.items() if k not in from_config}, strict=False
+        )
         absent = [k for k in missing if k not in self._frozen()]
         if absent or unexpected:
-            raise CheckpointError(f"checkpoint does not fit this model (missing {absent[:3]}, unexpected "
-                                  f"{unexpected[:3]}). The file was kept; use the config it was written with.")
+            raise CheckpointError(
+                f"checkpoint does not fit this model (missing {absent[:3]}, unexpected "
+                f"{unexpected[:3]}). The file was kept; use the config it was written with."
+            )
 
 
 class FeatureLearner(Learner):

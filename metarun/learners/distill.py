@@ -100,8 +100,10 @@ def _run_teacher(path: str, file: Path, encoder: nn.Module, train_classes: Seque
     if frozen:  # a frozen encoder is not saved: its weights are the package's, as this run loaded them
         missing = [k for k in missing if not k.startswith("encoder.")]
     if missing or unexpected:
-        raise ConfigError(f"learner.teacher={path!r} is not a finetune checkpoint for this encoder and these "
-                          f"{len(train_classes)} training classes (missing {missing[:3]}, unexpected {unexpected[:3]}).")
+        raise ConfigError(
+            f"learner.teacher={path!r} is not a finetune checkpoint for this encoder and these "
+            f"{len(train_classes)} training classes (missing {missing[:3]}, unexpected {unexpected[:3]})."
+        )
     return RunTeacher(teacher).eval().requires_grad_(False)
 
 
@@ -120,36 +122,60 @@ def _hf_teacher(path: str, encoder: nn.Module, train_classes: Sequence[str]) -> 
     label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
     missing = [c for c in train_classes if c not in label2id]
     if missing:
-        raise ConfigError(f"learner.teacher={path!r}: its id2label lacks {len(missing)} training classes "
-                          f"({missing[:5]}); it has {sorted(label2id)[:5]}...; the teacher must classify "
-                          f"the run's training classes.")
+        raise ConfigError(
+            f"learner.teacher={path!r}: its id2label lacks {len(missing)} training classes "
+            f"({missing[:5]}); it has {sorted(label2id)[:5]}...; the teacher must classify "
+            f"the run's training classes."
+        )
     student_vocab = encoder.hf_tokenizer.get_vocab()
     if any(student_vocab.get(t) != i for t, i in tokenizer.get_vocab().items()):
-        raise ConfigError(f"learner.teacher={path!r} uses a different tokenizer from encoder.path "
-                          f"({len(tokenizer)} vs {len(encoder.hf_tokenizer)} tokens); set encoder.path={path} "
-                          f"so teacher and student read the same token ids.")
+        raise ConfigError(
+            f"learner.teacher={path!r} uses a different tokenizer from encoder.path "
+            f"({len(tokenizer)} vs {len(encoder.hf_tokenizer)} tokens); set encoder.path={path} "
+            f"so teacher and student read the same token ids."
+        )
     return HFTeacher(model, [label2id[c] for c in train_classes]).eval().requires_grad_(False)
 
 
 class Distill(ProbedLearner):
     trains_on_classes, reports = True, True
 
-    def __init__(self, encoder: nn.Module, train_classes: Sequence[str], teacher: str | None = None,
-                 student_layers: Sequence[int] = (0, 5), temperature: float = 2.0, alpha: float = 0.5,
-                 test_head: str = "logreg", C: float = 1.0, test_steps: int = 100, test_lr: float = 0.01,
-                 head_lr: float | None = 1e-3):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        train_classes: Sequence[str],
+        teacher: str | None = None,
+        student_layers: Sequence[int] = (0, 5),
+        temperature: float = 2.0,
+        alpha: float = 0.5,
+        test_head: str = "logreg",
+        C: float = 1.0,
+        test_steps: int = 100,
+        test_lr: float = 0.01,
+        head_lr: float | None = 1e-3,
+    ):
         if teacher is None:
-            raise ConfigError("learner=distill needs learner.teacher=<run dir of a `metarun learner=finetune` run "
-                              "(same data and encoder), or a Hugging Face sequence-classifier folder>.")
+            raise ConfigError(
+                "learner=distill needs learner.teacher=<run dir of a `metarun learner=finetune` run "
+                "(same data and encoder), or a Hugging Face sequence-classifier folder>."
+            )
         if temperature <= 0 or not 0 <= alpha <= 1:
-            raise ConfigError(f"learner.temperature must be positive and learner.alpha in [0, 1]; got {temperature}, {alpha}.")
+            raise ConfigError(
+                f"learner.temperature must be positive and learner.alpha in [0, 1]; got {temperature}, {alpha}."
+            )
         teacher_model = load_teacher(teacher, encoder, train_classes)
         if isinstance(teacher_model, RunTeacher):  # student = teacher's layers and classifier
-            student, head = truncated_copy(teacher_model.encoder, list(student_layers)), copy.deepcopy(teacher_model.head)
+            student, head = (
+                truncated_copy(teacher_model.encoder, list(student_layers)),
+                copy.deepcopy(teacher_model.head),
+            )
             # the copies of the (frozen) teacher's modules train, unless the run freezes the encoder
             student.requires_grad_(not encoder.frozen)
         else:  # student = the encoder's layers (the teacher's own when encoder.path is the teacher's path)
-            student, head = truncated_copy(encoder, list(student_layers)), nn.Linear(encoder.out_dim, len(train_classes))
+            student, head = (
+                truncated_copy(encoder, list(student_layers)),
+                nn.Linear(encoder.out_dim, len(train_classes)),
+            )
         super().__init__(student, test_head, C, test_steps, test_lr, head_lr=head_lr)
         self.head = head.requires_grad_(True)
         self.temperature, self.alpha = float(temperature), float(alpha)
@@ -164,8 +190,10 @@ class Distill(ProbedLearner):
 
     def training_loss(self, episode: Episode) -> StepOutput:
         if episode.query is not None or episode.n_way != self.head.out_features:
-            raise ConfigError("learner=distill trains on supervised batches over all training classes; use "
-                              "sampler=batches (learner=distill selects it).")
+            raise ConfigError(
+                "learner=distill trains on supervised batches over all training classes; use "
+                "sampler=batches (learner=distill selects it)."
+            )
         with torch.no_grad():
             teacher_logits = self.teacher(episode.support)
         logits = self.head(self.encoder(episode.support))
@@ -178,6 +206,7 @@ class Distill(ProbedLearner):
         """Student next to teacher: encoder parameters, inference speed (sentences/s, best of 3 passes
         over `batches`; the teacher with its classifier), and the teacher run's own results when its
         folder holds results.json."""
+
         def speed(encoder: nn.Module) -> float:
             was = encoder.training
             encoder.eval()
@@ -193,9 +222,13 @@ class Distill(ProbedLearner):
             return round(sum(len(b["input_ids"]) for b in batches) / best, 1)
 
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-        out = {"student_layers": len(self.encoder.transformer_layers()), "student_params": count(self.encoder),
-               "teacher_params": count(self.teacher.encoder), "student_sentences_per_s": speed(self.encoder),
-               "teacher_sentences_per_s": speed(self.teacher)}
+        out = {
+            "student_layers": len(self.encoder.transformer_layers()),
+            "student_params": count(self.encoder),
+            "teacher_params": count(self.teacher.encoder),
+            "student_sentences_per_s": speed(self.encoder),
+            "teacher_sentences_per_s": speed(self.teacher),
+        }
         results = self.teacher_dir / "results.json" if self.teacher_dir else None
         if results and results.is_file():
             out["teacher_results"] = json.loads(results.read_text())["results"]

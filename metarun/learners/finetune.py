@@ -63,16 +63,28 @@ class ProbedLearner(FeatureLearner):
         if self.test_head == "logreg":
             w, b = fit_logistic_regression(support, support_labels, n_way, C=self.C)
             return query.float() @ w.T + b
-        logits = fit_head(support, support_labels, n_way, self.test_head, self.test_steps, self.test_lr, scale=self.scale)
+        logits = fit_head(
+            support, support_labels, n_way, self.test_head, self.test_steps, self.test_lr, scale=self.scale
+        )
         return logits(query)
 
 
 class FineTune(ProbedLearner):
     trains_on_classes = True
 
-    def __init__(self, encoder: nn.Module, train_classes: Sequence[str], classifier: str = "linear",
-                 scale: float = 10.0, test_head: str = "logreg", C: float = 1.0, test_steps: int = 100,
-                 test_lr: float = 0.01, head_lr: float | None = 1e-3, freeze_encoder: bool = False):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        train_classes: Sequence[str],
+        classifier: str = "linear",
+        scale: float = 10.0,
+        test_head: str = "logreg",
+        C: float = 1.0,
+        test_steps: int = 100,
+        test_lr: float = 0.01,
+        head_lr: float | None = 1e-3,
+        freeze_encoder: bool = False,
+    ):
         super().__init__(encoder, test_head, C, test_steps, test_lr, scale, head_lr)
         check_choice("learner.classifier", classifier, CLASSIFIERS)
         self.classifier, self.n_classes = classifier, len(train_classes)

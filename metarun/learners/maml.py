@@ -128,9 +128,12 @@ class MAML(Learner):
         self.enc_names = adapted_encoder_names(encoder, adapt, top_k)
         names = [f"encoder.{n}" for n in self.enc_names] + list(HEAD)
         shapes = {f"encoder.{n}": p.shape for n, p in encoder.named_parameters()}
-        shapes.update({"head.weight": torch.Size([1, encoder.out_dim]), "head.bias": torch.Size([1])})  # broadcast over classes
+        # broadcast over classes
+        shapes.update({"head.weight": torch.Size([1, encoder.out_dim]), "head.bias": torch.Size([1])})
         zero_first = tuple(names[:-2]) if head_init == "zeros" else ()
-        self.policy = InnerLoopPolicy(names, shapes, inner_lr, step_size, max(inner_steps, test_inner_steps), zero_first)
+        self.policy = InnerLoopPolicy(
+            names, shapes, inner_lr, step_size, max(inner_steps, test_inner_steps), zero_first
+        )
         # The encoder is only run at test time, with fixed weights, when nothing in it adapts:
         # evaluation can then cache features.
         self.feature_eval = not self.enc_names
@@ -146,7 +149,7 @@ class MAML(Learner):
     # -- the one inner-loop driver ----------------------------------------------------------------
     def _encode(self, params: dict, inputs) -> torch.Tensor:
         """Features under the adapted encoder tensors in `params` (the rest read from the module)."""
-        enc = {n[len("encoder."):]: params[n] for n in params if n.startswith("encoder.")}
+        enc = {n[len("encoder.") :]: params[n] for n in params if n.startswith("encoder.")}
         return functional_call(self.encoder, enc, (inputs,)) if enc else self.encoder(inputs)
 
     def _init_head(self, support_feats: torch.Tensor | None, labels: torch.Tensor, n_way: int):
@@ -157,9 +160,19 @@ class MAML(Learner):
         lead = labels.shape[:-1]
         return ref.new_zeros(*lead, n_way, self.encoder.out_dim), ref.new_zeros(*lead, n_way)
 
-    def _adapt_and_predict(self, support, support_labels, query, n_way: int, steps: int, first_order: bool,
-                           params: dict | None = None, encode=None, features: tuple | None = None,
-                           func_grad: bool = False) -> torch.Tensor:
+    def _adapt_and_predict(
+        self,
+        support,
+        support_labels,
+        query,
+        n_way: int,
+        steps: int,
+        first_order: bool,
+        params: dict | None = None,
+        encode=None,
+        features: tuple | None = None,
+        func_grad: bool = False,
+    ) -> torch.Tensor:
         """Adapt on the support set, return query logits (..., N*Q, N); leading dims are tasks.
 
         `params`: the encoder tensors the inner loop starts from (default: the adapted meta-parameters;
@@ -185,15 +198,17 @@ class MAML(Learner):
             return F.cross_entropy(logits.flatten(0, -2), support_labels.flatten()) * n_tasks
 
         policy = self.policy
-        fast = adapt(support_loss, params, policy.names, steps, policy.updater(), first_order, func_grad,
-                     policy.zero_first)
+        fast = adapt(
+            support_loss, params, policy.names, steps, policy.updater(), first_order, func_grad, policy.zero_first
+        )
         q_feats = features[1] if features is not None else encode(fast, query)
         return linear_head(q_feats, fast["head.weight"], fast["head.bias"])
 
     # -- the learner contract ---------------------------------------------------------------------
     def training_loss(self, episode: Episode) -> StepOutput:
-        logits = self._adapt_and_predict(episode.support, episode.support_labels, episode.query, episode.n_way,
-                                         self.inner_steps, self.first_order)
+        logits = self._adapt_and_predict(
+            episode.support, episode.support_labels, episode.query, episode.n_way, self.inner_steps, self.first_order
+        )
         loss = F.cross_entropy(logits, episode.query_labels)
         return StepOutput(loss, {"acc": accuracy(logits.detach(), episode.query_labels)})
 
@@ -207,19 +222,24 @@ class MAML(Learner):
         n_way = episodes[0].n_way
         ys, yq = torch.stack([e.support_labels for e in episodes]), torch.stack([e.query_labels for e in episodes])
         if self.encoder.tokenize is not None:  # text: only the head adapts (checked at start-up)
-            logits = self._adapt_and_predict(None, ys, None, n_way, self.inner_steps, self.first_order,
-                                             features=self._encode_tasks(episodes))
+            logits = self._adapt_and_predict(
+                None, ys, None, n_way, self.inner_steps, self.first_order, features=self._encode_tasks(episodes)
+            )
         else:
             xs, xq = torch.stack([e.support for e in episodes]), torch.stack([e.query for e in episodes])
             if self.encoder.batched_params:
                 t = len(episodes)
                 params = {f"encoder.{n}": p.expand(t, *p.shape) for n, p in self.encoder.named_parameters()}
-                encode = lambda p, x: self.encoder.forward_batched(  # noqa: E731
-                    {n[len("encoder."):]: v for n, v in p.items() if n.startswith("encoder.")}, x)
+                encode = (
+                    lambda p, x: self.encoder.forward_batched(  # noqa: E731
+                        {n[len("encoder.") :]: v for n, v in p.items() if n.startswith("encoder.")}, x
+                    )
+                )
                 logits = self._adapt_and_predict(xs, ys, xq, n_way, self.inner_steps, self.first_order, params, encode)
             else:
                 task = lambda xs, ys, xq: self._adapt_and_predict(  # noqa: E731
-                    xs, ys, xq, n_way, self.inner_steps, self.first_order, func_grad=True)
+                    xs, ys, xq, n_way, self.inner_steps, self.first_order, func_grad=True
+                )
                 logits = torch.func.vmap(task, randomness="different")(xs, ys, xq)
         loss = F.cross_entropy(logits.flatten(0, 1), yq.flatten())  # (T, N*Q, N): the mean over tasks
         return StepOutput(loss, {"acc": accuracy(logits.detach().flatten(0, 1), yq.flatten())})
@@ -233,14 +253,21 @@ class MAML(Learner):
 
     def predict(self, episode: Episode) -> torch.Tensor:
         with torch.enable_grad():  # test-time adaptation needs gradients; meta-parameters are untouched
-            return self._adapt_and_predict(episode.support, episode.support_labels, episode.query, episode.n_way,
-                                           self.test_inner_steps, first_order=True).detach()
+            return self._adapt_and_predict(
+                episode.support,
+                episode.support_labels,
+                episode.query,
+                episode.n_way,
+                self.test_inner_steps,
+                first_order=True,
+            ).detach()
 
     def predict_from_features(self, support, support_labels, query, n_way):
         with torch.inference_mode(False), torch.enable_grad():
             s, q = support.clone(), query.clone()  # leave inference mode: the head adapts with autograd
-            return self._adapt_and_predict(None, support_labels.clone(), None, n_way, self.test_inner_steps,
-                                           first_order=True, features=(s, q)).detach()
+            return self._adapt_and_predict(
+                None, support_labels.clone(), None, n_way, self.test_inner_steps, first_order=True, features=(s, q)
+            ).detach()
 
 
 class Reptile(MAML):
@@ -250,8 +277,10 @@ class Reptile(MAML):
     def __init__(self, encoder: Encoder, **kwargs):
         super().__init__(encoder, **kwargs)
         if not self.enc_names:
-            raise ConfigError("learner=reptile moves encoder weights towards adapted ones, so some must adapt: set "
-                              "learner.adapt=all or top_k, and learner.freeze_encoder=false.")
+            raise ConfigError(
+                "learner=reptile moves encoder weights towards adapted ones, so some must adapt: set "
+                "learner.adapt=all or top_k, and learner.freeze_encoder=false."
+            )
         if self.batch_tasks:
             raise ConfigError("learner=reptile runs tasks in sequence; set learner.vmap_tasks=false.")
 
@@ -268,8 +297,15 @@ class Reptile(MAML):
         def task_loss(p):
             return F.cross_entropy(linear_head(self._encode(p, x), p["head.weight"], p["head.bias"]), y)
 
-        fast = adapt(task_loss, fast, policy.names, self.inner_steps, policy.updater(), first_order=True,
-                     zero_first=policy.zero_first)
+        fast = adapt(
+            task_loss,
+            fast,
+            policy.names,
+            self.inner_steps,
+            policy.updater(),
+            first_order=True,
+            zero_first=policy.zero_first,
+        )
         with torch.no_grad():
             logits = linear_head(self._encode(fast, episode.query), fast["head.weight"], fast["head.bias"])
             query_loss = F.cross_entropy(logits, episode.query_labels)

@@ -133,7 +133,7 @@ class MultiTask(ProbedLearner):
         if bool((self.initial_losses == 0).any()):
             self.initial_losses.copy_(losses.detach())
         weights = len(self.tasks) * torch.softmax(self.weight_logits, 0)
-        norms = torch.stack([torch.autograd.grad(l, feats, retain_graph=True)[0].norm() for l in losses])
+        norms = torch.stack([torch.autograd.grad(loss, feats, retain_graph=True)[0].norm() for loss in losses])
         # the network trains on the weighted sum (weights as constants); the weights on L_grad
         return (weights.detach() * losses).sum() + gradnorm_loss(weights, norms, losses, self.initial_losses,
                                                                  self.gradnorm_alpha)
@@ -142,9 +142,10 @@ class MultiTask(ProbedLearner):
         """-> surrogate loss, number of task pairs whose gradients conflict (negative dot product)."""
         shared = [p for p in self.encoder.parameters() if p.requires_grad]
         flat = []
-        for l in losses:
-            g = torch.autograd.grad(l, shared, retain_graph=True, allow_unused=True)
-            flat.append(torch.cat([(gi if gi is not None else torch.zeros_like(p)).flatten() for gi, p in zip(g, shared)]))
+        for loss in losses:
+            g = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
+            flat.append(torch.cat([(gi if gi is not None else torch.zeros_like(p)).flatten()
+                                   for gi, p in zip(g, shared)]))
         conflicts = sum(int(flat[i] @ flat[j] < 0) for i in range(len(flat)) for j in range(i + 1, len(flat)))
         gen = torch.Generator().manual_seed(int(episode.meta.get("index", 0)))
         combined = pcgrad(flat, gen).split([p.numel() for p in shared])

@@ -70,18 +70,26 @@ class ProtoNet(FeatureLearner):
         if contrastive_weight < 0 or instance_weight < 0 or temperature <= 0:
             raise ConfigError(f"learner.contrastive_weight and learner.instance_weight must be >= 0 and "
                               f"learner.temperature > 0, got {contrastive_weight}, {instance_weight}, {temperature}.")
-        self.contrastive_weight, self.instance_weight, self.temperature = contrastive_weight, instance_weight, temperature
+        self.contrastive_weight, self.instance_weight, self.temperature = (
+            contrastive_weight,
+            instance_weight,
+            temperature,
+        )
         if instance_weight > 0:
             self.feature_train = False  # the second dropout view reads the text again
         check_choice("learner.label_prior", label_prior, LABEL_PRIORS)
         if label_weight < 0 or "{name}" not in label_template:
-            raise ConfigError(f"learner.label_weight must be >= 0 and learner.label_template must contain {{name}}, got "
-                              f"{label_weight} and {label_template!r}.")
+            raise ConfigError(
+                f"learner.label_weight must be >= 0 and learner.label_template must contain {{name}}, got "
+                f"{label_weight} and {label_template!r}."
+            )
         self.label_prior, self.label_template = label_prior, label_template
         self.reads_class_names = label_prior != "none"
         w = torch.tensor(float(label_weight))
         if label_prior == "learned":  # softplus^-1(w), so the weight starts at label_weight
-            self.label_weight_raw = nn.Parameter(w + torch.log(-torch.expm1(-w)) if label_weight > 0 else torch.tensor(-20.0))
+            self.label_weight_raw = nn.Parameter(
+                w + torch.log(-torch.expm1(-w)) if label_weight > 0 else torch.tensor(-20.0)
+            )
         else:
             self.register_buffer("_label_weight", w, persistent=False)  # from the config, not checkpoints
         self._names: dict[str, torch.Tensor] = {}  # name embeddings at evaluation (cleared by train())
@@ -96,8 +104,9 @@ class ProtoNet(FeatureLearner):
         if not learn_scale:
             self.register_buffer("_log_scale", log_scale)
 
-    def predict_from_features(self, support, support_labels, query, n_way, transductive_steps: int = 0,
-                              classes: list[str] | None = None):
+    def predict_from_features(
+        self, support, support_labels, query, n_way, transductive_steps: int = 0, classes: list[str] | None = None
+    ):
         """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) logits (N+1 with `nota`); `transductive_steps` of
         soft k-means move the prototypes towards the queries first; `classes` (the episode's class
         names, in label order) feed `label_prior`."""
@@ -105,8 +114,10 @@ class ProtoNet(FeatureLearner):
         protos = soft_kmeans_prototypes(support.float(), support_labels, query, n_way, transductive_steps, self.logits)
         if self.label_prior != "none":
             if classes is None:
-                raise ConfigError("learner.label_prior needs the episode's class names; this evaluation does not give "
-                                  "them (use eval=episodic or fewrel_official).")
+                raise ConfigError(
+                    "learner.label_prior needs the episode's class names; this evaluation does not give "
+                    "them (use eval=episodic or fewrel_official)."
+                )
             protos = self.with_label_prior(protos, support_labels, n_way, classes)
         logits = self.logits(query, protos)
         return with_nota(logits, self.nota_offset) if self.nota else logits
@@ -172,8 +183,9 @@ class ProtoNet(FeatureLearner):
 
     def training_loss(self, episode: Episode) -> StepOutput:
         support, query = self.embed_episode(episode)
-        logits = self.predict_from_features(support, episode.support_labels, query, episode.n_way,
-                                            **self._class_names(episode))
+        logits = self.predict_from_features(
+            support, episode.support_labels, query, episode.n_way, **self._class_names(episode)
+        )
         loss = F.cross_entropy(logits, episode.query_labels)
         metrics = {"acc": accuracy(logits.detach(), episode.query_labels)}
         if self.contrastive_weight > 0:

@@ -35,13 +35,17 @@ class Encoder(nn.Module):
     def transformer_layers(self) -> nn.ModuleList:
         """The stack of transformer blocks, bottom first (adapted by `adapt=top_k`, copied by distill
         and cross-stitch)."""
-        raise ConfigError(f"this needs a transformer encoder (encoder=minilm or minilm_markers), not encoder={self.name}.")
+        raise ConfigError(
+            f"this needs a transformer encoder (encoder=minilm or minilm_markers), not encoder={self.name}."
+        )
 
     @property
     def backbone(self) -> nn.Module:
         """The transformer itself, called with input_ids / attention_mask / token_type_ids and returning
         `last_hidden_state` (BERT-PAIR scores sentence pairs with it)."""
-        raise ConfigError(f"this needs a transformer encoder (encoder=minilm or minilm_markers), not encoder={self.name}.")
+        raise ConfigError(
+            f"this needs a transformer encoder (encoder=minilm or minilm_markers), not encoder={self.name}."
+        )
 
     @property
     def hidden_size(self) -> int:

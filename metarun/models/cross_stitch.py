@@ -29,21 +29,32 @@ from metarun.models.encoders import TransformerEncoder, pool_states
 class CrossStitchEncoder(Encoder):
     """(B, L) tokens -> (T, B, D) pooled features, one row per task tower (`towers`), or (B, D)."""
 
-    def __init__(self, encoder: TransformerEncoder, tasks: Sequence[str], tower_layers: int = 2, self_weight: float = 0.9,
-                 eval_tower: str | None = None):
+    def __init__(
+        self,
+        encoder: TransformerEncoder,
+        tasks: Sequence[str],
+        tower_layers: int = 2,
+        self_weight: float = 0.9,
+        eval_tower: str | None = None,
+    ):
         super().__init__()
         n_layers = len(encoder.transformer_layers())
         if not 1 <= tower_layers <= n_layers:
-            raise ConfigError(f"learner.tower_layers={tower_layers} must be between 1 and the encoder's "
-                              f"{n_layers} layers.")
+            raise ConfigError(
+                f"learner.tower_layers={tower_layers} must be between 1 and the encoder's {n_layers} layers."
+            )
         if len(tasks) < 2:
-            raise ConfigError(f"learner.sharing=cross_stitch mixes several task towers, but the data has one "
-                              f"task ({list(tasks)}); use multi-task data such as data=intents3.")
+            raise ConfigError(
+                f"learner.sharing=cross_stitch mixes several task towers, but the data has one "
+                f"task ({list(tasks)}); use multi-task data such as data=intents3."
+            )
         if not 0 < self_weight <= 1:
             raise ConfigError(f"learner.stitch_self_weight must be in (0, 1], got {self_weight}.")
         if eval_tower is not None and eval_tower not in tasks:
-            raise ConfigError(f"learner.eval_tower={eval_tower!r} is not a task; choose one of {', '.join(tasks)} "
-                              f"(or null for the mean of all towers).")
+            raise ConfigError(
+                f"learner.eval_tower={eval_tower!r} is not a task; choose one of {', '.join(tasks)} "
+                f"(or null for the mean of all towers)."
+            )
         self.tasks, self.eval_tower, self.name = list(tasks), eval_tower, f"{encoder.name}_cross_stitch"
         self.tokenize, self.out_dim = encoder.tokenize, encoder.out_dim
         self.pooling, self.normalize = encoder.pooling, encoder.normalize
@@ -69,14 +80,22 @@ class CrossStitchEncoder(Encoder):
         h = self.shared(**inputs).last_hidden_state  # (B, L, H)
         hs = [h] * len(self.tasks)
         for stage, alpha in zip(self.stages, self.stitch):
-            out = torch.stack([tower(inputs_embeds=x, attention_mask=batch["attention_mask"]).last_hidden_state
-                               for tower, x in zip(stage, hs)])  # (T, B, L, H)
+            out = torch.stack(
+                [
+                    tower(inputs_embeds=x, attention_mask=batch["attention_mask"]).last_hidden_state
+                    for tower, x in zip(stage, hs)
+                ]
+            )  # (T, B, L, H)
             hs = list(torch.einsum("tu,ubld->tbld", alpha.to(out.dtype), out))
         return torch.stack([pool_states(x, batch, self.pooling, self.normalize) for x in hs])  # (T, B, D)
 
     def cache_identity(self) -> dict:
-        return super().cache_identity() | {"pooling": self.pooling, "normalize": self.normalize,
-                                           "tasks": self.tasks, "eval_tower": self.eval_tower}
+        return super().cache_identity() | {
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "tasks": self.tasks,
+            "eval_tower": self.eval_tower,
+        }
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         feats = self.towers(batch)

@@ -84,7 +84,7 @@ def ignored(key: str) -> bool:
 
 
 def config_digest(config: dict) -> str:
-    relevant = {k: v for k, v in flatten(config).items() 
+    relevant = {k: v for k, v in flatten(config).items()
                 if not ignored(k) and not (k in ADDED_LATER and ADDED_LATER[k] == v)}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -256,7 +256,8 @@ class RunDir:
     def finish(self, results: dict, config: dict) -> None:
         """results.json, then DONE (with the config's digest): the folder holds a complete run."""
         write_json(self / RESULTS, results)
-        atomic_write(self / DONE, lambda f: f.write(f"{config_digest(config)} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode()))
+        stamp = f"{config_digest(config)} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n"
+        atomic_write(self / DONE, lambda f: f.write(stamp.encode()))
 
 
 def _larger(change: tuple) -> bool:

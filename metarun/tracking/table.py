@@ -193,12 +193,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", help="comma-separated config keys (default: learner)")
     parser.add_argument("--cols", help="comma-separated config keys (default: test_data,setting)")
     parser.add_argument("--agg", choices=("ci", "std"),
-                        help="several runs per cell: pooled mean ± 95%% CI (ci, the default) or mean ± std over runs (std)")
-    parser.add_argument("--published", help="YAML of published numbers to print beside ours (writes table_vs_published.md)")
+                        help="several runs per cell: pooled mean ± 95%% CI (ci, the default) or mean ± std over "
+                             "runs (std)")
+    parser.add_argument(
+        "--published", help="YAML of published numbers to print beside ours (writes table_vs_published.md)"
+    )
     parser.add_argument("--metric", default="test/", help="metric prefix to tabulate (default: test/; val/ also works)")
     parser.add_argument("--out", default=".", help="folder for table.md / .csv / .tex (default: the current folder)")
-    parser.add_argument("--pool", default="", help="comma-separated config keys whose runs may share a cell, besides "
-                                                    "seed and data.split (runs differing in any other key are split)")
+    parser.add_argument(
+        "--pool",
+        default="",
+        help="comma-separated config keys whose runs may share a cell, besides "
+        "seed and data.split (runs differing in any other key are split)",
+    )
     parser.add_argument("--plot", action="store_true", help="also write accuracy_vs_k.png (test accuracy against K)")
     args = parser.parse_args(argv)
     missing = [p for p in args.paths if not Path(p).exists()]
@@ -221,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = split_rows(runs, rows, cols, keys(args.pool, ""), args.metric)
     md = write_tables(runs, out, rows, cols, how, args.metric)
     if md is None:
-        print(f"metarun-table: error: no results.json under {', '.join(args.paths)}; finished runs write one.",
-              file=sys.stderr)
+        print(
+            f"metarun-table: error: no results.json under {', '.join(args.paths)}; finished runs write one.",
+            file=sys.stderr,
+        )
         return 2
     if args.plot:
         plot_sweep(runs, out, lines=rows)

@@ -65,8 +65,10 @@ def check_available(logger: dict) -> None:
     """Refuse, before the run folder is touched, a tracker whose package is not installed."""
     for key, (module, extra) in EXTRAS.items():
         if logger.get(key) and importlib.util.find_spec(module) is None:
-            raise ConfigError(f"logger={key} needs the {module} package, which is not installed; run "
-                              f"`pip install -e \".[{extra}]\"` (or `pip install {module}`), or drop {key} from logger.")
+            raise ConfigError(
+                f"logger={key} needs the {module} package, which is not installed; run "
+                f'`pip install -e ".[{extra}]"` (or `pip install {module}`), or drop {key} from logger.'
+            )
 
 
 def build_trackers(logger: dict, config: dict, run_dir: Path, sweep_dir: Path | None) -> list[Tracker]:
@@ -81,9 +83,14 @@ def build_trackers(logger: dict, config: dict, run_dir: Path, sweep_dir: Path | 
                 try:
                     trackers.append(cls(logger[name], config, run_dir, sweep_dir, ids.get(name)))
                 except Exception as e:  # a tracker never stops the run: metrics.jsonl has every line
-                    log.warning("%s: could not start its run (%s: %s); the run goes on without it (metrics.jsonl "
-                                "and results.json have everything). Check logger.%s's settings.", name,
-                                type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "", name)
+                    log.warning(
+                        "%s: could not start its run (%s: %s); the run goes on without it (metrics.jsonl "
+                        "and results.json have everything). Check logger.%s's settings.",
+                        name,
+                        type(e).__name__,
+                        str(e).splitlines()[0][:300] if str(e) else "",
+                        name,
+                    )
     except BaseException:
         for tracker in trackers:
             with contextlib.suppress(Exception):
@@ -102,8 +109,9 @@ def close_trackers(trackers: list[Tracker], close) -> None:
         try:
             close(tracker)
         except Exception as e:
-            log.warning("%s: could not close its run (%s: %s); the run folder is complete", tracker.name,
-                        type(e).__name__, e)
+            log.warning(
+                "%s: could not close its run (%s: %s); the run folder is complete", tracker.name, type(e).__name__, e
+            )
 
 
 def job_name(run_dir: Path, sweep_dir: Path | None) -> str:
@@ -111,6 +119,7 @@ def job_name(run_dir: Path, sweep_dir: Path | None) -> str:
 
 
 # -- MLflow ------------------------------------------------------------------------------------------
+
 
 class MLflowTracker(Tracker):
     """Through `MlflowClient` (no global active run, so sweep jobs in one process do not mix). The
@@ -152,8 +161,9 @@ class MLflowTracker(Tracker):
             if found:
                 self.client.update_run(found[0].info.run_id, status="RUNNING")
                 return found[0].info.run_id
-            return self.client.create_run(eid, tags={"mlflow.runName": sweep_dir.name,
-                                                     "metarun.sweep_dir": str(sweep_dir)}).info.run_id
+            return self.client.create_run(
+                eid, tags={"mlflow.runName": sweep_dir.name, "metarun.sweep_dir": str(sweep_dir)}
+            ).info.run_id
 
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -188,6 +198,7 @@ class MLflowTracker(Tracker):
 
 # -- Weights & Biases ----------------------------------------------------------------------------------
 
+
 class WandbTracker(Tracker):
     """`wandb.init` with the mode $WANDB_MODE, else `logger.wandb.mode`, else offline (so a run never
     uploads unless asked to); the wandb/ folder goes into the run folder unless `logger.wandb.dir`."""
@@ -201,10 +212,19 @@ class WandbTracker(Tracker):
         folder = Path(cfg.get("dir") or run_dir)
         folder.mkdir(parents=True, exist_ok=True)
         self.artifacts = cfg.get("artifacts", True)
-        self.run = wandb.init(project=cfg["project"], entity=cfg.get("entity"), dir=str(folder), mode=mode,
-                              config=config, name=job_name(run_dir, sweep_dir), id=run_id or uuid.uuid4().hex[:8],
-                              resume="allow", group=str(sweep_dir) if sweep_dir is not None else None,
-                              reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
+        self.run = wandb.init(
+            project=cfg["project"],
+            entity=cfg.get("entity"),
+            dir=str(folder),
+            mode=mode,
+            config=config,
+            name=job_name(run_dir, sweep_dir),
+            id=run_id or uuid.uuid4().hex[:8],
+            resume="allow",
+            group=str(sweep_dir) if sweep_dir is not None else None,
+            reinit="create_new",
+            settings=wandb.Settings(silent=True, console="off"),
+        )
         self.run_id = self.run.id
         log.info("wandb: run %s (%s) in project %r, files in %s", self.run_id, mode, cfg["project"], folder / "wandb")
 
@@ -226,12 +246,17 @@ class WandbTracker(Tracker):
 
 # -- TensorBoard HParams -----------------------------------------------------------------------------
 
+
 def hparams_of(config: dict, overrides: list[str]) -> dict[str, object]:
     """The run's table row keys: learner, data, encoder, seed, and every key its command line set
     (`sampler.k_shot=5` -> the resolved value; `learner=maml` -> the chosen config's name)."""
     flat = flat_config(config)
-    row: dict[str, object] = {"learner": config["learner"]["name"], "data": config["data"]["name"],
-                              "encoder": config["encoder"]["name"], "seed": config["seed"]}
+    row: dict[str, object] = {
+        "learner": config["learner"]["name"],
+        "data": config["data"]["name"],
+        "encoder": config["encoder"]["name"],
+        "seed": config["seed"],
+    }
     for o in overrides:
         key, _, value = o.lstrip("+~").partition("=")
         if key.startswith("hydra.") or not value:
