@@ -242,3 +242,21 @@ def test_options_added_later_at_their_old_behaviour_match_saved_configs_without_
     }
     assert config_diff(saved, now) == {}  # older run folders still resume and are still skipped
     assert config_diff(saved, {**now, "data": {**now["data"], "dedupe": True}}) == {"data.dedupe": (False, True)}
+
+
+def test_a_checkpoint_from_before_an_option_existed_still_resumes(tmp_path):
+    import yaml
+
+    run_dir = tmp_path / "run"
+    args = [*FAST, "trainer.max_steps=8", "trainer.checkpoint_every=3", "trainer.eval_every=2"]
+    full = run_in_process(args, tmp_path / "full")
+    killed = run_cli([*args, f"hydra.run.dir={run_dir}", "trainer.debug_kill_at_step=4"], cwd=tmp_path)
+    assert killed.returncode == -9
+    last = run_dir / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["config"]["data"]["dedupe"]  # written by a version without data.dedupe
+    torch.save(state, last)
+    saved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    del saved["data"]["dedupe"]
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert run_in_process(args, run_dir)["results"] == full["results"]

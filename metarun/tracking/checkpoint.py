@@ -17,6 +17,7 @@ import torch
 
 from metarun.errors import CheckpointError
 from metarun.files import atomic_write
+from metarun.tracking.run_dir import config_diff, describe
 
 FORMAT_VERSION = 1
 
@@ -51,13 +52,14 @@ class Checkpointer:
         if not self.last.exists():
             return None
         saved = self.load(self.last)
-        diffs = [k for k in RESUME_KEYS if saved.get("config", {}).get(k) != self.config.get(k)]
-        if diffs:
-            detail = "; ".join(f"{k}: checkpoint {_short(saved['config'].get(k))} vs now {_short(self.config.get(k))}"
-                               for k in diffs)
+        # compared as run folders compare configs: options added later count at their old behaviour
+        diff = {k: v for k, v in config_diff(saved.get("config", {}), self.config).items()
+                if k.split(".")[0] in RESUME_KEYS}
+        if diff:
             raise CheckpointError(
-                f"cannot resume from {self.last}: it was written by a run with a different config ({detail}). "
-                f"The file was kept; rerun with the same settings, or use a new hydra.run.dir."
+                f"cannot resume from {self.last}: it was written by a run with a different config "
+                f"({describe(diff).replace(' there,', ' in the checkpoint,')}). The file was kept; rerun with the "
+                f"same settings, or use a new hydra.run.dir."
             )
         return saved
 
@@ -75,8 +77,3 @@ class Checkpointer:
                 f"kept; move it away to start from scratch, or use a new hydra.run.dir."
             )
         return state
-
-
-def _short(x: object) -> str:
-    s = repr(x)
-    return s if len(s) < 120 else s[:117] + "..."
