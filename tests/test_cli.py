@@ -84,7 +84,7 @@ def test_help_lists_every_config_group_and_its_options(tmp_path):
 def test_cfg_job_prints_the_composed_config(tmp_path):
     res = run_cli(["--cfg", "job", "sampler.k_shot=1"], cwd=tmp_path)
     assert res.returncode == 0
-    assert "k_shot: 1" in res.stdout and "_target_: metarun.learners.protonet.ProtoNet" in res.stdout
+    assert "k_shot: 1" in res.stdout and "_target_: metarun.learners.metric.protonet.ProtoNet" in res.stdout
 
 
 # Bad input, case by case: tests/test_bad_inputs.py (in-process, and through this CLI for exit codes).

@@ -95,7 +95,8 @@ def test_a_saved_config_naming_code_that_is_gone_is_one_message(finished, tmp_pa
     old = tmp_path / "old"
     shutil.copytree(finished, old)
     config = old / ".hydra" / "config.yaml"
-    config.write_text(config.read_text().replace("metarun.learners.protonet.ProtoNet", "metarun.learners.gone.Gone"))
+    text = config.read_text().replace("metarun.learners.metric.protonet.ProtoNet", "metarun.learners.gone.Gone")
+    config.write_text(text)
     with pytest.raises(
         ConfigError,
         match=r"learner._target_=metarun.learners.gone.Gone cannot be imported.*"

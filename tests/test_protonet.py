@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from metarun.learners.functional import prototypes
-from metarun.learners.protonet import ProtoNet
+from metarun.learners.metric.protonet import ProtoNet
 
 
 class Identity(nn.Module):
@@ -111,7 +111,7 @@ def test_a_label_prior_of_weight_zero_is_plain_protonet():
 
 def test_the_label_prior_is_the_weighted_mean_of_support_and_name_and_very_large_weights_are_zero_shot():
     from metarun.data.dataset import Example
-    from metarun.learners.protonet import name_text
+    from metarun.learners.metric.protonet import name_text
 
     assert name_text("card_arrival.v2", "This is about {name}") == "This is about card arrival v2"
     net = tiny_protonet(label_prior="add", label_weight=2.0)
@@ -205,7 +205,7 @@ def test_contrastive_terms_add_to_the_episode_loss_and_train_the_encoder():
 
 
 def test_leave_one_out_and_pair_losses_equal_hand_computations():
-    from metarun.learners.support_tuning import leave_one_out_loss, pair_loss
+    from metarun.learners.metric.support_tuning import leave_one_out_loss, pair_loss
 
     torch.manual_seed(0)
     f, y = torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2])

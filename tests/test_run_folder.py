@@ -260,3 +260,22 @@ def test_a_checkpoint_from_before_an_option_existed_still_resumes(tmp_path):
     del saved["data"]["dedupe"]
     (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(saved))
     assert run_in_process(args, run_dir)["results"] == full["results"]
+
+
+def test_a_run_saved_before_the_learners_moved_into_families_is_still_the_same_config(tmp_path):
+    import shutil
+
+    import yaml
+
+    from metarun.eval_cli import evaluate_run
+
+    run_dir, old = tmp_path / "run", tmp_path / "old"
+    first = run_in_process(FAST, run_dir)
+    shutil.copytree(run_dir, old)
+    saved = yaml.safe_load((old / ".hydra" / "config.yaml").read_text())
+    assert saved["learner"]["_target_"] == "metarun.learners.metric.protonet.ProtoNet"
+    saved["learner"]["_target_"] = "metarun.learners.protonet.ProtoNet"  # as a run made before the move saved it
+    (old / ".hydra" / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert run_in_process(FAST, old)["results"] == first["results"]  # the same config: tested again, not refused
+    again = evaluate_run(old, [], tmp_path / "eval")
+    assert again["results"] == {k: v for k, v in first["results"].items() if k.startswith("test/")}

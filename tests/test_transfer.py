@@ -12,7 +12,7 @@ from metarun.data.collate import Episode
 from metarun.data.sampler import BatchSampler
 from metarun.errors import ConfigError, DataError
 from metarun.evaluate import PerClassEvaluator
-from metarun.learners.finetune import FineTune
+from metarun.learners.transfer.finetune import FineTune
 from metarun.learners.heads import fit_head, fit_logistic_regression
 from tests.conftest import FAST, FeatureEncoder, read_json, run_in_process
 
@@ -184,7 +184,7 @@ def test_fresh_heads_train_at_their_own_rate():
 
 
 def test_distillation_loss_matches_a_direct_computation():
-    from metarun.learners.distill import distillation_loss
+    from metarun.learners.transfer.distill import distillation_loss
 
     g = torch.Generator().manual_seed(0)
     s, t, y = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g), torch.tensor([0, 1, 2, 3, 0, 1])
@@ -217,7 +217,7 @@ def test_distill_cli_student_is_smaller_and_checkpoints_leave_the_teacher_out(tm
 def test_distill_from_a_hugging_face_classifier_maps_its_labels_to_the_training_classes(tmp_path):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from metarun.learners.distill import Distill
+    from metarun.learners.transfer.distill import Distill
     from metarun.models.encoders import TransformerEncoder
 
     tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}

@@ -15,7 +15,7 @@ from metarun.data.dataset import FewShotDataset, LabelledSplits
 from metarun.errors import ConfigError, DataError, check_choice, check_int
 from metarun.evaluate.common import Evaluator, encode_examples, evaluating, summary
 from metarun.learners.base import Learner
-from metarun.learners.finetune import FineTune
+from metarun.learners.transfer.finetune import FineTune
 from metarun.learners.heads import fit_logistic_regression
 
 PER_CLASS_HEADS = ("logreg", "finetune")

@@ -57,6 +57,29 @@ CONTINUABLE = ("trainer.max_steps",)  # a larger value continues a run of the sm
 # Keys added after runs were made, with the value that reproduces what those runs did: a saved config
 # without the key counts as having this value, so older run folders still resume and are still skipped.
 ADDED_LATER = {"data.dedupe": False, "data.encoding": "utf-8", "data.quoting": "minimal"}
+# Modules that moved after runs were made: a saved `_target_` under the old path names the new one.
+MOVED = {f"metarun.learners.{module}.": f"metarun.learners.{family}.{module}."
+         for family, modules in {"gradient": ("maml", "lstm_meta", "hypernet"),
+                                 "metric": ("protonet", "matching", "relation", "siamese", "induction", "pair"),
+                                 "memory": ("snail", "mann"),
+                                 "transfer": ("finetune", "multitask", "distill")}.items() for module in modules}
+
+
+def renamed(config: object) -> object:
+    """`config` with every `_target_` under a MOVED module path pointing at its new path."""
+    if isinstance(config, dict):
+        return {k: _new_path(v) if k == "_target_" else renamed(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [renamed(v) for v in config]
+    return config
+
+
+def _new_path(target: object) -> object:
+    if isinstance(target, str):
+        for old, new in MOVED.items():
+            if target.startswith(old):
+                return new + target[len(old):]
+    return target
 
 
 def flatten(config: dict, prefix: str = "") -> dict:
@@ -74,7 +97,7 @@ def flatten(config: dict, prefix: str = "") -> dict:
 def config_diff(saved: dict, new: dict) -> dict[str, tuple]:
     """Dotted keys whose values differ (missing keys count as None, or as their ADDED_LATER value),
     IGNORED keys left out."""
-    a, b = ADDED_LATER | flatten(saved), ADDED_LATER | flatten(new)
+    a, b = ADDED_LATER | flatten(renamed(saved)), ADDED_LATER | flatten(renamed(new))
     return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys())
             if not ignored(k) and a.get(k) != b.get(k)}
 
@@ -122,7 +145,7 @@ class RunDir:
             saved = yaml.safe_load(file.read_text())
         except yaml.YAMLError:
             return None
-        return saved if isinstance(saved, dict) else None
+        return renamed(saved) if isinstance(saved, dict) else None
 
     def finished(self) -> bool:
         return (self / DONE).is_file() and (self / RESULTS).is_file()

@@ -31,7 +31,7 @@ from torch import nn
 
 from metarun.errors import ConfigError, check_int
 from metarun.learners.base import encoder_and_rest
-from metarun.learners.maml import MAML
+from metarun.learners.gradient.maml import MAML
 from metarun.models.base import Encoder
 
 PREPROCESS_P = 10.0

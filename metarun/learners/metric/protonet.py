@@ -18,7 +18,7 @@ the other sentences (SimCSE's, so no paraphrase model is needed offline). Both t
 they need text episodes (a frozen encoder has nothing for them to move).
 
 `support_tuning_steps` > 0 fine-tunes a copy of the encoder's top `support_tuning_layers` blocks on
-each test episode's support set before classifying it (learners/support_tuning.py); predictions then
+each test episode's support set before classifying it (learners/metric/support_tuning.py); predictions then
 depend on the episode, so evaluation encodes each episode's text (no cached features).
 """
 
@@ -37,8 +37,8 @@ from metarun.learners.functional import (
     squared_euclidean,
     supervised_contrastive,
 )
-from metarun.learners.support_tuning import LOSSES as TUNING_LOSSES
-from metarun.learners.support_tuning import tuned_copy
+from metarun.learners.metric.support_tuning import LOSSES as TUNING_LOSSES
+from metarun.learners.metric.support_tuning import tuned_copy
 
 DISTANCES = ("euclidean", "cosine")
 LABEL_PRIORS = ("none", "add", "learned")

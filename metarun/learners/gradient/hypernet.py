@@ -33,7 +33,7 @@ from torch.func import functional_call
 from metarun.errors import ConfigError, check_choice, check_int
 from metarun.learners.base import encoder_and_rest
 from metarun.learners.functional import prototypes, proto_head
-from metarun.learners.maml import MAML
+from metarun.learners.gradient.maml import MAML
 from metarun.models.base import Encoder
 
 GENERATE = ("head", "adapters")

@@ -29,7 +29,7 @@ from torch import nn
 from metarun.data.collate import Episode
 from metarun.errors import ConfigError
 from metarun.learners.base import StepOutput, accuracy
-from metarun.learners.finetune import FineTune, ProbedLearner
+from metarun.learners.transfer.finetune import FineTune, ProbedLearner
 from metarun.models.encoders import TransformerEncoder, resolve_model_path
 from metarun.tracking.checkpoint import Checkpointer
 

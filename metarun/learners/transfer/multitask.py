@@ -21,8 +21,8 @@ from metarun.data.multitask import task_of
 from metarun.data.collate import Episode
 from metarun.errors import ConfigError, check_choice
 from metarun.learners.base import StepOutput, accuracy
-from metarun.learners.finetune import ProbedLearner
-from metarun.learners.mtl import (
+from metarun.learners.transfer.finetune import ProbedLearner
+from metarun.learners.transfer.mtl import (
     WEIGHTINGS,
     dwa_weights,
     gradnorm_loss,

@@ -1,0 +1,2 @@
+"""Memory learners: the support set is read as a sequence (SNAIL) or written to an external memory
+(memory-augmented networks)."""
