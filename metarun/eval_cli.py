@@ -91,6 +91,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str], out_dir: str | Path 
     """Test RUN_DIR's best checkpoint under the new evaluation settings; -> the new results."""
     from metarun.config import build
     from metarun.assembly import build_components, train_inputs
+    from metarun.tracking import episodes
     from metarun.tracking.results import format_results, results_record
     from metarun.tracking.checkpoint import Checkpointer
     from metarun.tracking.run_dir import RunDir
@@ -133,6 +134,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str], out_dir: str | Path 
         folder.prepare("new", config, overrides)
         with folder.log_file():
             scores = trainer.test(c.learner, c.tests)
+            episodes.write(out, c.tests)
             results = results_record(cfg, c.learner.name, c.data, c.tests[0], train_inputs(c, state), state, scores,
                                      None, time.time() - started, out)
             results["source_run"] = str(run_dir)

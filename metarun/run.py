@@ -16,7 +16,7 @@ from metarun.assembly import Components, build_components, learner_report, train
 from metarun.config import build, resolved
 from metarun.distributed import Dist
 from metarun.files import write_json
-from metarun.tracking import run_info
+from metarun.tracking import episodes, run_info
 from metarun.tracking.checkpoint import Checkpointer
 from metarun.tracking.metrics import MetricsWriter
 from metarun.tracking.results import results_record
@@ -86,6 +86,8 @@ def fit_and_test(c: Components, run_dir: Path, trackers: list[Tracker] = (), ove
             learner.load_trained_state(ckpt.load(ckpt.best)["model"])
             val_scores = state.best_val
         test_scores = trainer.test(learner, c.tests)
+        if c.dist.main:
+            episodes.write(run_dir, c.tests)  # what each test episode asked and got (metarun-compare pairs them)
         writer.write_scores(state.step, test_scores)
         if logger.get("hparams", True):
             writer.write_hparams(hparams_of(c.config, list(overrides)), [f"{k}/acc" for k in test_scores])

@@ -22,6 +22,7 @@ class Evaluator:
     it does not take (build_evaluator drops them)."""
 
     unused_keys: tuple[str, ...] = ()
+    records: dict[str, list[dict]] = {}  # per-episode records of the last call, by score key (`episode_record`)
     feature_cache = None  # a FeatureCache (evaluate/feature_cache.py) when the run's encoder does not train:
     #                       a constructor argument of every protocol
     transductive_steps: int = 0  # > 0: the protocol lets transductive learners refine with the queries
@@ -119,3 +120,13 @@ def _encode(learner: Learner, data: FewShotDataset, device: torch.device, batch_
         for j, i in enumerate(idx):
             feats[i] = out[j]
     return torch.stack(feats)
+
+
+def episode_record(index: int, classes, query_idx, gold, logits: torch.Tensor) -> dict:
+    """One test episode as tracking/episodes.py stores it: `logits` (Q, N or N+1) of the learner's
+    prediction; `query_idx` the queries' indices in the evaluated dataset."""
+    logits = logits.detach().float().cpu()
+    pred = logits.argmax(-1)  # the prediction accuracy counts, whatever the probabilities round to
+    conf = logits.softmax(-1).gather(-1, pred[:, None])[:, 0]
+    return {"episode": int(index), "classes": [str(c) for c in classes], "query": [int(i) for i in query_idx],
+            "gold": [int(g) for g in gold], "pred": pred.tolist(), "conf": [round(float(c), 4) for c in conf]}

@@ -19,7 +19,14 @@ from metarun.data.collate import EpisodeDataset
 from metarun.data.dataset import DataSplits, FewShotDataset
 from metarun.data.sampler import EpisodeSampler
 from metarun.distributed import Dist
-from metarun.evaluate.common import Evaluator, encode_examples, evaluating, limit_per_class, summary
+from metarun.evaluate.common import (
+    Evaluator,
+    encode_examples,
+    episode_record,
+    evaluating,
+    limit_per_class,
+    summary,
+)
 from metarun.errors import ConfigError, check_int
 from metarun.learners.base import Learner
 
@@ -86,22 +93,25 @@ class EpisodicEvaluator(Evaluator):
             if learner.feature_eval:
                 with torch.inference_mode(), amp:
                     features = self.encode(learner, device)
-            out = {}
+            out, self.records = {}, {}
             for proto, sampler in zip(self.protocols, self.samplers):
                 if learner.feature_eval:
-                    accs = self._feature_episodes(learner, features, sampler, proto)
+                    records = self._feature_episodes(learner, features, sampler, proto)
                 else:
-                    accs = self._episodes(learner, sampler, proto, device, amp)
-                out[f"{self.prefix}/{proto.key}"] = {**summary(accs), "episodes": len(accs)}
+                    records = self._episodes(learner, sampler, proto, device, amp)
+                accs = [float(np.mean(np.equal(r["gold"], r["pred"]))) for r in records]
+                key = f"{self.prefix}/{proto.key}"
+                out[key], self.records[key] = {**summary(accs), "episodes": len(accs)}, records
             return out
 
     def encode(self, learner: Learner, device: torch.device) -> torch.Tensor:
         return encode_examples(learner, self.data, device, self.batch_size, f"{self.prefix}: encoding", self.progress,
                                cache=self.feature_cache)
 
-    def _feature_episodes(self, learner, features, sampler, proto) -> list[float]:
+    def _feature_episodes(self, learner, features, sampler, proto) -> list[dict]:
+        """Every episode's record (`episode_record`), from cached features."""
         transductive = {"transductive_steps": self.transductive_steps} if self.transductive_steps else {}
-        accs = []  # this rank's episodes; gathered in episode order
+        records, correct = [], []  # this rank's episodes; gathered in episode order
         bar = tqdm(self.dist.mine(proto.episodes), desc=f"{self.prefix}/{proto.key}", disable=not self.progress,
                    leave=False)
         with torch.inference_mode():
@@ -111,23 +121,27 @@ class EpisodicEvaluator(Evaluator):
                 names = {"classes": list(spec.classes)} if learner.reads_class_names else {}
                 logits = learner.predict_from_features(s, torch.as_tensor(spec.support_labels(), device=s.device), q,
                                                        spec.n_way, **transductive, **names)
-                accs.append((logits.argmax(-1).cpu().numpy() == spec.query_labels()).mean())
+                records.append(episode_record(i, spec.classes, spec.query_idx, spec.query_labels(), logits))
+                correct.append(np.mean(np.equal(records[-1]["gold"], records[-1]["pred"])))
                 if i % 50 == 0:
-                    bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}", refresh=False)  # drawn with the next count
-        return self.dist.gather(accs, proto.episodes)
+                    bar.set_postfix(acc=f"{100 * np.mean(correct):.1f}", refresh=False)  # drawn with the next count
+        return self.dist.gather(records, proto.episodes)
 
-    def _episodes(self, learner, sampler, proto, device, amp) -> list[float]:
+    def _episodes(self, learner, sampler, proto, device, amp) -> list[dict]:
+        """Every episode's record, each episode's text through the learner (it adapts per episode)."""
         episodes = EpisodeDataset(sampler, learner.encoder.tokenize, proto.episodes)
-        accs = []
+        records, correct = [], []
         bar = tqdm(self.dist.mine(proto.episodes), desc=f"{self.prefix}/{proto.key}", disable=not self.progress,
                    leave=False)
         for i in bar:
             ep = episodes[i].to(device)
             with amp:
                 logits = learner.predict(ep)
-            accs.append((logits.argmax(-1) == ep.query_labels).float().mean().item())
+            spec = sampler[i]
+            records.append(episode_record(i, spec.classes, spec.query_idx, ep.query_labels.tolist(), logits))
+            correct.append(np.mean(np.equal(records[-1]["gold"], records[-1]["pred"])))
             if i % 20 == 0:
-                bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}", refresh=False)  # drawn with the next count
-        return self.dist.gather(accs, proto.episodes)
+                bar.set_postfix(acc=f"{100 * np.mean(correct):.1f}", refresh=False)  # drawn with the next count
+        return self.dist.gather(records, proto.episodes)
 
 

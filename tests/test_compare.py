@@ -1,0 +1,109 @@
+"""Per-episode records (tracking/episodes.py) and `metarun-compare` (tracking/compare.py): paired
+differences on the same episodes, checked against hand computations and end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import FAST, read_json, run_in_process
+from metarun.tracking import episodes
+from metarun.tracking.compare import CompareError, compare, load, main, paired, sign_flip_exact
+
+ARGS = [*FAST, "trainer.max_steps=3", "trainer.eval_every=3"]
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    a = run_in_process([*ARGS, "seed=1"], root / "a")
+    b = run_in_process([*ARGS, "seed=2"], root / "b")
+    return root / "a", root / "b", a, b
+
+
+def test_every_run_writes_strict_small_records_that_agree_with_its_results(two_seeds):
+    run_a, _, results, _ = two_seeds
+    records = episodes.read(run_a)
+    assert set(records) == {k for k in results["results"] if k.startswith("test/")}
+    for setting, lines in records.items():
+        assert len(lines) == results["results"][setting]["episodes"] == 20
+        assert round(float(episodes.accuracies(lines).mean()), 2) == results["results"][setting]["acc"]
+        first = lines[0]
+        assert len(first["classes"]) == 5 and len(first["gold"]) == len(first["pred"]) == len(first["conf"]) == 25
+        assert all(0.0 <= c <= 1.0 for c in first["conf"]) and first["episode"] == 0
+        path = run_a / "episodes" / episodes.file_name(setting)
+        for line in path.read_text().splitlines():
+            json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+        assert path.stat().st_size < 25 * 1024  # 20 episodes; about 0.5 KB each
+
+
+def test_the_bootstrap_and_the_sign_flip_test_match_hand_computations():
+    a, b = np.array([80.0, 60.0, 100.0, 40.0]), np.array([60.0, 60.0, 80.0, 60.0])
+    d = a - b  # 20, 0, 20, -20: mean 5
+    out = paired(a, b, seed=3, resamples=2000)
+    assert out["diff"] == pytest.approx(5.0) and (out["wins"], out["ties"], out["losses"]) == (2, 1, 1)
+    rng = np.random.default_rng(3)  # the same draws, by hand: bootstrap block, then sign flips
+    boot = d[rng.integers(0, 4, size=(1000, 4))].mean(1)
+    flips = rng.choice(np.array([-1.0, 1.0]), size=(1000, 4))
+    boot2 = d[rng.integers(0, 4, size=(1000, 4))].mean(1)
+    flips2 = rng.choice(np.array([-1.0, 1.0]), size=(1000, 4))
+    low, high = np.percentile(np.concatenate([boot, boot2]), [2.5, 97.5])
+    extreme = np.sum(np.abs((flips * d).mean(1)) >= 5 - 1e-9) + np.sum(np.abs((flips2 * d).mean(1)) >= 5 - 1e-9)
+    assert (out["ci_low"], out["ci_high"]) == pytest.approx((low, high))
+    assert out["p"] == pytest.approx((extreme + 1) / 2001)
+    # every sign pattern of (3, 1, 2): sums 6, 4, 2, 0, 0, -2, -4, -6, so |sum| >= 6 in 2 of 8
+    assert sign_flip_exact(np.array([3.0, 1.0, 2.0])) == pytest.approx(2 / 8)
+    assert sign_flip_exact(np.array([3.0, 1.0])) == pytest.approx(2 / 4)
+    assert sign_flip_exact(d) == 1.0  # (20, 0, 20, -20): every pattern sums to +-20 or +-60, |mean| >= 5
+
+
+def test_a_run_against_itself_differs_by_nothing_with_p_one(two_seeds):
+    run_a = two_seeds[0]
+    rows = compare(load(run_a), load(run_a), resamples=500)
+    assert rows and all(r["diff"] == 0 and r["p"] == 1.0 and r["ci_low"] == r["ci_high"] == 0 for r in rows)
+
+
+def test_two_seeds_on_the_same_episodes_are_paired_and_written(two_seeds, tmp_path, capsys):
+    run_a, run_b, a, b = two_seeds
+    assert main([str(run_a), str(run_b), "--out", str(tmp_path), "--resamples", "500"]) == 0
+    printed = capsys.readouterr().out
+    assert "| test/5way_1shot |" in printed and "A - B [95% CI]" in printed
+    for key in ("test/5way_1shot", "test/5way_5shot"):
+        diff = a["results"][key]["acc"] - b["results"][key]["acc"]
+        row = next(r for r in compare(load(run_a), load(run_b), resamples=500) if r["setting"] == key)
+        assert row["diff"] == pytest.approx(diff, abs=0.01) and row["ci_low"] <= row["diff"] <= row["ci_high"]
+    assert {p.name for p in tmp_path.iterdir()} == {"compare.md", "compare.csv", "compare.tex"}
+
+
+def test_other_episodes_are_refused_naming_what_differs(two_seeds, tmp_path):
+    run_a = two_seeds[0]
+    other = run_in_process([*ARGS, "seed=1", "eval.seed=7"], tmp_path / "other")
+    assert other["results"]
+    with pytest.raises(CompareError, match=r"not tested on the same episodes.*eval.seed: 1234 in A, 7 now"):
+        compare(load(run_a), load(tmp_path / "other"))
+
+
+def test_sweeps_pair_by_split_and_summarise_over_splits(two_seeds, tmp_path):
+    run_a, run_b, _, _ = two_seeds
+    sweep_a, sweep_b = tmp_path / "sweep_a", tmp_path / "sweep_b"
+    for sweep, run in ((sweep_a, run_a), (sweep_b, run_b)):
+        shutil.copytree(run, sweep / "0_split1")
+    run_in_process([*ARGS, "seed=1", "data.split=2"], sweep_a / "1_split2")
+    run_in_process([*ARGS, "seed=2", "data.split=2"], sweep_b / "1_split2")
+    rows = [r for r in compare(load(sweep_a), load(sweep_b), resamples=500) if r["setting"] == "test/5way_1shot"]
+    assert [r["split"] for r in rows] == ["banking77, split 1", "banking77, split 2", "mean over 2 splits"]
+    summary = rows[-1]
+    assert summary["diff"] == pytest.approx((rows[0]["diff"] + rows[1]["diff"]) / 2)
+    assert summary["sd"] == pytest.approx(np.std([rows[0]["diff"], rows[1]["diff"]], ddof=1))
+
+
+def test_a_run_without_records_is_named_with_what_to_do(two_seeds, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(two_seeds[0], old)
+    shutil.rmtree(old / "episodes")  # made before runs wrote records
+    with pytest.raises(CompareError, match=r"no per-episode records.*metarun-eval"):
+        load(old)
+    assert read_json(old / "results.json")["results"]  # the run itself still reads as before
