@@ -107,3 +107,20 @@ def test_a_run_without_records_is_named_with_what_to_do(two_seeds, tmp_path):
     with pytest.raises(CompareError, match=r"no per-episode records.*metarun-eval"):
         load(old)
     assert read_json(old / "results.json")["results"]  # the run itself still reads as before
+
+
+def test_the_report_agrees_with_results_and_draws_its_plots(two_seeds, tmp_path):
+    from metarun.tracking.report import calibration, main as report_main
+
+    run_a, _, results, _ = two_seeds
+    assert report_main([str(run_a)]) == 0
+    report = (run_a / "report" / "report.md").read_text()
+    for setting, score in results["results"].items():
+        if setting.startswith("test/"):
+            assert f"| {setting} | {setting[-5]} | {score['acc']:.2f} | {score['ci95']:.2f} |" in report
+    assert {p.name for p in (run_a / "report").glob("*.png")} == {
+        "reliability.png", "confusion_test_5way_1shot.png", "confusion_test_5way_5shot.png"}
+    # ECE by hand: confidences 0.9, 0.9 (one right) and 0.6 (right) in bins 9 and 6
+    ece, table = calibration([("a", "a", 0.9), ("a", "b", 0.9), ("b", "b", 0.6)])
+    assert ece == pytest.approx(100 * (2 / 3 * abs(0.9 - 0.5) + 1 / 3 * abs(0.6 - 1.0)))
+    assert table == [(pytest.approx(0.6), 1.0, 1), (pytest.approx(0.9), 0.5, 2)]

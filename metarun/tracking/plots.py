@@ -17,7 +17,7 @@ log = logging.getLogger("metarun")
 SETTING = re.compile(r"^test/(\d+)way_(\d+)shot$")
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,7 +41,7 @@ def plot_run(run_dir: str | Path) -> Path | None:
                 val[k[4:-4]].append((row["step"], v))
     if not loss and not val:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     if loss:
         a.plot(*zip(*loss), lw=1)
@@ -72,7 +72,7 @@ def plot_sweep(runs: list[dict], out: str | Path, lines: Sequence[str] = ("learn
     panels = sorted({(d, n) for d, n, _, _ in cells})
     if not panels:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (data, n) in zip(axes[0], panels):
         for learner in sorted({lr for d, nn, lr, _ in cells if (d, nn) == (data, n)}):
