@@ -52,6 +52,15 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = N
                           timeout=timeout, env=full_env)
 
 
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished `metarun debug=fast` run folder, shared by every test that reads one: tests that
+    change it work on a copy."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    run_in_process(FAST, run_dir)
+    return run_dir
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file of a run folder by its relative path, the lock file included (a refused run does not
     write its pid there)."""

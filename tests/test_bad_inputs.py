@@ -22,13 +22,6 @@ from metarun.tracking.run_dir import RunDir
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    run_in_process(FAST, run_dir)
-    return run_dir
-
-
-@pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
     """Data files for the cases: a good table, a table without a label column, FewRel files."""
     d = tmp_path_factory.mktemp("files")
@@ -152,11 +145,11 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_is_refused_with_its_name_and_the_finished_run_is_untouched(case, finished, files, tmp_path):
+def test_bad_input_is_refused_with_its_name_and_the_finished_run_is_untouched(case, finished_run, files, tmp_path):
     args, error, texts = CASES[case]
     args = [a.replace("{files}", str(files)) for a in args]
     run_dir = tmp_path / "run"
-    shutil.copytree(finished, run_dir)
+    shutil.copytree(finished_run, run_dir)
     before = snapshot(run_dir)
     with pytest.raises(error) as caught:
         run_in_process([*FAST, *args], run_dir)
@@ -165,9 +158,9 @@ def test_bad_input_is_refused_with_its_name_and_the_finished_run_is_untouched(ca
     assert snapshot(run_dir) == before  # nothing written, deleted or relabelled
 
 
-def test_a_live_process_holds_the_folder_and_a_second_is_refused(finished, tmp_path):
+def test_a_live_process_holds_the_folder_and_a_second_is_refused(finished_run, tmp_path):
     run_dir = tmp_path / "run"
-    shutil.copytree(finished, run_dir)
+    shutil.copytree(finished_run, run_dir)
     (run_dir / "DONE").unlink()  # a run in progress
     before = snapshot(run_dir)
     with RunDir(run_dir):  # this test process holds the lock, as a running metarun would
@@ -199,9 +192,9 @@ def test_the_lock_of_a_dead_process_is_stale(tmp_path):
     RunDir(tmp_path).lock().unlock()  # the kernel released the dead holder's lock
 
 
-def test_a_corrupt_checkpoint_of_an_unfinished_run_is_kept(finished, tmp_path):
+def test_a_corrupt_checkpoint_of_an_unfinished_run_is_kept(finished_run, tmp_path):
     run_dir = tmp_path / "run"
-    shutil.copytree(finished, run_dir)
+    shutil.copytree(finished_run, run_dir)
     for name in ("DONE", "results.json"):
         (run_dir / name).unlink()
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"PK\x03\x04 cut")
@@ -222,9 +215,9 @@ def test_a_corrupt_checkpoint_of_an_unfinished_run_is_kept(finished, tmp_path):
         (["learner=matching"], ["finished run of another config", "left as it is"]),
     ],
 )
-def test_the_cli_exits_2_with_one_paragraph(args, texts, finished, tmp_path):
+def test_the_cli_exits_2_with_one_paragraph(args, texts, finished_run, tmp_path):
     run_dir = tmp_path / "run"
-    shutil.copytree(finished, run_dir)
+    shutil.copytree(finished_run, run_dir)
     before = snapshot(run_dir)
     res = run_cli([*FAST, f"hydra.run.dir={run_dir}", *args], cwd=tmp_path)
     assert res.returncode == 2, res.stderr[-2000:]

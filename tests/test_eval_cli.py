@@ -4,39 +4,33 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import FAST, read_json, run_in_process, snapshot
+from conftest import read_json, snapshot
 from metarun.errors import ConfigError
 from metarun.eval_cli import evaluate_run
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("source") / "run"
-    run_in_process(FAST, run_dir)
-    return run_dir
-
-
-def test_a_new_protocol_on_another_dataset_goes_to_a_new_folder(finished, tmp_path):
-    before = snapshot(finished)
+def test_a_new_protocol_on_another_dataset_goes_to_a_new_folder(finished_run, tmp_path):
+    before = snapshot(finished_run)
     out = tmp_path / "eval"
-    results = evaluate_run(finished, ["eval.test.episodes=7", "eval.test.shots=[1]", "+data@eval.test.data=hwu64"], out)
-    assert snapshot(finished) == before  # the source run is untouched
-    assert results["source_run"] == str(finished) and (out / "DONE").is_file()
+    overrides = ["eval.test.episodes=7", "eval.test.shots=[1]", "+data@eval.test.data=hwu64"]
+    results = evaluate_run(finished_run, overrides, out)
+    assert snapshot(finished_run) == before  # the source run is untouched
+    assert results["source_run"] == str(finished_run) and (out / "DONE").is_file()
     saved = read_json(out / "results.json")
     assert saved["test_data"] == "hwu64" and saved["results"]["test/5way_1shot"]["episodes"] == 7
-    assert saved["best_step"] == read_json(finished / "results.json")["best_step"]
+    assert saved["best_step"] == read_json(finished_run / "results.json")["best_step"]
 
 
-def test_the_same_protocol_reproduces_the_runs_test_scores(finished, tmp_path):
-    results = evaluate_run(finished, [], tmp_path / "again")
-    source = read_json(finished / "results.json")["results"]
+def test_the_same_protocol_reproduces_the_runs_test_scores(finished_run, tmp_path):
+    results = evaluate_run(finished_run, [], tmp_path / "again")
+    source = read_json(finished_run / "results.json")["results"]
     assert {k: v for k, v in results["results"].items()} == {k: v for k, v in source.items() if k.startswith("test/")}
 
 
 @pytest.mark.parametrize("override", ["sampler.k_shot=1", "learner=maml", "trainer.lr=0.1"])
-def test_only_the_evaluation_may_change(finished, tmp_path, override):
+def test_only_the_evaluation_may_change(finished_run, tmp_path, override):
     with pytest.raises(ConfigError, match="may change only the evaluation"):
-        evaluate_run(finished, [override], tmp_path / "x")
+        evaluate_run(finished_run, [override], tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
@@ -48,7 +42,7 @@ def test_the_command_exits_2_on_a_folder_that_is_not_a_run(tmp_path):
     assert res.returncode == 2 and "not a metarun run folder" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_an_option_newer_than_the_run_is_named_and_plus_adds_it(finished, tmp_path):
+def test_an_option_newer_than_the_run_is_named_and_plus_adds_it(finished_run, tmp_path):
     """A run saved before eval.test.transductive_steps existed: the plain override is refused with
     what to type, and `+` adds the key (transductive prototypes on an old checkpoint)."""
     import yaml
@@ -56,7 +50,7 @@ def test_an_option_newer_than_the_run_is_named_and_plus_adds_it(finished, tmp_pa
     old = tmp_path / "old"
     import shutil
 
-    shutil.copytree(finished, old)
+    shutil.copytree(finished_run, old)
     config = yaml.safe_load((old / ".hydra" / "config.yaml").read_text())
     del config["eval"]["test"]["transductive_steps"]
     (old / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -68,20 +62,20 @@ def test_an_option_newer_than_the_run_is_named_and_plus_adds_it(finished, tmp_pa
     assert results["results"]["test/5way_1shot"]["episodes"] == 4
 
 
-def test_a_killed_run_is_tested_at_its_best_checkpoint_or_refused_without_one(finished, tmp_path, caplog):
+def test_a_killed_run_is_tested_at_its_best_checkpoint_or_refused_without_one(finished_run, tmp_path, caplog):
     import logging
     import shutil
 
     from metarun.errors import RunDirError
 
     killed = tmp_path / "killed"
-    shutil.copytree(finished, killed)
+    shutil.copytree(finished_run, killed)
     for f in ("DONE", "results.json"):
         (killed / f).unlink()
     with caplog.at_level(logging.WARNING, "metarun"):
         results = evaluate_run(killed, [], tmp_path / "a")
     assert "did not finish (no DONE): testing its best checkpoint so far" in caplog.text
-    source = read_json(finished / "results.json")["results"]
+    source = read_json(finished_run / "results.json")["results"]
     assert results["results"] == {k: v for k, v in source.items() if k.startswith("test/")}
     (killed / "checkpoints" / "best.pt").unlink()  # killed before its first validation
     with pytest.raises(RunDirError, match="stopped before its first validation.*Resume it first"):
@@ -89,11 +83,11 @@ def test_a_killed_run_is_tested_at_its_best_checkpoint_or_refused_without_one(fi
     assert not (tmp_path / "b").exists()
 
 
-def test_a_saved_config_naming_code_that_is_gone_is_one_message(finished, tmp_path):
+def test_a_saved_config_naming_code_that_is_gone_is_one_message(finished_run, tmp_path):
     import shutil
 
     old = tmp_path / "old"
-    shutil.copytree(finished, old)
+    shutil.copytree(finished_run, old)
     config = old / ".hydra" / "config.yaml"
     text = config.read_text().replace("metarun.learners.metric.protonet.ProtoNet", "metarun.learners.gone.Gone")
     config.write_text(text)
