@@ -16,7 +16,6 @@ from omegaconf import DictConfig, OmegaConf
 from metarun.config import build, import_target, without
 from metarun.data.collate import EpisodeDataset, FeatureEpisodeDataset
 from metarun.data.dataset import DataSplits
-from metarun.data.tokenized import pretokenized
 from metarun.distributed import Dist
 from metarun.errors import ConfigError
 from metarun.evaluate import Evaluator, HeldOutTasks, build_evaluator
@@ -75,9 +74,8 @@ class Components:
 def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist) -> Components:
     seed_everything(cfg.seed)
     data = build(cfg.data, "data")
-    encoder = build(cfg.encoder, "encoder")
-    if cfg.get("token_cache", True) and encoder.tokenize is not None:
-        encoder.tokenize = pretokenized(encoder.tokenize, [data.train, data.val, data.test])
+    sentences = (data.train, data.val, data.test) if cfg.get("token_cache", True) else ()
+    encoder = build(cfg.encoder, "encoder", pretokenize=sentences)  # tokenised once, into the token cache
     if encoder.untrained_tokens and trainer.max_steps == 0:
         log.warning("encoder=%s adds entity-marker tokens whose embeddings are untrained, and trainer.max_steps=0 "
                     "leaves them so: entity-start features of a frozen encoder read them. Train, or start the markers "

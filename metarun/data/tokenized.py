@@ -160,6 +160,8 @@ def pretokenized(tokenize, parts: Sequence[FewShotDataset], cache_dir: str | Pat
     """`tokenize` backed by one stored tokenisation of every sentence in `parts` (or `tokenize`
     itself where that does not apply: entity markers, non-HF tokenizers, no sentences, or a cache
     folder that cannot be used)."""
+    if not parts:
+        return tokenize
     import datasets
 
     datasets.disable_progress_bars()  # about a second of work: no bar

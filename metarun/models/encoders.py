@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from metarun.data.dataset import Example
+from metarun.data.dataset import Example, FewShotDataset
+from metarun.data.tokenized import pretokenized
 from metarun.errors import ConfigError, check_choice
 from metarun.models.base import Encoder
 
@@ -113,7 +114,10 @@ class TransformerEncoder(Encoder):
         marker_init: str = "resize",
         freeze: bool = False,
         attn_implementation: str | None = None,
+        pretokenize: Sequence[FewShotDataset] = (),
     ):
+        """`pretokenize`: datasets whose sentences are tokenised once, up front, into the token cache
+        (data/tokenized.py), so batches are padded from stored ids; empty: tokenise per batch."""
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -149,7 +153,7 @@ class TransformerEncoder(Encoder):
                     for marker, punct in PUNCT.items():
                         table[self.hf_tokenizer.convert_tokens_to_ids(marker)] = table[
                             self.hf_tokenizer.convert_tokens_to_ids(punct)]
-        self.tokenize = TextTokenizer(self.hf_tokenizer, max_length, entity_markers)
+        self.tokenize = pretokenized(TextTokenizer(self.hf_tokenizer, max_length, entity_markers), pretokenize)
         hidden = self.model.config.hidden_size
         self.out_dim = 2 * hidden if pooling == "entity_start" else hidden
         if freeze:
