@@ -33,6 +33,7 @@ from metarun.paths import config_dir
 log = logging.getLogger("metarun")
 
 EXIT_USER_ERROR, EXIT_SWEEP_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 130, 143
+USER_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class Terminated(KeyboardInterrupt):
@@ -42,7 +43,6 @@ class Terminated(KeyboardInterrupt):
 
 def _on_sigterm(signum, frame) -> None:
     raise Terminated()
-USER_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 _task_started = False  # set when Hydra hands over: a SystemExit(1) before it is Hydra's composition error

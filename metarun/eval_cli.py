@@ -94,7 +94,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str], out_dir: str | Path 
     from metarun.tracking import episodes
     from metarun.tracking.results import format_results, results_record
     from metarun.tracking.checkpoint import Checkpointer
-    from metarun.tracking.run_dir import RunDir
+    from metarun.tracking.run_dir import Claim, RunDir
     from metarun.trainer import TrainState
 
     started = time.time()
@@ -117,21 +117,21 @@ def evaluate_run(run_dir: str | Path, overrides: list[str], out_dir: str | Path 
         state.best_step = state.step = int(best["step"])
         with contextlib.suppress(OSError, ValueError, KeyError):
             state.step = int(json.loads((run_dir / "results.json").read_text())["steps"])
+        if not (run_dir / "DONE").is_file():
+            log.warning("%s did not finish (no DONE): testing its best checkpoint so far (step %d)", run_dir,
+                        state.best_step)
     elif int(config["trainer"]["max_steps"]) > 0:  # killed before its first validation: nothing trained to test
         raise RunDirError(f"{run_dir} has no checkpoints/best.pt: the run was stopped before its first validation, so "
                           f"it has no trained model to test. Resume it first (the same metarun command with "
                           f"hydra.run.dir={run_dir}).")
     else:
         log.warning("%s has no checkpoints/best.pt (a run without training steps): testing the model as built", run_dir)
-    if not (run_dir / "DONE").is_file():
-        log.warning("%s did not finish (no DONE): testing its best checkpoint so far (step %d)", run_dir,
-                    state.best_step)
     folder = RunDir(out)
     with folder:
-        if folder.claim(config) != "new":
+        if folder.claim(config) != Claim.NEW:
             raise RunDirError(f"{out} already holds a run; give metarun-eval a new --out folder.")
         folder.hold()
-        folder.prepare("new", config, overrides)
+        folder.prepare(Claim.NEW, config, overrides)
         with folder.log_file():
             scores = trainer.test(c.learner, c.tests)
             episodes.write(out, c.tests)
