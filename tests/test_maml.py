@@ -260,3 +260,60 @@ def test_anil_runs_a_meta_batch_of_text_tasks_in_one_forward_with_the_sequential
     for n, p in learner.named_parameters():
         if p.grad is not None:
             assert torch.allclose(batched[n], p.grad, atol=1e-5), n
+
+
+def four_layer_encoder():
+    torch.manual_seed(0)
+    no_dropout = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = dict(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, **no_dropout)
+    return TransformerEncoder(pretrained=False, name="tiny4", config_overrides=cfg)
+
+
+def test_the_split_forward_gives_the_full_forwards_features():
+    enc = four_layer_encoder().eval()
+    ep = text_episode(enc, shift=1)
+    with torch.no_grad():
+        full = enc(ep.support)
+        for start in range(5):
+            states, mask = enc.layer_inputs(ep.support, start)
+            torch.testing.assert_close(enc(ep.support, from_layer=(start, states, mask)), full, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("first_order", [True, False])
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+@pytest.mark.parametrize("head_init", ["proto", "zeros"])
+def test_top_k_inner_loop_on_the_split_forward_has_the_full_forwards_meta_gradient(first_order, top_k, head_init):
+    """The support set's forward below the adapted layers runs once per task; the meta-gradient (and
+    loss) equal the path that runs the whole encoder at every inner step."""
+    enc = four_layer_encoder()
+    learner = MAML(enc, inner_steps=3, inner_lr=0.1, adapt="top_k", top_k=top_k, head_init=head_init,
+                   first_order=first_order)
+    assert learner.split_at == 4 - top_k
+    ep = text_episode(enc, shift=1)
+    split = meta_grads(learner, ep)
+    learner.split_at = 0  # the whole encoder at every inner step
+    full = meta_grads(learner, ep)
+    assert split.keys() == full.keys() and any(k.startswith("encoder.model.encoder.layer.0.") for k in split)
+    assert_same_gradients(split, full)
+
+
+def assert_same_gradients(split: dict, full: dict) -> None:
+    """Within 1e-5 relative (norm of the difference over the norm), tensor by tensor; gradients that
+    are zero in exact arithmetic (attention key biases: softmax ignores a shift shared by all keys)
+    are float noise of ~1e-11 and are held to the overall scale instead."""
+    scale = max(g.norm() for g in full.values())
+    for name in full:
+        diff = (split[name] - full[name]).norm()
+        assert diff <= 1e-5 * max(full[name].norm(), 1e-3 * scale), (name, diff.item(), full[name].norm().item())
+
+
+def test_lstm_meta_top_k_is_unchanged_by_the_split_forward():
+    from metarun.learners.gradient.lstm_meta import LSTMMeta
+
+    enc = four_layer_encoder()
+    learner = LSTMMeta(enc, inner_steps=2, adapt="top_k", top_k=1)
+    ep = text_episode(enc, shift=1)
+    split = meta_grads(learner, ep)
+    learner.split_at = 0
+    full = meta_grads(learner, ep)
+    assert_same_gradients(split, full)

@@ -43,6 +43,14 @@ class Encoder(nn.Module):
             f"this needs a transformer encoder (encoder=minilm or minilm_markers), not encoder={self.name}."
         )
 
+    def layer_inputs(self, batch: dict[str, torch.Tensor], start: int) -> tuple[torch.Tensor, object]:
+        """The forward below transformer layer `start`: (B, L, H) hidden states entering it, and the
+        attention mask the layers take. `forward(batch, from_layer=(start, states, mask))` finishes
+        it, so a learner adapting only the layers from `start` up runs the rest once per task."""
+        raise ConfigError(
+            f"this needs a transformer encoder (encoder=minilm or minilm_markers), not encoder={self.name}."
+        )
+
     @property
     def backbone(self) -> nn.Module:
         """The transformer itself, called with input_ids / attention_mask / token_type_ids and returning

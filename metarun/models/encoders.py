@@ -159,9 +159,19 @@ class TransformerEncoder(Encoder):
         if freeze:
             self.model.requires_grad_(False)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, batch: dict[str, torch.Tensor], from_layer: tuple | None = None) -> torch.Tensor:
+        """(B, L) tokens -> (B, D) features; `from_layer=(start, states, mask)` (from `layer_inputs`)
+        runs only the transformer layers from `start` up, then pools."""
+        if from_layer is not None:
+            start, states, mask = from_layer
+            return self.pool(_run_layers(self.transformer_layers()[start:], states, mask), batch)
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
         return self.pool(self.model(**inputs).last_hidden_state, batch)  # (B, L) -> (B, L, H) -> (B, D)
+
+    def layer_inputs(self, batch: dict[str, torch.Tensor], start: int) -> tuple[torch.Tensor, object]:
+        states = self.model.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
+        mask = _layer_mask(self.model, batch["attention_mask"], states)
+        return _run_layers(self.transformer_layers()[:start], states, mask), mask
 
     def pool(self, states: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return pool_states(states, batch, self.pooling, self.normalize)
@@ -220,6 +230,23 @@ class PassThroughEmbeddings(nn.Module):
 
     def forward(self, input_ids=None, inputs_embeds=None, **_) -> torch.Tensor:
         return inputs_embeds
+
+
+def _layer_mask(model, attention_mask: torch.Tensor, states: torch.Tensor):
+    """The attention mask a transformer's layers take, built as the model builds it for its attention
+    implementation (transformers 5: `create_bidirectional_mask`; 4.x: the extended additive mask)."""
+    try:
+        from transformers.masking_utils import create_bidirectional_mask
+    except ImportError:  # transformers 4
+        return model.get_extended_attention_mask(attention_mask, attention_mask.shape)
+    return create_bidirectional_mask(config=model.config, inputs_embeds=states, attention_mask=attention_mask)
+
+
+def _run_layers(layers, states: torch.Tensor, mask) -> torch.Tensor:
+    for layer in layers:
+        out = layer(states, mask)
+        states = out[0] if isinstance(out, tuple) else out  # transformers 4 returns a tuple
+    return states
 
 
 def pool_states(states: torch.Tensor, batch: dict[str, torch.Tensor], pooling: str, normalize: bool) -> torch.Tensor:

@@ -126,6 +126,10 @@ class MAML(Learner):
         self.inner_steps, self.test_inner_steps, self.first_order = inner_steps, test_inner_steps, first_order
         self.head_init, self.batch_tasks = head_init, vmap_tasks
         self.enc_names = adapted_encoder_names(encoder, adapt, top_k)
+        # adapt=top_k: the layers below the adapted ones do not change in the inner loop, so the
+        # support set's forward through them runs once per task (`_split_encode`)
+        n_layers = len(encoder.transformer_layers()) if adapt == "top_k" else 0
+        self.split_at = n_layers - top_k if 0 < top_k < n_layers else 0
         names = [f"encoder.{n}" for n in self.enc_names] + list(HEAD)
         shapes = {f"encoder.{n}": p.shape for n, p in encoder.named_parameters()}
         # broadcast over classes
@@ -151,6 +155,20 @@ class MAML(Learner):
         """Features under the adapted encoder tensors in `params` (the rest read from the module)."""
         enc = {n[len("encoder.") :]: params[n] for n in params if n.startswith("encoder.")}
         return functional_call(self.encoder, enc, (inputs,)) if enc else self.encoder(inputs)
+
+    def _split_encode(self, support: dict):
+        """`_encode` that reads the support set's hidden states entering the first adapted layer,
+        computed once (with their graph: the layers below are meta-learned in the outer loop, and a
+        Proto-MAML head starts from these features) instead of at every inner step."""
+        states, mask = self.encoder.layer_inputs(support, self.split_at)
+
+        def encode(params: dict, inputs) -> torch.Tensor:
+            if inputs is not support:  # the query: one full forward under the adapted tensors
+                return self._encode(params, inputs)
+            enc = {n[len("encoder.") :]: params[n] for n in params if n.startswith("encoder.")}
+            return functional_call(self.encoder, enc, (inputs,), {"from_layer": (self.split_at, states, mask)})
+
+        return encode
 
     def _init_head(self, support_feats: torch.Tensor | None, labels: torch.Tensor, n_way: int):
         """(..., N*K, D) support features -> head (..., N, D), (..., N); leading dims are tasks."""
@@ -179,6 +197,8 @@ class MAML(Learner):
         expanded to (T, ...) for `forward_batched`), read by `encode(params, inputs)` (default
         `_encode`). `features` = (support, query) features when only the head adapts (computed once,
         outside the inner loop); `func_grad`: differentiate with torch.func.grad (inside vmap)."""
+        if encode is None and features is None and self.split_at and isinstance(support, dict):
+            encode = self._split_encode(support)
         encode = encode or self._encode
         if params is None:
             params = {n: p for n, p in self.named_parameters() if n in self.policy.names}
