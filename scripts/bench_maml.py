@@ -15,7 +15,10 @@ meta-iteration of each gradient-based learner on the same MiniLM episodes, 5 inn
 learner has an inner loop (first order): `anil`, `fomaml` (every weight adapts), `lstm_meta` (the LSTM
 optimiser over the head), `hypernet_head` (generated head, no inner steps) and `hypernet_adapters`
 (generated LoRA deltas for every block, no inner steps). These learners compute different things, so
-their rows compare time and memory only.
+their rows compare time and memory only; (e) `--cases topk`: MAML adapting the top 1 or 2 MiniLM layers
+(5 inner steps, first and second order), whose support forward below the adapted layers metarun runs
+once per task, against both references adapting the same tensors the usual way; its `sequential`
+rows carry `speedup`, the faster reference's seconds over metarun's.
 
 Implementations, all on identical episodes and initial weights:
 - `sequential`: metarun's MAML learner, one backward per task (what the trainer runs);
@@ -98,8 +101,19 @@ def reference_head(encoder, ep, head: str) -> tuple[torch.Tensor, torch.Tensor]:
             torch.zeros(N, requires_grad=True, device=device))
 
 
-def reference_meta_step(encoder, episodes, steps: int, first_order: bool, head: str) -> None:
+def adapted_names(encoder, mode: str) -> list[str]:
+    """The encoder parameters the references adapt: every trainable one (`all`), or those of the top k
+    transformer layers (`topK`), found by their module path here rather than asked of metarun."""
     names = [n for n, p in encoder.named_parameters() if p.requires_grad]
+    if not mode.startswith("top"):
+        return names
+    n_layers = len(encoder.model.encoder.layer)
+    top = tuple(f"model.encoder.layer.{i}." for i in range(n_layers - int(mode[3:]), n_layers))
+    return [n for n in names if n.startswith(top)]
+
+
+def reference_meta_step(encoder, episodes, steps: int, first_order: bool, head: str, mode: str = "all") -> None:
+    names = adapted_names(encoder, mode)
     for ep in episodes:
         clone = clone_module(encoder)
         feats = clone(ep.support)
@@ -131,14 +145,17 @@ class WithHead(torch.nn.Module):
         return self.head(self.encoder(x))
 
 
-def higher_meta_step(encoder, episodes, steps: int, first_order: bool, head: str) -> None:
+def higher_meta_step(encoder, episodes, steps: int, first_order: bool, head: str, mode: str = "all") -> None:
     """The established functional-MAML package (`pip install higher`): `innerloop_ctx` over encoder +
     head, the head's initial value replaced by the task's (Proto-MAML or zeros) through
-    `update_params`, first order by `grad_callback` detaching the inner gradients."""
+    `update_params`, first order by `grad_callback` detaching the inner gradients; with `topK` its
+    inner optimiser holds only the top k layers and the head (the rest stays at the meta-parameters)."""
     import higher
 
     model = WithHead(encoder)
-    opt = torch.optim.SGD(model.parameters(), lr=INNER_LR)
+    adapted = set(adapted_names(encoder, mode))
+    params = [p for n, p in encoder.named_parameters() if n in adapted] + list(model.head.parameters())
+    opt = torch.optim.SGD(params, lr=INNER_LR)
     detach = (lambda grads: [g.detach() for g in grads]) if first_order else None
     for ep in episodes:
         with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (fmodel, diffopt):
@@ -200,7 +217,7 @@ def make_case(case: str, device: str = "cpu"):
         [e.to(device) for e in episodes],
         steps,
         first_order,
-        ("head" if kind == "minilm_anil" else "all"),
+        ("head" if kind == "minilm_anil" else kind[len("minilm_"):] if kind.startswith("minilm_top") else "all"),
         head,
     )
 
@@ -232,7 +249,8 @@ def build_learner(impl: str, encoder, steps: int, first_order: bool, mode: str, 
         return HyperNet(encoder, generate=impl[len("hypernet_") :], inner_steps=0)
     if impl in ("anil", "fomaml"):
         return MAML(encoder, **common, adapt="head" if impl == "anil" else "all")
-    return MAML(encoder, **common, head_init=head, adapt=mode, vmap_tasks=impl in ("vmap", "batched"))
+    top_k = {"adapt": "top_k", "top_k": int(mode[3:])} if mode.startswith("top") else {"adapt": mode}
+    return MAML(encoder, **common, head_init=head, **top_k, vmap_tasks=impl in ("vmap", "batched"))
 
 
 def rss_mb() -> float:
@@ -253,9 +271,9 @@ def measure(case: str, impl: str, grad_out: str, iters: int, device: str) -> dic
     def step():
         learner.zero_grad(set_to_none=True)
         if impl == "reference":
-            reference_meta_step(encoder, episodes, steps, first_order, head)
+            reference_meta_step(encoder, episodes, steps, first_order, head, mode)
         elif impl == "higher":
-            higher_meta_step(encoder, episodes, steps, first_order, head)
+            higher_meta_step(encoder, episodes, steps, first_order, head, mode)
         elif impl in ("vmap", "batched"):
             learner.training_loss_tasks(episodes).loss.backward()
         else:
@@ -336,6 +354,9 @@ def main() -> None:
         plan += [("minilm_anil/steps1/second", ["sequential"])]
     if "minilm" in kinds or "anil" in kinds:  # a meta-batch of text tasks: one after another, or all at once
         plan += [("minilm_anil/steps5/first", ["sequential", "batched"])]
+    if "topk" in kinds:  # top-k layers adapt: metarun runs the layers below them once per task
+        orders = ("first", "second")
+        plan += [(f"minilm_top{k}/steps5/{o}", ["reference", *refs, "sequential"]) for k in (1, 2) for o in orders]
     if "learners" in kinds:  # different learners: time and memory, no gradient comparison
         plan += [("minilm_learners/steps5/first", list(LEARNERS))]
     rows, first_order_grads = [], {}
@@ -373,6 +394,9 @@ def main() -> None:
                     common = [n for n in grads if n in ref[1]]
                     row["max_meta_grad_diff"] = max((grads[n] - ref[1][n]).abs().max().item() for n in common)
                     row["max_abs_meta_grad"] = max(g.abs().max().item() for g in grads.values())
+                if impl == "sequential" and case.startswith("minilm_top"):  # metarun against the faster reference
+                    refs_s = [r["seconds_per_iter"] for r in rows if r["case"] == case and r["impl"] != "sequential"]
+                    row["speedup"] = round(min(refs_s) / row["seconds_per_iter"], 3)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 check_exercised(row, grads, first_order_grads)
