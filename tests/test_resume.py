@@ -121,3 +121,28 @@ def test_ctrl_c_or_sigterm_mid_training_exits_with_a_message_and_the_resume_is_e
     assert not (run_dir / "results.json").exists() and torch.load(last, weights_only=True)["state"]["step"] < 100
     resumed = run_in_process(args, run_dir)
     assert resumed["results"] == run_in_process(args, tmp_path / "full")["results"]
+
+
+def test_ctrl_c_during_a_checkpoint_write_waits_for_the_write_then_interrupts(tmp_path):
+    """A SIGINT inside torch.save's zip writer would surface as the writer's RuntimeError (exit 1, a
+    traceback); it is held until the file is in place, then raised as KeyboardInterrupt."""
+    import os
+    import signal
+
+    ckpt = Checkpointer(tmp_path, {"seed": 0})
+    state = {"step": 3, "weights": torch.arange(10_000.0)}
+    real_save = torch.save
+
+    def interrupted_save(obj, f):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives mid-write
+        real_save(obj, f)
+
+    torch.save = interrupted_save
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ckpt.save(ckpt.last, state)
+    finally:
+        torch.save = real_save
+    saved = ckpt.load(ckpt.last)
+    assert saved["step"] == 3 and torch.equal(saved["weights"], state["weights"])
+    assert not list(ckpt.dir.glob(".*.tmp"))
