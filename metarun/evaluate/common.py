@@ -17,11 +17,9 @@ from metarun.learners.base import Learner
 
 
 class Evaluator:
-    """An evaluation protocol: `evaluator(learner, device, autocast_dtype) -> {key: {acc, ci95, ...}}`.
-    `unused_keys`: settings of other protocols that a preset may leave in this one's config and that
-    it does not take (build_evaluator drops them)."""
+    """An evaluation protocol: `evaluator(learner, device, autocast_dtype) -> {key: {acc, ci95, ...}}`;
+    its constructor takes the objects of build_evaluator it needs (evaluate/__init__.py)."""
 
-    unused_keys: tuple[str, ...] = ()
     records: dict[str, list[dict]] = {}  # per-episode records of the last call, by score key (`episode_record`)
     feature_cache = None  # a FeatureCache (evaluate/feature_cache.py) when the run's encoder does not train:
     #                       a constructor argument of every protocol

