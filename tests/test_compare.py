@@ -124,3 +124,15 @@ def test_the_report_agrees_with_results_and_draws_its_plots(two_seeds, tmp_path)
     ece, table = calibration([("a", "a", 0.9), ("a", "b", 0.9), ("b", "b", 0.6)])
     assert ece == pytest.approx(100 * (2 / 3 * abs(0.9 - 0.5) + 1 / 3 * abs(0.6 - 1.0)))
     assert table == [(pytest.approx(0.6), 1.0, 1), (pytest.approx(0.9), 0.5, 2)]
+
+
+def test_training_profiles_on_the_same_episodes_stay_separate_rows(two_seeds, tmp_path):
+    run_a, run_b, _, _ = two_seeds
+    sweep_a, sweep_b = tmp_path / "a", tmp_path / "b"
+    for sweep, run in ((sweep_a, run_a), (sweep_b, run_b)):
+        shutil.copytree(run, sweep / "all")
+    run_in_process([*ARGS, "seed=1", "data.train_per_class=10"], sweep_a / "ten")
+    run_in_process([*ARGS, "seed=2", "data.train_per_class=10"], sweep_b / "ten")
+    rows = [r for r in compare(load(sweep_a), load(sweep_b), resamples=200) if r["setting"] == "test/5way_1shot"]
+    assert {r["split"] for r in rows} >= {"banking77, split 1", "banking77, split 1, 10 per class"}
+    assert all(r["runs"] in ("1/1", "2/2") for r in rows)  # never the two profiles averaged together

@@ -10,8 +10,9 @@ points) with a 95% CI from a paired bootstrap over episodes, a two-sided sign-fl
 "no difference", and the share of episodes each side wins. A pair whose episodes differ is refused,
 naming the settings that make them differ.
 
-With sweeps, runs pair up by their episodes (one class split is one set of episodes; several seeds of
-one side on the same split are averaged episode by episode first). Each split gets its own row, and
+With sweeps, runs pair up by their episodes and training profile (one class split is one set of
+episodes; `data.train_per_class` profiles are separate rows; several seeds of one side on the same
+split and profile are averaged episode by episode first). Each split gets its own row, and
 the summary row is the mean over splits of the paired difference with its standard deviation over
 splits and an exact sign-flip test over the split means, the way papers report a difference over
 class splits. Tables print to the terminal; `--out DIR` also writes compare.md, compare.csv and
@@ -126,7 +127,10 @@ def pair(runs_a: list[Run], runs_b: list[Run]) -> list[Group]:
                 if setting not in run.records:
                     continue
                 lines = run.records[setting]
-                group = groups.setdefault((setting, episodes.fingerprint(lines)), Group(setting, run.label()))
+                # one group per set of episodes and training profile: runs of one split with 10 or all
+                # training examples per class answer the same episodes but are different rows
+                key = (setting, run.label(), episodes.fingerprint(lines))
+                group = groups.setdefault(key, Group(setting, run.label()))
                 getattr(group, side).append(episodes.accuracies(lines))
     both = [g for g in groups.values() if g.a and g.b]
     if not both:
