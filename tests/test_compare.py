@@ -86,14 +86,19 @@ def test_other_episodes_are_refused_naming_what_differs(two_seeds, tmp_path):
         compare(load(run_a), load(tmp_path / "other"))
 
 
+def two_sweeps(two_seeds, root, override: str) -> list[dict]:
+    """Sweeps A (seed 1) and B (seed 2) of two runs each: the module's runs, and one with `override`;
+    -> the compared 1-shot rows."""
+    sweeps = {"a": root / "sweep_a", "b": root / "sweep_b"}
+    for sweep, run, seed in zip(sweeps.values(), two_seeds[:2], (1, 2)):
+        shutil.copytree(run, sweep / "first")
+        run_in_process([*ARGS, f"seed={seed}", override], sweep / "second")
+    rows = compare(load(sweeps["a"]), load(sweeps["b"]), resamples=500)
+    return [r for r in rows if r["setting"] == "test/5way_1shot"]
+
+
 def test_sweeps_pair_by_split_and_summarise_over_splits(two_seeds, tmp_path):
-    run_a, run_b, _, _ = two_seeds
-    sweep_a, sweep_b = tmp_path / "sweep_a", tmp_path / "sweep_b"
-    for sweep, run in ((sweep_a, run_a), (sweep_b, run_b)):
-        shutil.copytree(run, sweep / "0_split1")
-    run_in_process([*ARGS, "seed=1", "data.split=2"], sweep_a / "1_split2")
-    run_in_process([*ARGS, "seed=2", "data.split=2"], sweep_b / "1_split2")
-    rows = [r for r in compare(load(sweep_a), load(sweep_b), resamples=500) if r["setting"] == "test/5way_1shot"]
+    rows = two_sweeps(two_seeds, tmp_path, "data.split=2")
     assert [r["split"] for r in rows] == ["banking77, split 1", "banking77, split 2", "mean over 2 splits"]
     summary = rows[-1]
     assert summary["diff"] == pytest.approx((rows[0]["diff"] + rows[1]["diff"]) / 2)
@@ -127,12 +132,6 @@ def test_the_report_agrees_with_results_and_draws_its_plots(two_seeds, tmp_path)
 
 
 def test_training_profiles_on_the_same_episodes_stay_separate_rows(two_seeds, tmp_path):
-    run_a, run_b, _, _ = two_seeds
-    sweep_a, sweep_b = tmp_path / "a", tmp_path / "b"
-    for sweep, run in ((sweep_a, run_a), (sweep_b, run_b)):
-        shutil.copytree(run, sweep / "all")
-    run_in_process([*ARGS, "seed=1", "data.train_per_class=10"], sweep_a / "ten")
-    run_in_process([*ARGS, "seed=2", "data.train_per_class=10"], sweep_b / "ten")
-    rows = [r for r in compare(load(sweep_a), load(sweep_b), resamples=200) if r["setting"] == "test/5way_1shot"]
+    rows = two_sweeps(two_seeds, tmp_path, "data.train_per_class=10")
     assert {r["split"] for r in rows} >= {"banking77, split 1", "banking77, split 1, 10 per class"}
     assert all(r["runs"] in ("1/1", "2/2") for r in rows)  # never the two profiles averaged together
