@@ -24,6 +24,12 @@ from metarun.learners.metric.relation import RelationNet
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
 
+def fewrel_args(root) -> list[str]:
+    """A fast run on the tiny FewRel file in `root`: three training and three test relations."""
+    return [*FAST, "data=fewrel_val_split", f"data.root={root}", "data.train=[P100,P101,P102]",
+            "data.test=[P103,P104,P105]", "data.val_per_class=4"]
+
+
 def test_val_split_holds_out_instances_of_training_relations(fewrel_file):
     root = fewrel_file.parent
     (root / "pid2name.json").write_text(json.dumps({"P100": ["crosses", "..."], "P103": ["spouse", "..."]}))
@@ -187,12 +193,7 @@ def test_pair_net_averages_same_scores_over_shots_and_trains_every_parameter():
 def test_fewrel_cli_runs_each_new_learner_with_the_official_protocol(fewrel_file, tmp_path):
     root = fewrel_file.parent
     args = [
-        *FAST,
-        "data=fewrel_val_split",
-        f"data.root={root}",
-        "data.train=[P100,P101,P102]",
-        "data.test=[P103,P104,P105]",
-        "data.val_per_class=4",
+        *fewrel_args(root),
         "eval=fewrel_official",
         "eval.test.n_way=[2,3]",
         "eval.test.episodes=12",
@@ -264,12 +265,7 @@ def test_nota_is_an_extra_class_with_a_learned_offset(cls):
 
 def test_nota_needs_a_learner_that_predicts_it(fewrel_file, tmp_path):
     args = [
-        *FAST,
-        "data=fewrel_val_split",
-        f"data.root={fewrel_file.parent}",
-        "data.train=[P100,P101,P102]",
-        "data.test=[P103,P104,P105]",
-        "data.val_per_class=4",
+        *fewrel_args(fewrel_file.parent),
         "encoder=cnn",
         "encoder.init=random",
         "sampler.n_way=2",
@@ -333,12 +329,7 @@ def test_domain_adaptation_tests_on_another_file(fewrel_file, tmp_path, caplog):
     run = tmp_path / "da"
     run_in_process(
         [
-            *FAST,
-            "data=fewrel_val_split",
-            f"data.root={fewrel_file.parent}",
-            "data.train=[P100,P101,P102]",
-            "data.test=[P103,P104,P105]",
-            "data.val_per_class=4",
+            *fewrel_args(fewrel_file.parent),
             "encoder=cnn",
             "encoder.init=random",
             "sampler.n_way=3",
@@ -374,12 +365,7 @@ def test_markers_can_start_from_punctuation_and_untrained_frozen_markers_are_war
         TransformerEncoder(pretrained=False, config_overrides=tiny, entity_markers=True, marker_init="zero")
     caplog.set_level("WARNING", logger="metarun")
     args = [
-        *FAST,
-        "data=fewrel_val_split",
-        f"data.root={fewrel_file.parent}",
-        "data.train=[P100,P101,P102]",
-        "data.test=[P103,P104,P105]",
-        "data.val_per_class=4",
+        *fewrel_args(fewrel_file.parent),
         "encoder=minilm_markers",
         "encoder.max_length=32",
         "encoder.pretrained=true",
