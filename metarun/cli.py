@@ -55,7 +55,7 @@ def _main(cfg: DictConfig) -> float | None:
 
     from metarun.config import resolved  # imported here so `metarun --help` stays fast
     from metarun.run import run
-    from metarun.tracking.run_dir import FAILED, RunDir
+    from metarun.tracking.folder.run_dir import FAILED, RunDir
 
     global _task_started
     _task_started = True
@@ -138,7 +138,7 @@ def suggest_keys(args: list[str]) -> list[str]:
     """For `key=value` arguments naming no key of the config: `did you mean` lines (closest keys)."""
     from hydra import compose, initialize_config_dir
 
-    from metarun.tracking.run_dir import flatten
+    from metarun.tracking.folder.run_dir import flatten
 
     groups = {d.name for d in config_dir().iterdir() if d.is_dir()}
     placed = [a for a in args if "@" in a.split("=", 1)[0] and not a.startswith(("+", "~"))]
@@ -167,7 +167,7 @@ def suggest_keys(args: list[str]) -> list[str]:
 
 
 def main() -> None:
-    from metarun.tracking import callbacks
+    from metarun.tracking.tables import callbacks
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:

@@ -46,7 +46,7 @@ def compose_eval_config(run_dir: Path, overrides: list[str]) -> dict:
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     from metarun.config import resolved
-    from metarun.tracking.run_dir import CONFIG, RunDir, config_diff
+    from metarun.tracking.folder.run_dir import CONFIG, RunDir, config_diff
 
     saved = RunDir(run_dir).saved_config()
     if saved is None:
@@ -91,10 +91,10 @@ def evaluate_run(run_dir: str | Path, overrides: list[str], out_dir: str | Path 
     """Test RUN_DIR's best checkpoint under the new evaluation settings; -> the new results."""
     from metarun.config import build
     from metarun.assembly import build_components, train_inputs
-    from metarun.tracking import episodes
-    from metarun.tracking.results import format_results, results_record
-    from metarun.tracking.checkpoint import Checkpointer
-    from metarun.tracking.run_dir import Claim, RunDir
+    from metarun.tracking.folder import episodes
+    from metarun.tracking.tables.results import format_results, results_record
+    from metarun.tracking.folder.checkpoint import Checkpointer
+    from metarun.tracking.folder.run_dir import Claim, RunDir
     from metarun.trainer import TrainState
 
     started = time.time()

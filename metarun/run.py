@@ -16,12 +16,13 @@ from metarun.assembly import Components, build_components, learner_report, train
 from metarun.config import build, resolved
 from metarun.distributed import Dist
 from metarun.files import write_json
-from metarun.tracking import episodes, run_info
-from metarun.tracking.checkpoint import Checkpointer
-from metarun.tracking.metrics import MetricsWriter
-from metarun.tracking.results import results_record
-from metarun.tracking.run_dir import RunDir, claim_folder
-from metarun.tracking.trackers import Tracker, build_trackers, check_available, close_trackers, hparams_of
+from metarun.tracking.folder import episodes
+from metarun.tracking.folder import run_info
+from metarun.tracking.folder.checkpoint import Checkpointer
+from metarun.tracking.writers.metrics import MetricsWriter
+from metarun.tracking.tables.results import results_record
+from metarun.tracking.folder.run_dir import RunDir, claim_folder
+from metarun.tracking.writers.trackers import Tracker, build_trackers, check_available, close_trackers, hparams_of
 from metarun.trainer import TrainState, Trainer
 
 log = logging.getLogger("metarun")
@@ -29,7 +30,7 @@ log = logging.getLogger("metarun")
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[str] | None = None) -> dict:
     """Build everything (so every bad value is refused before the run folder is touched), claim the
-    folder (a lock, and the check that this run may use what it holds: see tracking/run_dir.py), then
+    folder (a lock, and the check that this run may use what it holds: see tracking/folder/run_dir.py), then
     train, test and write results.json and DONE. `run_dir` defaults to Hydra's output folder;
     `overrides` (the command line, for the HParams row) to Hydra's."""
     started = time.time()

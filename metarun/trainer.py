@@ -17,8 +17,8 @@ from metarun import distributed
 from metarun.distributed import Dist
 from metarun.errors import CheckpointError, ConfigError, NonFiniteLossError, check_choice, check_int, check_number
 from metarun.learners.base import Learner
-from metarun.tracking.checkpoint import Checkpointer
-from metarun.tracking.metrics import MetricsWriter
+from metarun.tracking.folder.checkpoint import Checkpointer
+from metarun.tracking.writers.metrics import MetricsWriter
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("linear", "constant", "cosine")

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import FAST, run_cli, run_in_process, snapshot
 from metarun.errors import CheckpointError, MetarunError, RunDirError
-from metarun.tracking.run_dir import RunDir
+from metarun.tracking.folder.run_dir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_the_lock_of_a_dead_process_is_stale(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from metarun.tracking.run_dir import RunDir; "
+            "import sys, time; from metarun.tracking.folder.run_dir import RunDir; "
             f"d = RunDir({str(tmp_path)!r}).lock(); d.hold(); print('locked', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,

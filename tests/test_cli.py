@@ -122,7 +122,7 @@ def test_incompatible_checkpoint_names_the_difference(tmp_path):
 
 
 def test_the_checkpointer_refuses_a_checkpoint_of_another_config(tmp_path):
-    from metarun.tracking.checkpoint import Checkpointer
+    from metarun.tracking.folder.checkpoint import Checkpointer
 
     Checkpointer(tmp_path, {"seed": 0, "sampler": {"k_shot": 5}}).save(
         tmp_path / "checkpoints" / "last.pt", {"step": 3}

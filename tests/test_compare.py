@@ -1,4 +1,4 @@
-"""Per-episode records (tracking/episodes.py) and `metarun-compare` (tracking/compare.py): paired
+"""Per-episode records (tracking/folder/episodes.py) and `metarun-compare` (tracking/tables/compare.py): paired
 differences on the same episodes, checked against hand computations and end to end."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import FAST, read_json, run_in_process
-from metarun.tracking import episodes
-from metarun.tracking.compare import CompareError, compare, load, main, paired, sign_flip_exact
+from metarun.tracking.folder import episodes
+from metarun.tracking.tables.compare import CompareError, compare, load, main, paired, sign_flip_exact
 
 ARGS = [*FAST, "trainer.max_steps=3", "trainer.eval_every=3"]
 
@@ -115,7 +115,7 @@ def test_a_run_without_records_is_named_with_what_to_do(two_seeds, tmp_path):
 
 
 def test_the_report_agrees_with_results_and_draws_its_plots(two_seeds, tmp_path):
-    from metarun.tracking.report import calibration, main as report_main
+    from metarun.tracking.tables.report import calibration, main as report_main
 
     run_a, _, results, _ = two_seeds
     assert report_main([str(run_a)]) == 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import FAST, read_json, run_cli, run_in_process
-from metarun.tracking.checkpoint import Checkpointer
+from metarun.tracking.folder.checkpoint import Checkpointer
 
 ARGS = [*FAST, "trainer.max_steps=8", "trainer.eval_every=2", "trainer.checkpoint_every=3"]
 

@@ -233,7 +233,7 @@ def test_sweep_folder_names_depend_on_each_value_only():
 
 
 def test_options_added_later_at_their_old_behaviour_match_saved_configs_without_them():
-    from metarun.tracking.run_dir import config_diff
+    from metarun.tracking.folder.run_dir import config_diff
 
     saved = {"data": {"name": "banking77", "split": 1}, "seed": 0}
     now = {

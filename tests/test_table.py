@@ -9,8 +9,8 @@ import math
 
 import pytest
 
-from metarun.tracking.results import aggregate
-from metarun.tracking.table import main
+from metarun.tracking.tables.results import aggregate
+from metarun.tracking.tables.table import main
 
 
 def fake_run(root, name, learner, k_shot, seed, acc, ci=1.0):
@@ -78,7 +78,7 @@ def test_every_reproduce_preset_has_published_numbers_and_a_usage_error():
     from pathlib import Path
 
     from metarun.paths import config_dir
-    from metarun.tracking.table import load_published
+    from metarun.tracking.tables.table import load_published
 
     root = Path(__file__).resolve().parents[1]
     script = root / "scripts" / "reproduce.sh"
@@ -126,7 +126,7 @@ def test_reproduce_script_runs_a_preset_and_prints_it_beside_the_published_table
 
 
 def test_sweep_tables_get_a_row_for_every_key_the_sweep_varies():
-    from metarun.tracking.callbacks import SweepSummary, swept_keys
+    from metarun.tracking.tables.callbacks import SweepSummary, swept_keys
 
     overrides = [
         "experiment=x",
@@ -151,8 +151,8 @@ def test_sweep_tables_get_a_row_for_every_key_the_sweep_varies():
 
 
 def test_sweep_plot_draws_a_line_per_row_label(tmp_path):
-    from metarun.tracking.plots import plot_sweep
-    from metarun.tracking.results import labels, load_runs
+    from metarun.tracking.tables.plots import plot_sweep
+    from metarun.tracking.tables.results import labels, load_runs
 
     for i, (k, seed, acc) in enumerate([(1, 0, 80.0), (5, 1, 95.0)]):
         fake_run(tmp_path / "sweep", f"{i}_job", "protonet", k, seed, acc)

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import FAST, read_json, run_cli, run_in_process
 from metarun.errors import ConfigError
-from metarun.tracking.metrics import read_metrics
-from metarun.tracking.run_dir import config_diff
+from metarun.tracking.writers.metrics import read_metrics
+from metarun.tracking.folder.run_dir import config_diff
 
 mlflow = pytest.importorskip("mlflow")
 ARGS = [a for a in FAST if not a.startswith("logger=")]

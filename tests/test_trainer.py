@@ -5,8 +5,8 @@ from torch import nn
 from metarun.data.collate import Episode
 from metarun.errors import ConfigError, NonFiniteLossError
 from metarun.learners.base import Learner, StepOutput
-from metarun.tracking.checkpoint import Checkpointer
-from metarun.tracking.metrics import MetricsWriter
+from metarun.tracking.folder.checkpoint import Checkpointer
+from metarun.tracking.writers.metrics import MetricsWriter
 from metarun.trainer import Trainer
 
 

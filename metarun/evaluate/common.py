@@ -121,7 +121,7 @@ def _encode(learner: Learner, data: FewShotDataset, device: torch.device, batch_
 
 
 def episode_record(index: int, classes, query_idx, gold, logits: torch.Tensor) -> dict:
-    """One test episode as tracking/episodes.py stores it: `logits` (Q, N or N+1) of the learner's
+    """One test episode as tracking/folder/episodes.py stores it: `logits` (Q, N or N+1) of the learner's
     prediction; `query_idx` the queries' indices in the evaluated dataset."""
     logits = logits.detach().float().cpu()
     pred = logits.argmax(-1)  # the prediction accuracy counts, whatever the probabilities round to

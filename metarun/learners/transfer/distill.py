@@ -31,7 +31,7 @@ from metarun.errors import ConfigError
 from metarun.learners.base import StepOutput, accuracy
 from metarun.learners.transfer.finetune import FineTune, ProbedLearner
 from metarun.models.encoders import TransformerEncoder, resolve_model_path
-from metarun.tracking.checkpoint import Checkpointer
+from metarun.tracking.folder.checkpoint import Checkpointer
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,

@@ -17,7 +17,7 @@ import torch
 
 from metarun.errors import CheckpointError
 from metarun.files import atomic_write
-from metarun.tracking.run_dir import config_diff, describe
+from metarun.tracking.folder.run_dir import config_diff, describe
 
 FORMAT_VERSION = 1
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from metarun.tracking.plots import plot_sweep
-from metarun.tracking.results import BUILTIN, load_runs
-from metarun.tracking.table import split_rows, write_tables
+from metarun.tracking.tables.plots import plot_sweep
+from metarun.tracking.tables.results import BUILTIN, load_runs
+from metarun.tracking.tables.table import split_rows, write_tables
 
 log = logging.getLogger("metarun")
 

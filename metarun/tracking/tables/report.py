@@ -1,4 +1,4 @@
-"""`metarun-report RUN`: where a model fails, from its per-episode records (tracking/episodes.py).
+"""`metarun-report RUN`: where a model fails, from its per-episode records (tracking/folder/episodes.py).
 
 Writes `report/` in the run folder: `report.md` (per-class accuracy, the most confused class pairs,
 the hardest episodes, accuracy against the number of shots, calibration: expected calibration error
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from metarun.tracking import episodes
-from metarun.tracking.plots import pyplot
-from metarun.tracking.run_dir import RESULTS
+from metarun.tracking.folder import episodes
+from metarun.tracking.tables.plots import pyplot
+from metarun.tracking.folder.run_dir import RESULTS
 
 NOTA = "none-of-the-above"
 BINS = 10

@@ -4,7 +4,7 @@
     metarun-compare SWEEP_A SWEEP_B --out compare/      # several splits or seeds per side
 
 Every run tests on episodes that depend only on `eval.seed` and the episode index, and writes what it
-was asked and answered per episode (`episodes/*.jsonl`, tracking/episodes.py). Two runs tested on
+was asked and answered per episode (`episodes/*.jsonl`, tracking/folder/episodes.py). Two runs tested on
 identical episodes are compared episode by episode: the paired difference of accuracy (A - B, in
 points) with a 95% CI from a paired bootstrap over episodes, a two-sided sign-flip permutation test of
 "no difference", and the share of episodes each side wins. A pair whose episodes differ is refused,
@@ -33,8 +33,8 @@ import numpy as np
 import yaml
 
 from metarun.errors import MetarunError
-from metarun.tracking import episodes
-from metarun.tracking.run_dir import CONFIG, RESULTS, config_diff, describe
+from metarun.tracking.folder import episodes
+from metarun.tracking.folder.run_dir import CONFIG, RESULTS, config_diff, describe
 
 
 class CompareError(MetarunError):

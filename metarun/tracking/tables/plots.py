@@ -10,8 +10,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from metarun.tracking.metrics import read_metrics
-from metarun.tracking.results import aggregate, labels
+from metarun.tracking.writers.metrics import read_metrics
+from metarun.tracking.tables.results import aggregate, labels
 
 log = logging.getLogger("metarun")
 SETTING = re.compile(r"^test/(\d+)way_(\d+)shot$")

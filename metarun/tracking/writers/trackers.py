@@ -25,7 +25,7 @@ from pathlib import Path
 
 from metarun.errors import ConfigError
 from metarun.files import write_json
-from metarun.tracking.run_dir import flatten
+from metarun.tracking.folder.run_dir import flatten
 
 log = logging.getLogger("metarun")
 

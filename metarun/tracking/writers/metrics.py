@@ -1,5 +1,5 @@
 """Metrics writers: one JSON object per logged step in `metrics.jsonl`, mirrored to TensorBoard and to
-the run's experiment trackers (tracking/trackers.py)."""
+the run's experiment trackers (tracking/writers/trackers.py)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class MetricsWriter:
     def write_hparams(self, hparams: dict, metric_tags: list[str]) -> None:
         """TensorBoard's HParams row of this run: `hparams` and the final values of `metric_tags`."""
         if self.use_tensorboard:
-            from metarun.tracking.trackers import write_hparams
+            from metarun.tracking.writers.trackers import write_hparams
 
             write_hparams(self._tensorboard(), hparams, metric_tags)
 

@@ -30,9 +30,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from metarun.errors import ConfigError
-from metarun.tracking.plots import plot_sweep
-from metarun.tracking.results import aggregate, labels, load_runs
-from metarun.tracking.run_dir import flatten, ignored
+from metarun.tracking.tables.plots import plot_sweep
+from metarun.tracking.tables.results import aggregate, labels, load_runs
+from metarun.tracking.folder.run_dir import flatten, ignored
 
 POOLED = ("seed", "data.split")  # runs differing only in these are repeats of one experiment
 KEY_OF = {"learner": "learner.name", "data": "data.name", "encoder": "encoder.name",

@@ -28,8 +28,8 @@ import yaml
 
 from metarun.errors import RunDirError
 from metarun.files import atomic_write, write_json
-from metarun.tracking.plots import plot_run
-from metarun.tracking.results import format_results
+from metarun.tracking.tables.plots import plot_run
+from metarun.tracking.tables.results import format_results
 
 log = logging.getLogger("metarun")
 
