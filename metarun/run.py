@@ -89,7 +89,7 @@ def fit_and_test(c: Components, run_dir: Path, trackers: list[Tracker] = (), ove
         test_scores = trainer.test(learner, c.tests)
         if c.dist.main:
             episodes.write(run_dir, c.tests)  # what each test episode asked and got (metarun-compare pairs them)
-        writer.write_scores(state.step, test_scores)
+        writer.write_scores(state.step, test_scores, replace=True)
         if logger.get("hparams", True):
             writer.write_hparams(hparams_of(c.config, list(overrides)), [f"{k}/acc" for k in test_scores])
         report = learner_report(learner, c.encoder, c.data.test, trainer.device)

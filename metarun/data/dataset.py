@@ -40,7 +40,9 @@ def drop_duplicates(examples: Sequence[Example], where: str, drop: bool) -> tupl
     seen, repeats = set(), []
     for i, e in enumerate(examples):
         key = (e.label, e.text, e.text_pair, e.tokens, e.head, e.tail)
-        (repeats.append(i) if key in seen else seen.add(key))
+        if key in seen:
+            repeats.append(i)
+        seen.add(key)
     if not repeats:
         return tuple(examples)
     if drop:

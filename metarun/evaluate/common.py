@@ -128,3 +128,8 @@ def episode_record(index: int, classes, query_idx, gold, logits: torch.Tensor) -
     conf = logits.softmax(-1).gather(-1, pred[:, None])[:, 0]
     return {"episode": int(index), "classes": [str(c) for c in classes], "query": [int(i) for i in query_idx],
             "gold": [int(g) for g in gold], "pred": pred.tolist(), "conf": [round(float(c), 4) for c in conf]}
+
+
+def record_accuracy(record: dict) -> float:
+    """An episode record's accuracy in [0, 1]: the share of its queries predicted right."""
+    return float(np.mean(np.equal(record["gold"], record["pred"])))

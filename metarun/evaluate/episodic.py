@@ -25,6 +25,7 @@ from metarun.evaluate.common import (
     episode_record,
     evaluating,
     limit_per_class,
+    record_accuracy,
     summary,
 )
 from metarun.errors import ConfigError, check_int
@@ -99,7 +100,7 @@ class EpisodicEvaluator(Evaluator):
                     records = self._feature_episodes(learner, features, sampler, proto)
                 else:
                     records = self._episodes(learner, sampler, proto, device, amp)
-                accs = [float(np.mean(np.equal(r["gold"], r["pred"]))) for r in records]
+                accs = [record_accuracy(r) for r in records]
                 key = f"{self.prefix}/{proto.key}"
                 out[key], self.records[key] = {**summary(accs), "episodes": len(accs)}, records
             return out
@@ -122,7 +123,7 @@ class EpisodicEvaluator(Evaluator):
                 logits = learner.predict_from_features(s, torch.as_tensor(spec.support_labels(), device=s.device), q,
                                                        spec.n_way, **transductive, **names)
                 records.append(episode_record(i, spec.classes, spec.query_idx, spec.query_labels(), logits))
-                correct.append(np.mean(np.equal(records[-1]["gold"], records[-1]["pred"])))
+                correct.append(record_accuracy(records[-1]))
                 if i % 50 == 0:
                     bar.set_postfix(acc=f"{100 * np.mean(correct):.1f}", refresh=False)  # drawn with the next count
         return self.dist.gather(records, proto.episodes)
@@ -139,7 +140,7 @@ class EpisodicEvaluator(Evaluator):
                 logits = learner.predict(ep)
             spec = sampler[i]
             records.append(episode_record(i, spec.classes, spec.query_idx, ep.query_labels.tolist(), logits))
-            correct.append(np.mean(np.equal(records[-1]["gold"], records[-1]["pred"])))
+            correct.append(record_accuracy(records[-1]))
             if i % 20 == 0:
                 bar.set_postfix(acc=f"{100 * np.mean(correct):.1f}", refresh=False)  # drawn with the next count
         return self.dist.gather(records, proto.episodes)

@@ -30,12 +30,14 @@ class MetricsWriter:
         if self.use_tensorboard:
             self._tensorboard(purge_step=step + 1)
 
-    def write_scores(self, step: int, scores: dict[str, dict]) -> None:
+    def write_scores(self, step: int, scores: dict[str, dict], replace: bool = False) -> None:
         """Evaluation scores {"val/5way_5shot": {"acc", "ci95", ...}} as `val/5way_5shot/acc`, `.../ci95`.
-        A line of the same scores at the same step (a run killed after logging its test scores, then
-        resumed) is replaced, so every line is in the file exactly once."""
+        `replace`: a line of the same scores at the same step is dropped first. The final test scores
+        need it: a run killed after logging them and resumed tests again at that step, and every line
+        must be in the file once (validation lines after the last checkpoint are cut by `resume_at`)."""
         metrics = {f"{k}/{m}": v[m] for k, v in scores.items() for m in ("acc", "ci95")}
-        self._drop(step, set(metrics))
+        if replace:
+            self._drop(step, set(metrics))
         self.write(step, metrics)
 
     def _drop(self, step: int, keys: set[str]) -> None:
