@@ -106,7 +106,7 @@ def test_lstm_meta_trains_the_meta_learner_at_its_own_rate():
     (dict(inner_lr=1.5), "learner.inner_lr is the initial input gate"),
     (dict(hidden_size=0), "learner.hidden_size=0 is not valid; it must be a whole number of at least 1"),
     (dict(adapt="layers"), "learner.adapt='layers' is not valid; choose one of: all, head, top_k"),
-    (dict(meta_lr=0), "learner.meta_lr must be positive"),
+    (dict(meta_lr=0), "learner.meta_lr=0 is not valid; it must be a positive number"),
 ])
 def test_lstm_meta_bad_options_are_named(kw, message):
     with pytest.raises(ConfigError, match=message):

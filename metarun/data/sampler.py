@@ -12,7 +12,7 @@ import numpy as np
 
 from metarun.data.dataset import FewShotDataset
 from metarun.data.multitask import task_of
-from metarun.errors import ConfigError, DataError, check_choice, check_int
+from metarun.errors import ConfigError, DataError, check_choice, check_int, check_number
 
 
 @dataclass(frozen=True)
@@ -196,8 +196,7 @@ class MultiTaskSampler:
         check_choice("sampler.tasks_per_step", tasks_per_step, ("all", "one"))
         check_choice("sampler.sampling", sampling, SAMPLING)
         check_int("sampler.batch_size", batch_size)
-        if temperature <= 0:
-            raise ConfigError(f"sampler.temperature must be positive, got {temperature}.")
+        check_number("sampler.temperature", temperature, 0, low_open=True)
         self.dataset, self.batch_size, self.seed, self.tasks_per_step = dataset, batch_size, seed, tasks_per_step
         self._classes = tuple(dataset.classes)
         self.tasks = sorted({task_of(c) for c in self._classes})

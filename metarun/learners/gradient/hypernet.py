@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from metarun.errors import ConfigError, check_choice, check_int
+from metarun.errors import ConfigError, check_choice, check_int, check_number
 from metarun.learners.base import encoder_and_rest
 from metarun.learners.functional import prototypes, proto_head
 from metarun.learners.gradient.maml import MAML
@@ -118,8 +118,7 @@ class HyperNet(MAML):
         super().__init__(encoder, inner_steps=inner_steps, test_inner_steps=test_inner_steps, inner_lr=inner_lr,
                          first_order=first_order, adapt=adapt, top_k=top_k, step_size=step_size,
                          freeze_encoder=freeze_encoder, vmap_tasks=vmap_tasks)
-        if head_lr <= 0:
-            raise ConfigError(f"learner.head_lr must be positive, got {head_lr}.")
+        check_number("learner.head_lr", head_lr, 0, low_open=True)
         self.generate, self.skip, self.head_lr = generate, skip, head_lr
         d = encoder.out_dim
         if generate == "head":

@@ -29,7 +29,7 @@ import math
 import torch
 from torch import nn
 
-from metarun.errors import ConfigError, check_int
+from metarun.errors import ConfigError, check_int, check_number
 from metarun.learners.base import encoder_and_rest
 from metarun.learners.gradient.maml import MAML
 from metarun.models.base import Encoder
@@ -112,8 +112,7 @@ class LSTMMeta(MAML):
         super().__init__(encoder, inner_steps=inner_steps, test_inner_steps=test_inner_steps, inner_lr=inner_lr,
                          first_order=first_order, adapt=adapt, top_k=top_k, head_init=head_init,
                          freeze_encoder=freeze_encoder)
-        if meta_lr <= 0:
-            raise ConfigError(f"learner.meta_lr must be positive, got {meta_lr}.")
+        check_number("learner.meta_lr", meta_lr, 0, low_open=True)
         self.meta_lr = meta_lr
         self.policy = LSTMOptimizer(self.policy.names, inner_lr, hidden_size, forget_bias, tensor_embedding)
 

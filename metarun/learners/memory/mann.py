@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.data.collate import Episode
-from metarun.errors import ConfigError, check_choice, check_int
+from metarun.errors import ConfigError, check_choice, check_int, check_number
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, encoder_and_rest
 from metarun.learners.functional import FEATURE_NORMS, interleaved_order, normalize_episode, random_presentation
 
@@ -86,9 +86,8 @@ class MANN(FeatureLearner):
             check_int(f"learner.{opt}", v)
         if read_heads > slots:
             raise ConfigError(f"learner.read_heads={read_heads} cannot exceed learner.slots={slots}.")
-        if not 0 <= gamma <= 1 or not 0 <= bank_momentum < 1:
-            raise ConfigError(f"learner.gamma must be in [0, 1] and learner.bank_momentum in [0, 1), got {gamma} "
-                              f"and {bank_momentum}.")
+        check_number("learner.gamma", gamma, 0, 1)
+        check_number("learner.bank_momentum", bank_momentum, 0, 1, high_open=True)
         self.encoder, self.head_lr, self.memory = encoder, head_lr, memory
         self.slots, self.width, self.heads, self.gamma, self.max_way = slots, slot_width, read_heads, gamma, max_way
         self.support_loss, self.bank_momentum = support_loss, bank_momentum

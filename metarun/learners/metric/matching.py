@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.data.collate import Episode
-from metarun.errors import ConfigError
+from metarun.errors import check_number
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, with_nota
 from metarun.learners.functional import cosine_similarity
 
@@ -26,8 +26,7 @@ class MatchingNet(FeatureLearner):
         super().__init__()
         self.nota = nota
         self.nota_offset = nn.Parameter(torch.zeros(())) if nota else None
-        if scale <= 0:
-            raise ConfigError(f"learner.scale must be positive, got {scale}.")
+        check_number("learner.scale", scale, 0, low_open=True)
         self.encoder = encoder
         log_scale = torch.tensor(float(scale)).log()
         self.log_scale = nn.Parameter(log_scale, requires_grad=learn_scale)

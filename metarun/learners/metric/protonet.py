@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.data.collate import Episode
-from metarun.errors import ConfigError, check_choice, check_int
+from metarun.errors import ConfigError, check_choice, check_int, check_number
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, with_nota
 from metarun.learners.functional import (
     cosine_similarity,
@@ -96,8 +96,7 @@ class ProtoNet(FeatureLearner):
         self.nota = nota
         self.nota_offset = nn.Parameter(torch.zeros(())) if nota else None
         check_choice("learner.distance", distance, DISTANCES)
-        if scale <= 0:
-            raise ConfigError(f"learner.scale must be positive, got {scale}.")
+        check_number("learner.scale", scale, 0, low_open=True)
         self.encoder, self.distance = encoder, distance
         log_scale = torch.tensor(float(scale)).log()
         self.log_scale = nn.Parameter(log_scale) if learn_scale else None

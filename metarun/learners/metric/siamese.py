@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.data.collate import Episode
-from metarun.errors import ConfigError, check_choice
+from metarun.errors import check_choice, check_number
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, encoder_and_rest
 
 AGGREGATE = ("mean", "max")
@@ -28,8 +28,7 @@ class Siamese(FeatureLearner):
                  head_lr: float | None = 1e-3, nota: bool = False):
         super().__init__()
         check_choice("learner.aggregate", aggregate, AGGREGATE)
-        if head_lr is not None and head_lr <= 0:
-            raise ConfigError(f"learner.head_lr must be positive (or null for trainer.lr), got {head_lr}.")
+        check_number("learner.head_lr", head_lr, 0, low_open=True, null="trainer.lr")
         self.encoder, self.aggregate, self.hard_negatives, self.head_lr = encoder, aggregate, hard_negatives, head_lr
         # alpha starts negative and equal: a larger distance means "different", as for a fixed L1 metric
         self.alpha = nn.Parameter(torch.full((encoder.out_dim,), -1.0 / encoder.out_dim ** 0.5))

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarun.data.collate import Episode
-from metarun.errors import ConfigError
+from metarun.errors import ConfigError, check_number
 from metarun.learners.base import StepOutput, accuracy
 from metarun.learners.transfer.finetune import FineTune, ProbedLearner
 from metarun.models.encoders import TransformerEncoder, resolve_model_path
@@ -159,10 +159,8 @@ class Distill(ProbedLearner):
                 "learner=distill needs learner.teacher=<run dir of a `metarun learner=finetune` run "
                 "(same data and encoder), or a Hugging Face sequence-classifier folder>."
             )
-        if temperature <= 0 or not 0 <= alpha <= 1:
-            raise ConfigError(
-                f"learner.temperature must be positive and learner.alpha in [0, 1]; got {temperature}, {alpha}."
-            )
+        check_number("learner.temperature", temperature, 0, low_open=True)
+        check_number("learner.alpha", alpha, 0, 1)
         teacher_model = load_teacher(teacher, encoder, train_classes)
         if isinstance(teacher_model, RunTeacher):  # student = teacher's layers and classifier
             student, head = (
