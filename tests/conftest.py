@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -14,10 +15,16 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from metarun.config import build
+from metarun.data.collate import Episode
+from metarun.data.dataset import Example, FewShotDataset
+from metarun.learners.metric.protonet import ProtoNet
 from metarun.models.base import Encoder
+from metarun.models.encoders import TransformerEncoder
 from metarun.paths import config_dir
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+REPO = Path(__file__).resolve().parents[1]  # the repository root
+SHARED = REPO.parent / "shared"
 FEWREL_VAL = SHARED / "data" / "fewrel" / "val_wiki.json"
 
 
@@ -27,6 +34,14 @@ def _private_feature_cache(tmp_path_factory):
     session, never the user's ~/.cache/metarun (subprocesses inherit the variable)."""
     os.environ["METARUN_CACHE_DIR"] = str(tmp_path_factory.mktemp("metarun_cache"))
     yield
+
+
+def pytest_collection_modifyitems(items):
+    """Tests under tests/e2e/ run metarun itself (in process or as the CLI) and carry the `e2e` marker:
+    `pytest tests/unit` or `-m "not e2e"` gives the component tests alone in about a minute."""
+    for item in items:
+        if "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.e2e)
 
 
 def compose_cfg(overrides: list[str] | None = None):
@@ -71,6 +86,25 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def csv_file(tmp_path, body: bytes | str, name="rows.csv"):
+    """BODY (bytes as given, text as UTF-8) written to TMP_PATH/NAME."""
+    path = tmp_path / name
+    path.write_bytes(body if isinstance(body, bytes) else body.encode())
+    return path
+
+
+def write_csv(path, rows, delimiter=","):
+    """(sentence, intent) ROWS written under that header."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, delimiter=delimiter)
+        w.writerow(["sentence", "intent"])
+        w.writerows(rows)
+    return path
+
+
+# 20 rows of five classes a-e, four each, for csv_file
+TABLE_ROWS = "".join(f"{t} {c} {i},{c}\n" for c in "abcde" for i in range(4) for t in ("some text of",))
+
 FAST = ["debug=fast", "trainer.progress=false", "logger=jsonl"]
 
 
@@ -83,6 +117,68 @@ class FeatureEncoder(Encoder):
 
     def forward(self, x):
         return torch.tanh(self.lin(x))
+
+
+# -- small models and data for component tests ------------------------------------------------------
+
+CPU = torch.device("cpu")
+SMALL_DATA = FewShotDataset(tuple(Example(f"sentence {i} about thing {i % 3}", str(i % 3)) for i in range(12)), "test")
+
+
+def tiny_protonet(seed: int = 0, **kw) -> ProtoNet:
+    """ProtoNet on the tiny random encoder (encoder=tiny), in eval mode, seeded."""
+    torch.manual_seed(seed)
+    return ProtoNet(build(compose_cfg(["encoder=tiny"]).encoder, "encoder"), **kw).eval()
+
+
+WORDS = "the a card my arrived when will money transfer account pin why is not working still".split()
+
+
+def sentences(n: int, seed: int = 0, pairs: bool = False) -> FewShotDataset:
+    """N random sentences of 1-30 WORDS in four classes (with a second text each if PAIRS)."""
+    import random
+
+    rng = random.Random(seed)
+    make = lambda: " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 30)))  # noqa: E731
+    return FewShotDataset(tuple(Example(make(), str(i % 4), text_pair=make() if pairs else None) for i in range(n)),
+                          "generated")
+
+
+def tiny_tokenize(max_length: int = 16):
+    return build(compose_cfg(["encoder=tiny", f"encoder.max_length={max_length}"]).encoder, "encoder").tokenize
+
+
+def feature_episode(n=3, k=2, q=2, d=4, seed=0, dtype=torch.float32):
+    """An N-way K-shot Q-query episode of D-dim features around N random centres."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(n, d, generator=g, dtype=dtype)
+    xs = centers.repeat_interleave(k, 0) + 0.5 * torch.randn(n * k, d, generator=g, dtype=dtype)
+    xq = centers.repeat_interleave(q, 0) + 0.5 * torch.randn(n * q, d, generator=g, dtype=dtype)
+    return Episode(xs, torch.arange(n).repeat_interleave(k), xq, torch.arange(n).repeat_interleave(q), n)
+
+
+def tiny_encoder():
+    """A 2-layer, 16-wide random BERT (narrower than encoder=tiny), seeded."""
+    torch.manual_seed(0)
+    return TransformerEncoder(
+        pretrained=False,
+        name="tiny",
+        config_overrides=dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32),
+    )
+
+
+def text_episode(enc, n=3, k=2, q=2, shift=0):
+    """A tokenised N-way episode of short banking phrases for ENC (SHIFT gives another task)."""
+    words = ["card", "payment", "refund", "transfer", "atm", "pin", "top up", "fee"]
+    ex = lambda c, i: Example(
+        f"{words[(c + shift) % 8]} {words[(c + i) % 8]} please" + " now" * (shift * i % 3),  # noqa: E731
+        str(c),
+    )
+    s = [ex(c, i) for c in range(n) for i in range(k)]
+    qq = [ex(c, i + k) for c in range(n) for i in range(q)]
+    return Episode(
+        enc.tokenize(s), torch.arange(n).repeat_interleave(k), enc.tokenize(qq), torch.arange(n).repeat_interleave(q), n
+    )
 
 
 @pytest.fixture

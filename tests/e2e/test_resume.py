@@ -93,9 +93,10 @@ def test_meta_learned_learners_resume_exactly_after_sigkill(tmp_path, learner, o
         ),
     ],
 )
-def test_ctrl_c_or_sigterm_mid_training_exits_with_a_message_and_the_resume_is_exact(
+def test_ctrl_c_or_sigterm_then_an_exact_resume(
     tmp_path, sig, code, words, learner
 ):
+    """Ctrl c or sigterm mid training exits with a message and the resume is exact."""
     import signal
     import subprocess
     import sys
@@ -123,7 +124,7 @@ def test_ctrl_c_or_sigterm_mid_training_exits_with_a_message_and_the_resume_is_e
     assert resumed["results"] == run_in_process(args, tmp_path / "full")["results"]
 
 
-def test_ctrl_c_during_a_checkpoint_write_waits_for_the_write_then_interrupts(tmp_path):
+def test_ctrl_c_waits_for_a_checkpoint_write(tmp_path):
     """A SIGINT inside torch.save's zip writer would surface as the writer's RuntimeError (exit 1, a
     traceback); it is held until the file is in place, then raised as KeyboardInterrupt."""
     import os

@@ -3,16 +3,15 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
+from conftest import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_install_finds_configs(tmp_path):
     target = tmp_path / "site"
     build = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "--quiet",
-         "--target", str(target), str(ROOT)],
+         "--target", str(target), str(REPO)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert build.returncode == 0, build.stderr[-2000:]

@@ -35,7 +35,7 @@ def test_cached_feature_evaluation_equals_episode_by_episode():
     assert cached["test/5way_1shot"]["episodes"] == 8
 
 
-def test_progress_bars_count_the_episodes_their_accuracy_comes_from(capsys, monkeypatch):
+def test_progress_bars_count_the_episodes(capsys, monkeypatch):
     """The accuracy postfix is drawn with the bar's current count, not a stale 0/N."""
     import functools
     import re

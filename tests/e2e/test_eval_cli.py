@@ -62,7 +62,8 @@ def test_an_option_newer_than_the_run_is_named_and_plus_adds_it(finished_run, tm
     assert results["results"]["test/5way_1shot"]["episodes"] == 4
 
 
-def test_a_killed_run_is_tested_at_its_best_checkpoint_or_refused_without_one(finished_run, tmp_path, caplog):
+def test_a_killed_run_is_tested_at_its_best_checkpoint(finished_run, tmp_path, caplog):
+    """A killed run is tested at its best checkpoint or refused without one."""
     import logging
     import shutil
 

@@ -20,7 +20,7 @@ from metarun.learners.transfer.mtl import (
     uncertainty_weighted,
 )
 from metarun.learners.transfer.multitask import MultiTask
-from tests.conftest import FAST, FeatureEncoder, read_json, run_in_process
+from conftest import FeatureEncoder
 
 
 def test_pcgrad_projects_only_conflicting_gradients():
@@ -126,7 +126,8 @@ def test_every_weighting_trains_every_parameter(weighting):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_pcgrad_surrogate_hands_the_projected_gradient_to_the_encoder():
+def test_pcgrad_surrogate_gives_the_projected_grad():
+    """Pcgrad surrogate hands the projected gradient to the encoder."""
     torch.manual_seed(0)
     learner = MultiTask(FeatureEncoder(3, 4), CLASSES, weighting="pcgrad")
     ep = mt_episode()
@@ -170,7 +171,8 @@ def test_multitask_data_prefixes_labels_and_holds_out_examples():
         load_multitask("two", {"x": splits("x", ["a", "b", "c", "d"])}, target="z")
 
 
-def test_leave_one_dataset_out_trains_on_every_class_of_the_other_sources():
+def test_leave_one_dataset_out_uses_the_others():
+    """Leave one dataset out trains on every class of the other sources."""
     sources = {n: splits(n, [f"{n}{i}" for i in range(4)]) for n in ("x", "y", "z")}
     data = load_multitask("loo", sources, target="x", heldout_fraction=0.0, train_on_target=False, source_classes="all")
     assert data.train.classes == [f"{t}/{t}{i}" for t in ("y", "z") for i in range(4)]
@@ -181,20 +183,6 @@ def test_leave_one_dataset_out_trains_on_every_class_of_the_other_sources():
         load_multitask("loo", sources, target="x", source_classes="some")
 
 
-def test_multitask_cli_end_to_end(tmp_path):
-    run_in_process(
-        [*FAST, "experiment=multitask_intents", "learner.weighting=uw", "sampler.batch_size=4"], tmp_path / "run"
-    )
-    out = read_json(tmp_path / "run" / "results.json")
-    assert out["learner"] == "multitask" and out["data"] == "intents3" and out["test_data"] == "intents3"
-    assert {"test/task_banking77", "test/task_clinc150", "test/task_hwu64", "test/5way_1shot"} <= set(out["results"])
-    import json
-
-    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    steps = [row for row in steps if "train/loss" in row]  # (step 0 is the untrained model's validation)
-    assert all(f"train/loss_{t}" in steps[0] for t in ("banking77", "clinc150", "hwu64"))  # learner metrics logged
-
-
 def tiny_transformer(layers=3):
     from metarun.models.encoders import TransformerEncoder
 
@@ -202,7 +190,8 @@ def tiny_transformer(layers=3):
     return TransformerEncoder(pretrained=False, config_overrides=cfg, max_length=16)
 
 
-def test_cross_stitch_towers_start_from_the_encoder_and_mix_by_alpha():
+def test_cross_stitch_towers_mix_by_alpha():
+    """Cross stitch towers start from the encoder and mix by alpha."""
     from metarun.models.cross_stitch import CrossStitchEncoder
 
     torch.manual_seed(0)

@@ -12,12 +12,10 @@ import time
 import pytest
 import torch
 
-from conftest import FAST, run_in_process
+from conftest import CPU, FAST, SMALL_DATA, run_in_process, sentences, tiny_protonet, tiny_tokenize
 from metarun.data.tokenized import PretokenizedTokenizer, pretokenized
 from metarun.evaluate.common import encode_examples
 from metarun.evaluate.feature_cache import STALE_TMP_S, FeatureCache
-from test_feature_cache import CPU, DATA, tiny_learner
-from test_tokenized import sentences, tiny_tokenize
 
 FROZEN = [*FAST, "trainer.max_steps=0", "token_cache=false"]
 
@@ -64,7 +62,8 @@ def alter_old_format(entry):
 @pytest.mark.parametrize("alter", [flip_bytes, alter_shuffled_rows, alter_foreign_key, alter_old_format,
                                    lambda e: e.write_bytes(e.read_bytes()[:100])],
                          ids=["400 bytes flipped", "rows shuffled", "foreign key", "format 1", "cut short"])
-def test_altered_feature_entries_are_misses_and_results_stay_exact(tmp_path, reference, caplog, alter):
+def test_altered_feature_entries_are_misses(tmp_path, reference, caplog, alter):
+    """Altered feature entries are misses and results stay exact."""
     cache = tmp_path / "cache"
     args = [*FROZEN, f"feature_cache.dir={cache}"]
     assert run_in_process(args, tmp_path / "first")["results"] == reference
@@ -82,7 +81,8 @@ def test_altered_feature_entries_are_misses_and_results_stay_exact(tmp_path, ref
     assert "feature cache" not in caplog.text
 
 
-def test_a_cache_folder_that_is_a_file_costs_the_cache_with_one_warning(tmp_path, reference, caplog):
+def test_a_cache_folder_that_is_a_file_warns(tmp_path, reference, caplog):
+    """A cache folder that is a file costs the cache with one warning."""
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file")
     with caplog.at_level(logging.WARNING, "metarun"):
@@ -93,7 +93,8 @@ def test_a_cache_folder_that_is_a_file_costs_the_cache_with_one_warning(tmp_path
     assert blocker.read_text() == "a file"
 
 
-def test_a_full_or_unwritable_cache_folder_costs_the_cache_with_one_warning(tmp_path, monkeypatch, caplog):
+def test_a_full_or_unwritable_cache_warns_once(tmp_path, monkeypatch, caplog):
+    """A full or unwritable cache folder costs the cache with one warning."""
     import errno
 
     import metarun.evaluate.feature_cache as fc
@@ -102,16 +103,17 @@ def test_a_full_or_unwritable_cache_folder_costs_the_cache_with_one_warning(tmp_
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(fc, "atomic_write", full)
-    learner, cache = tiny_learner(), FeatureCache(tmp_path)
+    learner, cache = tiny_protonet(), FeatureCache(tmp_path)
     with caplog.at_level(logging.WARNING, "metarun"), torch.inference_mode():
-        fresh = encode_examples(learner, DATA, CPU, 4, "", False)
+        fresh = encode_examples(learner, SMALL_DATA, CPU, 4, "", False)
         for _ in range(3):
-            assert torch.equal(encode_examples(learner, DATA, CPU, 4, "", False, cache=cache), fresh)
+            assert torch.equal(encode_examples(learner, SMALL_DATA, CPU, 4, "", False, cache=cache), fresh)
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 1 and "No space left" in warned[0] and not cache.enabled
 
 
-def test_temporary_files_of_killed_writes_are_removed_and_counted(tmp_path):
+def test_temporary_files_of_killed_writes_go(tmp_path):
+    """Temporary files of killed writes are removed and counted."""
     stale, live = tmp_path / ".k.pt.abc.tmp", tmp_path / ".k2.pt.def.tmp"
     stale.write_bytes(b"x" * 4096)
     live.write_bytes(b"x" * 4096)
@@ -183,7 +185,8 @@ def test_altered_token_entries_are_misses_and_made_again(tmp_path, caplog, alter
     assert caplog.text == ""
 
 
-def test_a_run_reading_an_altered_token_entry_gives_the_results_of_a_run_without_it(tmp_path, monkeypatch):
+def test_an_altered_token_entry_is_not_used(tmp_path, monkeypatch):
+    """A run reading an altered token entry gives the results of a run without it."""
     import datasets
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
@@ -193,7 +196,8 @@ def test_a_run_reading_an_altered_token_entry_gives_the_results_of_a_run_without
     assert run_in_process([*FAST, "token_cache=true"], tmp_path / "b")["results"] == off
 
 
-def test_a_token_cache_folder_that_cannot_be_made_tokenises_without_it(tmp_path, caplog):
+def test_an_unmakeable_token_cache_is_skipped(tmp_path, caplog):
+    """A token cache folder that cannot be made tokenises without it."""
     blocker = tmp_path / "file"
     blocker.write_text("a file")
     tokenize = tiny_tokenize()

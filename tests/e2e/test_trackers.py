@@ -29,7 +29,8 @@ def val_history(run_dir: Path) -> dict[int, float]:
             if r.get("val/5way_5shot/acc") is not None}
 
 
-def test_mlflow_file_store_run_records_config_metrics_results_and_artifacts(tmp_path, monkeypatch):
+def test_mlflow_records_config_metrics_and_artifacts(tmp_path, monkeypatch):
+    """Mlflow file store run records config metrics results and artifacts."""
     monkeypatch.chdir(tmp_path)  # the default store is ./mlruns where metarun starts
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     results = run_in_process([*ARGS, "logger=[jsonl,mlflow]"], tmp_path / "run")
@@ -71,7 +72,8 @@ def test_logger_settings_do_not_stop_a_resume():
     assert config_diff(saved, {"seed": 1, "logger": saved["logger"]}) == {"seed": (0, 1)}
 
 
-def test_a_missing_tracker_package_names_the_extra_before_the_folder_is_touched(tmp_path, monkeypatch):
+def test_a_missing_tracker_package_names_its_extra(tmp_path, monkeypatch):
+    """A missing tracker package names the extra before the folder is touched."""
     import importlib.util
 
     real = importlib.util.find_spec
@@ -129,7 +131,8 @@ def wandb_records(path: Path) -> list:
     return records
 
 
-def test_wandb_offline_run_records_config_metrics_results_and_files(tmp_path, monkeypatch):
+def test_wandb_offline_records_config_and_metrics(tmp_path, monkeypatch):
+    """Wandb offline run records config metrics results and files."""
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)  # offline is the default
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -162,7 +165,8 @@ def test_wandb_offline_run_records_config_metrics_results_and_files(tmp_path, mo
 
 # -- TensorBoard HParams -----------------------------------------------------------------------------
 
-def test_each_run_writes_its_hparams_row_with_final_test_accuracies(tmp_path):
+def test_each_run_writes_its_hparams_row(tmp_path):
+    """Each run writes its hparams row with final test accuracies."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -192,7 +196,8 @@ def test_the_hparams_row_can_be_switched_off(tmp_path):
 
 
 @pytest.mark.parametrize("uri", ["bogus://nowhere/x", "file:///proc/metarun_cannot_write_here"])
-def test_a_tracker_that_cannot_start_is_one_warning_and_the_run_goes_on(tmp_path, caplog, uri):
+def test_a_tracker_that_cannot_start_warns_once(tmp_path, caplog, uri):
+    """A tracker that cannot start is one warning and the run goes on."""
     import logging
 
     plain = run_in_process(ARGS, tmp_path / "plain")

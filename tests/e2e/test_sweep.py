@@ -14,7 +14,8 @@ from conftest import FAST, read_json, run_cli, run_in_process
 from metarun.paths import config_dir
 
 
-def test_relaunched_sweep_skips_finished_jobs_and_a_failing_job_does_not_stop_it(tmp_path):
+def test_a_relaunched_sweep_skips_finished_jobs(tmp_path):
+    """Relaunched sweep skips finished jobs and a failing job does not stop it."""
     args = ["-m", *FAST, "sampler.k_shot=1,500", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     res = run_cli(args, cwd=tmp_path)
     assert res.returncode == 3, res.stderr[-2000:]  # the sweep finished, with a failed job
@@ -64,7 +65,8 @@ def test_unexpected_errors_are_retried(tmp_path, monkeypatch, retries, expected)
     assert len(calls) == retries + 1 and "illegal memory access" in (tmp_path / "FAILED").read_text()
 
 
-def test_parallel_and_slurm_launchers_give_the_basic_launchers_results(tmp_path):
+def test_parallel_and_slurm_launchers_agree(tmp_path):
+    """Parallel and slurm launchers give the basic launchers results."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     # the basic launcher runs each job as run(cfg) in its process: the same as run(cfg) here

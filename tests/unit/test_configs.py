@@ -116,14 +116,15 @@ def test_every_choice_resolves_without_a_dangling_interpolation(group):
         assert isinstance(config["seed"], int) and config["learner"]["name"]
 
 
-def test_a_data_config_sets_the_encoder_length_it_needs_and_the_command_line_wins():
+def test_a_data_config_sets_the_encoder_length():
+    """A data config sets the encoder length it needs and the command line wins."""
     assert OmegaConf.to_container(compose_cfg(["data=20newsgroups"]).encoder, resolve=True)["max_length"] == 256
     assert compose_cfg([]).encoder.max_length == 64
     assert compose_cfg(["data=20newsgroups", "encoder.max_length=32"]).encoder.max_length == 32
     assert build(compose_cfg(["data=20newsgroups"]).data, "data").test.classes  # the hint is not a loader argument
 
 
-def test_fsic_presets_are_the_protaugment_protocol_with_their_recipes():
+def test_fsic_presets_use_the_protaugment_protocol():
     """fsic_best is experiment=protaugment_protonet (the trained protocol) plus the learned name prior
     and transductive test prototypes; fsic_frozen the same test protocol without training."""
     base = OmegaConf.to_container(compose_cfg(["experiment=protaugment_protonet"]))

@@ -6,14 +6,13 @@ import math
 import pytest
 import torch
 
-from conftest import FeatureEncoder
+from conftest import FeatureEncoder, feature_episode, text_episode, tiny_encoder
 from metarun.errors import ConfigError
 from metarun.learners.functional import sgd_update
 from metarun.learners.gradient.hypernet import HyperNet
 from metarun.learners.gradient.lstm_meta import LSTMMeta, LSTMOptimizer, preprocess
 from metarun.learners.gradient.maml import MAML
 from metarun.learners.metric.protonet import ProtoNet
-from test_maml import feature_episode, text_episode, tiny_encoder
 
 
 def lstm_meta(seed=0, **kw):
@@ -29,7 +28,8 @@ def grads_of(learner, episode):
 
 # -- the LSTM optimiser -------------------------------------------------------------------------
 
-def test_preprocessing_is_log_magnitude_and_sign_above_e_minus_p_and_scaled_value_below():
+def test_gradient_preprocessing_formula():
+    """Preprocessing is log magnitude and sign above e minus p and scaled value below."""
     x = torch.tensor([3.0, -0.5, 1e-6, -1e-7, 0.0])
     out = preprocess(x, p=10.0)
     assert torch.allclose(out[0], torch.tensor([math.log(3.0) / 10, 1.0]))
@@ -76,7 +76,8 @@ def test_lstm_meta_gradients_reach_every_meta_parameter():
         assert g is not None and g.abs().sum() > 0, n
 
 
-def test_lstm_meta_first_and_second_order_differ_and_adapting_more_steps_changes_the_loss():
+def test_lstm_meta_orders_and_steps_change_the_loss():
+    """Lstm meta first and second order differ and adapting more steps changes the loss."""
     ep = feature_episode(d=4)
     first = grads_of(lstm_meta(inner_steps=2, first_order=True), ep)
     second = grads_of(lstm_meta(inner_steps=2, first_order=False), ep)
@@ -85,7 +86,8 @@ def test_lstm_meta_first_and_second_order_differ_and_adapting_more_steps_changes
     assert zero.training_loss(ep).loss.item() != pytest.approx(three.training_loss(ep).loss.item())
 
 
-def test_lstm_meta_predict_leaves_meta_parameters_unchanged_and_adapts_every_encoder_layer_with_adapt_all():
+def test_lstm_meta_predict_is_pure_and_adapts_all():
+    """Lstm meta predict leaves meta parameters unchanged and adapts every encoder layer with adapt all."""
     learner = lstm_meta(adapt="all", inner_steps=2)
     ep = feature_episode(d=4)
     before = {k: v.clone() for k, v in learner.state_dict().items()}
@@ -129,7 +131,8 @@ def test_untrained_generated_head_is_protonet():
     assert hyper.feature_eval
 
 
-def test_generated_head_without_skip_is_the_per_class_mean_of_the_generator():
+def test_generated_head_is_the_class_mean_without_skip():
+    """Generated head without skip is the per class mean of the generator."""
     torch.manual_seed(0)
     hyper = HyperNet(FeatureEncoder(4, 6), generate="head", skip="none")
     torch.nn.init.normal_(hyper.generator[-1].weight)
@@ -139,7 +142,8 @@ def test_generated_head_without_skip_is_the_per_class_mean_of_the_generator():
     assert torch.allclose(w[1], out[2:4, :-1].mean(0)) and torch.allclose(b[2], out[4:6, -1].mean())
 
 
-def test_generated_head_gradients_reach_the_generator_and_inner_rates():
+def test_generated_head_gradients_reach_every_part():
+    """Generated head gradients reach the generator and inner rates."""
     torch.manual_seed(0)
     hyper = HyperNet(FeatureEncoder(4, 6), generate="head", inner_steps=2)
     grads = grads_of(hyper, feature_episode(d=4))
@@ -165,7 +169,8 @@ def test_untrained_adapter_generator_leaves_the_encoder_as_it_is():
     assert len(deltas) == 12 and all(d.abs().sum() == 0 for d in deltas.values())
 
 
-def test_adapter_generator_gradients_reach_every_part_and_the_task_embedding_ignores_label_order():
+def test_adapter_generator_gradients_and_label_order():
+    """Adapter generator gradients reach every part and the task embedding ignores label order."""
     enc = tiny_encoder()
     ep = text_episode(enc)
     hyper = HyperNet(enc, generate="adapters", freeze_encoder=True, inner_steps=1)

@@ -22,7 +22,8 @@ def steps_logged(run_dir) -> list[int]:
             if "train/loss" in json.loads(line)]
 
 
-def test_a_larger_max_steps_continues_a_finished_run_and_keeps_its_results(tmp_path, capsys):
+def test_a_larger_max_steps_continues_a_finished_run(tmp_path, capsys):
+    """A larger max steps continues a finished run and keeps its results."""
     run_dir = tmp_path / "run"
     first = run_in_process(ARGS, run_dir)
     again = run_in_process([*ARGS, "skip_done=false"], run_dir)  # same config: tested again, same numbers
@@ -35,7 +36,8 @@ def test_a_larger_max_steps_continues_a_finished_run_and_keeps_its_results(tmp_p
     assert "max_steps: 12" in (run_dir / ".hydra" / "config.yaml").read_text()
 
 
-def test_one_test_episode_has_no_interval_and_results_stay_strict_json(tmp_path):
+def test_one_test_episode_has_no_interval(tmp_path):
+    """One test episode has no interval and results stay strict json."""
     run_dir = tmp_path / "run"
     with pytest.warns(UserWarning, match="no confidence interval"):
         run_in_process([*FAST, "eval.test.episodes=1"], run_dir)
@@ -58,7 +60,8 @@ def test_written_files_get_the_umask_mode_not_0600(tmp_path):
         assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o644, name
 
 
-def test_sweep_job_folders_stay_inside_the_sweep_and_failed_jobs_exit_3(tmp_path):
+def test_sweep_jobs_stay_inside_and_failures_exit_3(tmp_path):
+    """Sweep job folders stay inside the sweep and failed jobs exit 3."""
     sweep = tmp_path / "sweep"
     res = run_cli(["-m", *FAST, "data=table", "data.path=../../../x.tsv,/abs/dir/y.tsv", f"hydra.sweep.dir={sweep}"],
                   cwd=tmp_path)
@@ -73,7 +76,8 @@ def test_sweep_job_folders_stay_inside_the_sweep_and_failed_jobs_exit_3(tmp_path
     assert "2 job(s) failed" in summary and all(j.name in summary for j in jobs)
 
 
-def test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
+def test_a_kill_mid_checkpoint_keeps_the_previous_one(tmp_path):
+    """A kill during a checkpoint write keeps the previous checkpoint."""
     full = run_in_process(ARGS, tmp_path / "full")
     run_dir = tmp_path / "run"
     killed = run_cli(
@@ -90,7 +94,8 @@ def test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path
     assert steps_logged(run_dir) == list(range(1, 7))
 
 
-def test_a_restart_without_a_checkpoint_and_a_cut_metrics_line_log_each_step_once(tmp_path):
+def test_a_restart_logs_each_step_once(tmp_path):
+    """A restart without a checkpoint and a cut metrics line log each step once."""
     run_dir = tmp_path / "run"
     killed = run_cli([*ARGS, f"hydra.run.dir={run_dir}", "trainer.debug_kill_at_step=2"], cwd=tmp_path)
     assert killed.returncode == -9 and not (run_dir / "checkpoints" / "last.pt").exists()
@@ -148,7 +153,8 @@ def test_ctrl_c_names_the_last_checkpoint_and_exits_130(cli_job, tmp_path, capsy
     "code,words",
     [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "read-only"), (errno.EACCES, "permission was denied")],
 )
-def test_a_full_disk_or_unwritable_folder_is_one_message_naming_the_path(cli_job, capsys, code, words):
+def test_a_full_or_unwritable_folder_is_one_message(cli_job, capsys, code, words):
+    """A full disk or unwritable folder is one message naming the path."""
     def failing(cfg):
         raise OSError(code, os.strerror(code), "/data/runs/x/results.json")
 
@@ -170,7 +176,8 @@ def test_a_finished_run_keeps_no_optimizer_state_unless_asked(tmp_path):
     assert size(light) < 0.6 * size(full)  # AdamW keeps two moments per weight
 
 
-def test_the_untrained_model_is_validated_at_step_0_without_becoming_a_candidate(tmp_path):
+def test_step_0_is_validated_but_never_a_candidate(tmp_path):
+    """The untrained model is validated at step 0 without becoming a candidate."""
     run_dir = tmp_path / "run"
     out = run_in_process(ARGS, run_dir)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -180,7 +187,8 @@ def test_the_untrained_model_is_validated_at_step_0_without_becoming_a_candidate
     assert quiet["results"] == out["results"]  # validating first changes nothing that training does
 
 
-def test_frozen_weights_are_not_saved_and_come_back_from_where_the_run_builds_them(tmp_path):
+def test_frozen_weights_are_rebuilt_not_saved(tmp_path):
+    """Frozen weights are not saved and come back from where the run builds them."""
     run_dir = tmp_path / "run"
     out = run_in_process([*ARGS, "encoder.freeze=true", "learner=matching"], run_dir)  # only the scale trains
     for name in ("best.pt", "last.pt"):
@@ -191,7 +199,8 @@ def test_frozen_weights_are_not_saved_and_come_back_from_where_the_run_builds_th
     assert again["results"] == out["results"]  # resumed from a checkpoint without the encoder
 
 
-def test_a_run_killed_after_logging_its_test_scores_logs_each_line_once_after_the_resume(tmp_path):
+def test_a_resume_after_test_logs_each_line_once(tmp_path):
+    """A run killed after logging its test scores logs each line once after the resume."""
     run_dir = tmp_path / "run"
     first = run_in_process(FAST, run_dir)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -203,7 +212,8 @@ def test_a_run_killed_after_logging_its_test_scores_logs_each_line_once_after_th
     assert (run_dir / "metrics.jsonl").read_text().splitlines() == lines  # every line exactly once
 
 
-def test_a_refused_rerun_changes_no_byte_of_the_folder_not_even_the_lock(tmp_path):
+def test_a_refused_rerun_changes_no_byte(tmp_path):
+    """A refused rerun changes no byte of the folder not even the lock."""
     from conftest import snapshot
     from metarun.errors import RunDirError
 
@@ -232,7 +242,8 @@ def test_sweep_folder_names_depend_on_each_value_only():
     assert len(set(names)) == 4 and all(len(n) <= 120 and "/" not in n for n in names)
 
 
-def test_options_added_later_at_their_old_behaviour_match_saved_configs_without_them():
+def test_options_added_later_match_older_saved_configs():
+    """Options added later at their old behaviour match saved configs without them."""
     from metarun.tracking.folder.run_dir import config_diff
 
     saved = {"data": {"name": "banking77", "split": 1}, "seed": 0}
@@ -244,7 +255,8 @@ def test_options_added_later_at_their_old_behaviour_match_saved_configs_without_
     assert config_diff(saved, {**now, "data": {**now["data"], "dedupe": True}}) == {"data.dedupe": (False, True)}
 
 
-def test_a_checkpoint_from_before_an_option_existed_still_resumes(tmp_path):
+def test_a_checkpoint_older_than_an_option_resumes(tmp_path):
+    """A checkpoint from before an option existed still resumes."""
     import yaml
 
     run_dir = tmp_path / "run"
@@ -262,7 +274,8 @@ def test_a_checkpoint_from_before_an_option_existed_still_resumes(tmp_path):
     assert run_in_process(args, run_dir)["results"] == full["results"]
 
 
-def test_a_run_saved_before_the_learners_moved_into_families_is_still_the_same_config(tmp_path):
+def test_configs_saved_before_the_learner_move_still_match(tmp_path):
+    """A run saved before the learners moved into families is still the same config."""
     import shutil
 
     import yaml

@@ -5,28 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import FAST, compose_cfg, run_in_process
+from conftest import compose_cfg, sentences, tiny_tokenize
 from metarun.config import build
-from metarun.data.dataset import Example, FewShotDataset
+from metarun.data.dataset import Example
 from metarun.data.tokenized import PretokenizedTokenizer, pretokenized
 
 pytest.importorskip("datasets")
-
-WORDS = "the a card my arrived when will money transfer account pin why is not working still".split()
-
-
-def sentences(n: int, seed: int = 0, pairs: bool = False) -> FewShotDataset:
-    import random
-
-    rng = random.Random(seed)
-    make = lambda: " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 30)))  # noqa: E731
-    return FewShotDataset(tuple(Example(make(), str(i % 4), text_pair=make() if pairs else None) for i in range(n)),
-                          "generated")
-
-
-def tiny_tokenize(max_length: int = 16):
-    return build(compose_cfg(["encoder=tiny", f"encoder.max_length={max_length}"]).encoder, "encoder").tokenize
-
 
 @pytest.mark.parametrize("pairs", [False, True])
 def test_stored_tokens_pad_to_exactly_what_the_tokenizer_gives(tmp_path, pairs):
@@ -45,7 +29,8 @@ def test_stored_tokens_pad_to_exactly_what_the_tokenizer_gives(tmp_path, pairs):
     assert torch.equal(cached(unknown)["input_ids"], tokenize(unknown)["input_ids"])
 
 
-def test_a_second_run_reads_the_stored_tokens_instead_of_tokenising(tmp_path, monkeypatch):
+def test_a_second_run_reads_the_stored_tokens(tmp_path, monkeypatch):
+    """A second run reads the stored tokens instead of tokenising."""
     tokenize, data = tiny_tokenize(), sentences(40)
     pretokenized(tokenize, [data], tmp_path)
     files = list((tmp_path / "metarun_tokens").glob("*.arrow"))
@@ -68,9 +53,3 @@ def test_entity_markers_keep_tokenising_per_batch(tmp_path):
         compose_cfg(["encoder=tiny", "encoder.entity_markers=true", "encoder.pooling=entity_start"]).encoder, "encoder"
     ).tokenize
     assert pretokenized(tokenize, [sentences(5)], tmp_path) is tokenize
-
-
-def test_runs_with_and_without_the_token_cache_give_the_same_results(tmp_path):
-    on = run_in_process([*FAST, "token_cache=true"], tmp_path / "on")
-    off = run_in_process([*FAST, "token_cache=false"], tmp_path / "off")
-    assert on["results"] == off["results"]

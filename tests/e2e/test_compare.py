@@ -24,7 +24,8 @@ def two_seeds(tmp_path_factory):
     return root / "a", root / "b", a, b
 
 
-def test_every_run_writes_strict_small_records_that_agree_with_its_results(two_seeds):
+def test_episode_records_are_strict_small_and_agree(two_seeds):
+    """Every run writes strict small records that agree with its results."""
     run_a, _, results, _ = two_seeds
     records = episodes.read(run_a)
     assert set(records) == {k for k in results["results"] if k.startswith("test/")}
@@ -40,7 +41,8 @@ def test_every_run_writes_strict_small_records_that_agree_with_its_results(two_s
         assert path.stat().st_size < 25 * 1024  # 20 episodes; about 0.5 KB each
 
 
-def test_the_bootstrap_and_the_sign_flip_test_match_hand_computations():
+def test_bootstrap_and_sign_flip_match_hand_maths():
+    """The bootstrap and the sign flip test match hand computations."""
     a, b = np.array([80.0, 60.0, 100.0, 40.0]), np.array([60.0, 60.0, 80.0, 60.0])
     d = a - b  # 20, 0, 20, -20: mean 5
     out = paired(a, b, seed=3, resamples=2000)
@@ -131,7 +133,8 @@ def test_the_report_agrees_with_results_and_draws_its_plots(two_seeds, tmp_path)
     assert table == [(pytest.approx(0.6), 1.0, 1), (pytest.approx(0.9), 0.5, 2)]
 
 
-def test_training_profiles_on_the_same_episodes_stay_separate_rows(two_seeds, tmp_path):
+def test_training_profiles_stay_separate_rows(two_seeds, tmp_path):
+    """Training profiles on the same episodes stay separate rows."""
     rows = two_sweeps(two_seeds, tmp_path, "data.train_per_class=10")
     assert {r["split"] for r in rows} >= {"banking77, split 1", "banking77, split 1, 10 per class"}
     assert all(r["runs"] in ("1/1", "2/2") for r in rows)  # never the two profiles averaged together

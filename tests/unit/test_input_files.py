@@ -8,19 +8,12 @@ import logging
 
 import pytest
 
-from conftest import FAST, run_cli, run_in_process
+from conftest import TABLE_ROWS, csv_file
 from metarun.data.hf import load_hf
 from metarun.data.text_table import load_table, read_rows
 from metarun.errors import DataError
 
 CLASSES = {"train": ["a", "b"], "val": ["c"], "test": ["d", "e"]}
-ROWS = "".join(f"{t} {c} {i},{c}\n" for c in "abcde" for i in range(4) for t in ("some text of",))
-
-
-def csv_file(tmp_path, body: bytes | str, name="rows.csv"):
-    path = tmp_path / name
-    path.write_bytes(body if isinstance(body, bytes) else body.encode())
-    return path
 
 
 BAD = {  # name -> (file name, bytes, data=hf builder, what the message must say)
@@ -54,7 +47,8 @@ BAD = {  # name -> (file name, bytes, data=hf builder, what the message must say
 
 
 @pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
-def test_bad_files_are_named_with_the_line_and_what_to_do_in_both_readers(tmp_path, case):
+def test_bad_files_are_named_with_their_line(tmp_path, case):
+    """Bad files are named with the line and what to do in both readers."""
     name, body, builder, message = BAD[case]
     path = csv_file(tmp_path, body, name)
     with pytest.raises(DataError, match=message):
@@ -65,7 +59,7 @@ def test_bad_files_are_named_with_the_line_and_what_to_do_in_both_readers(tmp_pa
 
 
 def test_the_options_named_in_the_messages_read_the_file(tmp_path):
-    latin = csv_file(tmp_path, ("text,label\n" + ROWS.replace("some", "caf\xe9")).encode("latin-1"))
+    latin = csv_file(tmp_path, ("text,label\n" + TABLE_ROWS.replace("some", "caf\xe9")).encode("latin-1"))
     examples = read_rows(latin, "text", "label", encoding="latin-1")
     assert len(examples) == 20 and examples[0].text == "caf\xe9 text of a 0"
     quoted = csv_file(tmp_path, 'text\tlabel\n"quoted at the start\ta\nplain\tb\n', "q.tsv")
@@ -74,7 +68,8 @@ def test_the_options_named_in_the_messages_read_the_file(tmp_path):
         read_rows(quoted, "text", "label", quoting="odd")
 
 
-def test_empty_texts_are_skipped_with_their_count_and_lines_and_a_missing_label_names_its_line(tmp_path, caplog):
+def test_empty_texts_and_missing_labels_are_named(tmp_path, caplog):
+    """Empty texts are skipped with their count and lines and a missing label names its line."""
     path = csv_file(tmp_path, "text,label\nhello,a\n,a\n   ,b\nworld,b\n")
     with caplog.at_level(logging.WARNING, "metarun"):
         examples = read_rows(path, "text", "label")
@@ -86,8 +81,10 @@ def test_empty_texts_are_skipped_with_their_count_and_lines_and_a_missing_label_
             read()
 
 
-def test_repeated_examples_are_counted_and_data_dedupe_drops_them(tmp_path, caplog):
-    path = csv_file(tmp_path, "text,label\n" + ROWS + "some text of a 0,a\nsome text of a 0,a\nsome text of a 0,b\n")
+def test_repeats_are_counted_and_dedupe_drops_them(tmp_path, caplog):
+    """Repeated examples are counted and data dedupe drops them."""
+    repeats = "some text of a 0,a\nsome text of a 0,a\nsome text of a 0,b\n"
+    path = csv_file(tmp_path, "text,label\n" + TABLE_ROWS + repeats)
     with caplog.at_level(logging.WARNING, "metarun"):
         kept = load_table("x", str(path), classes=CLASSES)
     assert "2 examples repeat an earlier example of their class word for word" in caplog.text
@@ -107,42 +104,4 @@ def test_a_datasets_cache_that_is_a_file_is_named(tmp_path, monkeypatch):
     blocker.write_text("x")
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(blocker))
     with pytest.raises(DataError, match=r"datasets cache .*cache_file \(HF_DATASETS_CACHE\) is a file"):
-        read_rows(csv_file(tmp_path, "text,label\n" + ROWS), "text", "label")
-
-
-def test_the_cli_refuses_a_bad_file_with_exit_2_one_paragraph_and_no_run_folder(tmp_path):
-    path = csv_file(tmp_path, b"text,label\nok,a\ncaf\xe9,a\n")
-    run_dir = tmp_path / "run"
-    for data in (["data=hf", "data.path=csv", f"data.data_files={path}"], ["data=table", f"data.path={path}"]):
-        proc = run_cli(
-            [*FAST, *data, "data.classes={train: [a], val: [b], test: [c]}", f"hydra.run.dir={run_dir}"], tmp_path
-        )
-        assert proc.returncode == 2, proc.stderr
-        assert "Traceback" not in proc.stderr and "rows.csv, line 3: bytes that are not utf-8" in proc.stderr
-        assert not run_dir.exists()
-
-
-def test_a_table_run_says_it_is_named_after_its_file(tmp_path, caplog):
-    path = csv_file(tmp_path, "text,label\n" + ROWS, "my_intents.csv")
-    with caplog.at_level(logging.INFO, "metarun"):
-        results = run_in_process(
-            [
-                *FAST,
-                "data=table",
-                f"data.path={path}",
-                "trainer.max_steps=0",
-                "sampler.n_way=2",
-                "sampler.k_shot=1",
-                "sampler.n_query=1",
-                "eval.val.n_way=1",
-                "eval.val.shots=[1]",
-                "eval.val.n_query=1",
-                "eval.test.n_way=2",
-                "eval.test.shots=[1]",
-                "eval.test.n_query=1",
-                "data.classes={train: [a, b], val: [c], test: [d, e]}",
-            ],
-            tmp_path / "run",
-        )
-    assert results["data"] == "my_intents" and "data my_intents (named after its file" in caplog.text
-    assert results["train_inputs"] == "none"  # no training step ran
+        read_rows(csv_file(tmp_path, "text,label\n" + TABLE_ROWS), "text", "label")
