@@ -4,6 +4,7 @@ and of the few-shot intent detection tables of DNNC / CPFT."""
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,7 +12,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from metarun.data.collate import EpisodeDataset
 from metarun.data.dataset import FewShotDataset, LabelledSplits
+from metarun.data.sampler import BatchSampler
 from metarun.errors import ConfigError, DataError, check_choice, check_int
 from metarun.evaluate.common import Evaluator, encode_examples, evaluating, summary
 from metarun.learners.base import Learner
@@ -24,7 +27,8 @@ PER_CLASS_HEADS = ("logreg", "finetune")
 @dataclass(frozen=True)
 class DrawFineTuning:
     """`eval.test.head=finetune`: encoder + linear classifier trained on each draw's K x C examples
-    (the "RoBERTa + classifier" rows of the DNNC / CPFT tables), AdamW, shuffled mini-batches."""
+    (the "RoBERTa + classifier" rows of the DNNC / CPFT tables), AdamW, shuffled mini-batches of
+    `batch_size` (or the whole draw when smaller), ceil(epochs x draw size / batch_size) steps."""
 
     epochs: int = 10
     batch_size: int = 16
@@ -126,27 +130,28 @@ class PerClassEvaluator(Evaluator):
         return out
 
     def _finetuned_draw(self, learner, idx: list[int], test_y, device, amp, kd: tuple[int, int]) -> float:
-        """A copy of the learner's encoder and a new linear classifier, trained on the draw's examples."""
+        """A copy of the learner's encoder with a fresh linear classifier: `learner=finetune`'s model,
+        trained by its own loss on the draw's examples in the shuffled mini-batches its pre-training
+        reads (`sampler=batches`), `epochs` passes over the draw."""
         spec = self.finetune
         model = FineTune(copy.deepcopy(learner.encoder).requires_grad_(True), self.classes, head_lr=spec.head_lr)
-        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, *kd]).generate_state(1)[0]))
-        torch.nn.init.normal_(model.head.weight, std=0.02, generator=generator)  # on the CPU, before moving
+        seed = int(np.random.SeedSequence([self.seed, *kd]).generate_state(1)[0])
+        torch.nn.init.normal_(model.head.weight, std=0.02, generator=torch.Generator().manual_seed(seed))
         torch.nn.init.zeros_(model.head.bias)
         model.to(device).train()
         opt = torch.optim.AdamW(model.param_groups(spec.lr), weight_decay=spec.weight_decay)
-        examples = [self.data.pool[i] for i in idx]
-        tokenize = learner.encoder.tokenize
-        for _ in range(spec.epochs):
-            for batch in torch.randperm(len(examples), generator=generator).split(spec.batch_size):
-                chosen = [examples[i] for i in batch.tolist()]
-                inputs = {k: v.to(device) for k, v in tokenize(chosen).items()}
-                with amp:
-                    logits = model.head(model.encoder(inputs))
-                loss = torch.nn.functional.cross_entropy(logits.float(), self.labels(chosen, device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
-                opt.step()
+        # the draw lists its examples class by class in self.classes' order, so batch labels are test labels
+        draw = FewShotDataset(tuple(self.data.pool[i] for i in idx), f"{self.data.pool.source}, draw {kd}")
+        batch_size = min(spec.batch_size, len(draw))
+        steps = math.ceil(spec.epochs * len(draw) / batch_size)
+        batches = EpisodeDataset(BatchSampler(draw, batch_size, seed), learner.encoder.tokenize, steps)
+        for step in range(steps):
+            with amp:
+                loss = model.training_loss(batches[step].to(device)).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
+            opt.step()
         model.eval()
         with torch.inference_mode(), amp:
             feats = encode_examples(
