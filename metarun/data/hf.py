@@ -15,9 +15,16 @@ import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from metarun.data.class_splits import ALIASES, make_splits, resolve_class_split, subsample_per_class
+from metarun.data.class_splits import (
+    ALIASES,
+    make_splits,
+    resolve_class_split,
+    subsample_per_class,
+    take_out_of_scope,
+)
 from metarun.data.dataset import DataSplits, Example, FewShotDataset, drop_duplicates
 
 from metarun.errors import DataError, check_choice
@@ -362,10 +369,13 @@ def load_hf(
     encoding: str = "utf-8",
     quoting: str = "minimal",
     dedupe: bool = False,
+    oos_label: str | None = None,
 ) -> DataSplits:
     """`data=hf`: the dataset's rows (the `splits` named, default all, pooled in order), split by
     class with `classes` or `split_file`; with neither, the dataset's own train / validation / test
-    splits when they are class-disjoint."""
+    splits when they are class-disjoint. `oos_label`: the label of out-of-scope rows, which form no
+    class: with a class split half go to validation and half to test; with the dataset's own splits,
+    each split's own."""
     dd = load(path, data_files, config_name, revision, delimiter, encoding, quoting)
     chosen = list(splits) if splits else list(dd)
     unknown = [s for s in chosen if s not in dd]
@@ -386,10 +396,17 @@ def load_hf(
     parts = {s: list(drop_duplicates(parts[s], f"{where} [{s}]", dedupe)) for s in chosen}
     if classes is not None or split_file is not None:
         data = FewShotDataset(tuple(e for s in chosen for e in parts[s]), source=where)
-        return make_splits(
-            name, data, resolve_class_split(name, classes, split_file, split), train_per_class, subsample_seed
-        )
-    return _own_splits(name, where, parts, train_per_class, subsample_seed)
+        cs = resolve_class_split(name, classes, split_file, split)
+        return make_splits(name, data, cs, train_per_class, subsample_seed, oos_label)
+    oos = {}
+    if oos_label is not None:  # each split's out-of-scope rows are its own pool
+        found = [s for s in chosen if any(e.label == oos_label for e in parts[s])]
+        if not found:  # refused, naming the labels the data has
+            take_out_of_scope(FewShotDataset(tuple(e for s in chosen for e in parts[s]), where), oos_label)
+        oos = {ALIASES.get(s, s): FewShotDataset(tuple(e for e in parts[s] if e.label == oos_label),
+                                                 f"{where} [{s}, out-of-scope: {oos_label}]") for s in found}
+        parts = {s: [e for e in rows if e.label != oos_label] for s, rows in parts.items()}
+    return replace(_own_splits(name, where, parts, train_per_class, subsample_seed), oos=oos)
 
 
 def _single_file(path: str, data_files, dd) -> str | None:

@@ -44,22 +44,24 @@ class EpisodeSampler:
     """N-way K-shot episodes with Q queries per class from the classes of one dataset, or with one
     query in all (`single_query`: FewRel's official protocol; its class is drawn uniformly).
     `na_rate` > 0 adds na_rate * Q none-of-the-above queries (FewRel 2.0), each an instance of a
-    random class outside the episode, labelled N."""
+    random class outside the episode, labelled N; or, with `na_class`, distinct examples of that class,
+    which is never an episode class (out-of-scope queries: `eval.test.oos_rate`)."""
 
     def __init__(self, dataset: FewShotDataset, n_way: int, k_shot: int, n_query: int, seed: int, role: str = "train",
-                 single_query: bool = False, na_rate: int = 0):
+                 single_query: bool = False, na_rate: int = 0, na_class: str | None = None):
         group = "sampler" if role in ("train", "training") else f"eval.{role}"  # where the settings come from
         shot = "k_shot" if group == "sampler" else "shots"
         for name, value in (("n_way", n_way), (shot, k_shot), ("n_query", n_query)):
             check_int(f"{group}.{name}", value)
-        n_classes = len(dataset.classes)
+        classes = [c for c in dataset.classes if c != na_class]
+        n_classes = len(classes)
         if n_way > n_classes:
             raise DataError(
                 f"{role} episodes ask for {n_way}-way tasks but {dataset.source} has only {n_classes} classes; "
                 f"lower {group}.n_way to at most {n_classes} or use a larger class split."
             )
         need = k_shot + n_query
-        short = [(c, dataset.count(c)) for c in dataset.classes if dataset.count(c) < need]
+        short = [(c, dataset.count(c)) for c in classes if dataset.count(c) < need]
         if short:
             listing = ", ".join(f"{c!r} has {n}" for c, n in short[:5])
             raise DataError(
@@ -72,11 +74,14 @@ class EpisodeSampler:
         if na_rate and single_query:
             raise ConfigError(f"{role} episodes: none-of-the-above queries (na_rate) need n_query per class, "
                               f"not single_query.")
-        if na_rate and n_way >= n_classes:
+        if na_rate and na_class is None and n_way >= n_classes:
             raise DataError(f"{role} episodes: none-of-the-above queries come from classes outside the episode, but "
                             f"{dataset.source} has only {n_classes} classes for {n_way}-way episodes; lower n_way.")
-        self.single_query, self.na_rate = single_query, na_rate
-        self._classes = dataset.classes
+        if na_rate and na_class is not None and dataset.count(na_class) < na_rate * n_query:
+            raise DataError(f"{role} episodes take {na_rate} x {n_query} out-of-scope queries each, but "
+                            f"{dataset.source} has {dataset.count(na_class)}; lower eval.{role}.oos_rate.")
+        self.single_query, self.na_rate, self.na_class = single_query, na_rate, na_class
+        self._classes = classes
 
     def __getitem__(self, i: int) -> EpisodeSpec:
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, i]))
@@ -90,7 +95,10 @@ class EpisodeSampler:
             support.extend(pool[j] for j in picks[: self.k_shot])
             query.extend(pool[j] for j in picks[self.k_shot :])
         n_na = self.na_rate * self.n_query
-        if n_na:
+        if n_na and self.na_class is not None:  # out-of-scope queries: distinct examples of that pool
+            pool = self.dataset.indices_of(self.na_class)
+            query.extend(pool[j] for j in rng.choice(len(pool), size=n_na, replace=False))
+        elif n_na:
             others = np.setdiff1d(np.arange(len(self._classes)), chosen)
             for c in rng.choice(others, size=n_na):
                 pool = self.dataset.indices_of(self._classes[c])

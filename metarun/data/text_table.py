@@ -59,11 +59,13 @@ def load_table(
     encoding: str = "utf-8",
     quoting: str = "minimal",
     dedupe: bool = False,
+    oos_label: str | None = None,
 ) -> DataSplits:
-    """Any CSV/TSV/JSONL file(s) with a class split given inline (`classes`) or as a JSON file."""
+    """Any CSV/TSV/JSONL file(s) with a class split given inline (`classes`) or as a JSON file;
+    `oos_label`: the label of out-of-scope rows (queries to reject), which form no class."""
     paths = [path] if isinstance(path, str) else list(path)
     examples = [e for p in paths for e in read_rows(p, text_column, label_column, format, encoding, quoting)]
     source = ", ".join(str(p) for p in paths)
     data = FewShotDataset(drop_duplicates(examples, source, dedupe), source=source)
     cs = resolve_class_split(name, classes, split_file, split)
-    return make_splits(name, data, cs, train_per_class, subsample_seed)
+    return make_splits(name, data, cs, train_per_class, subsample_seed, oos_label)

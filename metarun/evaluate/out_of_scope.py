@@ -1,0 +1,104 @@
+"""Out-of-scope queries (`eval.test.oos_rate`): queries that belong to no class of the data, which a
+model should reject. Episodes add oos_rate x Q of them, labelled N (none-of-the-above), drawn from the
+data's out-of-scope pool (`data.oos_label`, or CLINC150's own out-of-scope set, `data=clinc_oos`).
+
+Two ways to reject (`eval.test.reject`):
+- `nota`: the learner predicts class N itself (`learner.nota=true`); the rejection score is its
+  probability.
+- `threshold`: any learner; a query is rejected when its largest class probability (the maximum
+  softmax probability of Hendrycks & Gimpel 2017, Larson et al.'s "oos-threshold") is below a threshold
+  chosen on validation episodes built the same way from the validation classes and the validation
+  out-of-scope pool: the one with the best accuracy, out-of-scope counted as a class. The rejection
+  score is 1 - that probability.
+
+Metrics over every query of every episode (`oos_metrics`), in percent: in-scope accuracy (in-scope
+queries given their class), out-of-scope recall and precision and their F1, and the area under the
+ROC curve of the rejection score (threshold-free).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from metarun.data.dataset import FewShotDataset
+
+OOS = "<out-of-scope>"  # the label out-of-scope queries carry inside an evaluator: never a class name
+REJECT = ("nota", "threshold")
+
+
+def with_out_of_scope(data: FewShotDataset, pool: FewShotDataset) -> FewShotDataset:
+    """`data` and `pool`'s examples relabelled OOS, in one set (the sampler draws them by that label)."""
+    return FewShotDataset(data.examples + tuple(replace(e, label=OOS) for e in pool.examples),
+                          f"{data.source} + {pool.source}")
+
+
+def decide(logits: torch.Tensor, n_way: int, threshold: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores whose argmax is the decision, the rejection score of each query): a NOTA learner's
+    (Q, N+1) logits as they are, or (Q, N) logits with a last column log(threshold) beside their log
+    probabilities, so a query goes to N exactly when its largest probability is below the threshold."""
+    logits = logits.detach().float()
+    if threshold is None:  # the learner predicts NOTA as class N
+        return logits, logits.softmax(-1)[:, n_way]
+    logp = logits[:, :n_way].log_softmax(-1)
+    column = torch.full_like(logp[:, :1], float(np.log(threshold)) if threshold > 0 else -float("inf"))
+    return torch.cat([logp, column], -1), 1 - logp.exp().amax(-1)
+
+
+def choose_threshold(records: list[dict]) -> float:
+    """The threshold on the largest class probability with the best accuracy (out-of-scope as a class)
+    over `records` of N-way predictions (`conf` is that probability); the smallest among equals.
+    2.0 rejects everything (probabilities never exceed 1)."""
+    conf = np.concatenate([r["conf"] for r in records]).astype(np.float64)
+    gold = np.concatenate([r["gold"] for r in records])
+    pred = np.concatenate([r["pred"] for r in records])
+    n_way = np.concatenate([[len(r["classes"])] * len(r["gold"]) for r in records])
+    oos, right = gold == n_way, (pred == gold) & (gold != n_way)
+    values, inverse = np.unique(conf, return_inverse=True)
+    oos_at = np.bincount(inverse, oos, len(values))  # per distinct probability
+    right_at = np.bincount(inverse, right, len(values))
+    # threshold values[j]: the queries below it (distinct values 0..j-1) are rejected
+    oos_below = np.concatenate([[0.0], np.cumsum(oos_at)])
+    right_from = right_at.sum() - np.concatenate([[0.0], np.cumsum(right_at)])
+    correct = oos_below + right_from  # index len(values): reject every query
+    best = int(np.argmax(correct))
+    return float(values[best]) if best < len(values) else 2.0
+
+
+def oos_metrics(records: list[dict]) -> dict:
+    """In-scope accuracy, out-of-scope recall, precision, F1 and AUROC (percent, 2 decimals; None where
+    undefined, e.g. precision with nothing rejected), over every query of `records`."""
+    gold = np.concatenate([r["gold"] for r in records])
+    pred = np.concatenate([r["pred"] for r in records])
+    n_way = np.concatenate([[len(r["classes"])] * len(r["gold"]) for r in records])
+    score = np.concatenate([r["oos"] for r in records]).astype(np.float64)
+    is_oos, rejected = gold == n_way, pred == n_way
+    hits = float((is_oos & rejected).sum())
+    recall = hits / is_oos.sum() if is_oos.any() else None
+    precision = hits / rejected.sum() if rejected.any() else None
+    if recall is None:
+        f1 = None
+    else:  # nothing rejected right (so precision may be undefined): F1 0
+        f1 = 2 * recall * precision / (recall + precision) if hits else 0.0
+    in_scope = np.mean(pred[~is_oos] == gold[~is_oos]) if (~is_oos).any() else None
+    return {"in_scope_acc": _percent(in_scope), "oos_recall": _percent(recall), "oos_precision": _percent(precision),
+            "oos_f1": _percent(f1), "oos_auroc": _percent(auroc(score[is_oos], score[~is_oos]))}
+
+
+def _percent(x) -> float | None:
+    return None if x is None else round(100.0 * float(x), 2)
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float | None:
+    """The probability that a positive scores above a negative (ties count half): the area under the
+    ROC curve, from the Mann-Whitney rank sum."""
+    if not len(positive) or not len(negative):
+        return None
+    both = np.concatenate([positive, negative])
+    values, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])  # 0-based rank of each distinct value's first copy
+    ranks = (first + (counts - 1) / 2.0 + 1)[inverse]  # average 1-based ranks
+    n_pos, n_neg = len(positive), len(negative)
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

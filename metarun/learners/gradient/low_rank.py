@@ -1,0 +1,78 @@
+"""Low-rank inner loops (`learner.adapt=lora`): the inner loop adapts rank-r deltas of chosen linear
+layers, W + B A, instead of the weights themselves (LoRA, Hu et al. 2022, as MAML's fast weights).
+
+A (r x in), the down-projection, is meta-learned in the outer loop and starts random, as in LoRA; B
+(out x r), the up-projection, is what each task adapts, starting from zero, so step 0 is the
+meta-learned encoder itself. A MiniLM layer's six linear layers hold 1.77 M weights; their rank-4
+up-projections 7,680 coordinates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from metarun.errors import ConfigError, check_int
+from metarun.models.base import Encoder
+
+# the linear layers of a BERT block: attention (query, key, value, output) and feed-forward (in, out)
+BERT_TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                "intermediate.dense", "output.dense")
+
+
+def block_linears(encoder: Encoder, targets: Sequence[str]) -> None:
+    """Refuse `targets` that are not linear layers of the encoder's transformer blocks, listing those."""
+    linear = {rel for rel, m in encoder.transformer_layers()[0].named_modules() if isinstance(m, nn.Linear)}
+    unknown = [t for t in targets if t not in linear]
+    if unknown or not targets:
+        raise ConfigError(f"learner targets {list(targets)} must name linear layers of a transformer block; "
+                          f"encoder={encoder.name}'s blocks have: {', '.join(sorted(linear))}.")
+
+
+class LowRankDeltas(nn.Module):
+    """Rank-`rank` deltas of the `targets` linear layers in the top `n_top` transformer blocks.
+
+    `names`: the adapted tensors, "lora.up.<block>_<target>" (out x rank), which `start` gives as
+    zeros; `merged(params)` maps each encoder weight name to W + B A for `functional_call`."""
+
+    def __init__(self, encoder: Encoder, n_top: int, targets: Sequence[str], rank: int):
+        super().__init__()
+        if not encoder.transformer:
+            raise ConfigError(f"learner.adapt=lora adapts low-rank deltas of transformer layers, but "
+                              f"encoder={encoder.name} has none; use learner.adapt=all or head.")
+        check_int("learner.lora_rank", rank)
+        block_linears(encoder, targets)
+        layers = list(encoder.transformer_layers())
+        check_int("learner.top_k", n_top)
+        if n_top > len(layers):
+            raise ConfigError(f"learner.top_k={n_top}: encoder={encoder.name} has {len(layers)} transformer layers; "
+                              f"give at most {len(layers)} (all of them).")
+        weight_name = {id(p): n for n, p in encoder.named_parameters()}
+        self.down = nn.ParameterDict()
+        self.shapes: dict[str, torch.Size] = {}  # adapted name -> (out, rank)
+        self.weights: dict[str, tuple[str, str]] = {}  # adapted name -> (encoder weight name, key of its A)
+        for index in range(len(layers) - n_top, len(layers)):
+            for target in targets:
+                weight = layers[index].get_submodule(target).weight
+                key = f"{index}_{target.replace('.', '_')}"
+                out_dim, in_dim = weight.shape
+                self.down[key] = nn.Parameter(torch.randn(rank, in_dim) / in_dim**0.5)
+                self.shapes[f"lora.up.{key}"] = torch.Size([out_dim, rank])
+                self.weights[f"lora.up.{key}"] = (weight_name[id(weight)], key)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.shapes)
+
+    def start(self) -> dict[str, torch.Tensor]:
+        """Every up-projection at zero: the deltas vanish, the encoder is the meta-learned one."""
+        like = next(iter(self.down.values()))
+        return {name: like.new_zeros(shape) for name, shape in self.shapes.items()}
+
+    def merged(self, params: dict[str, torch.Tensor], encoder: Encoder) -> dict[str, torch.Tensor]:
+        """Encoder weight name -> W + B A, for the adapted B in `params` and `encoder`'s W."""
+        current = dict(encoder.named_parameters())
+        return {weight: current[weight] + params[name] @ self.down[key]
+                for name, (weight, key) in self.weights.items()}

@@ -1,0 +1,57 @@
+"""Runs with out-of-scope queries (the unit tests are in tests/unit/test_out_of_scope.py)."""
+
+import json
+
+import pytest
+from conftest import FAST, TABLE_ROWS, csv_file, run_in_process
+
+from metarun.errors import ConfigError, DataError
+from metarun.evaluate.out_of_scope import oos_metrics
+
+OOS_ROWS = "".join(f"nothing we do {i},oos\n" for i in range(24))
+
+
+def oos_args(path) -> list[str]:
+    return [*FAST, "data=table", f"data.path={path}", "data.oos_label=oos",
+            "data.classes={train: [a, b], val: [c, d], test: [e, b2]}", "sampler.n_way=2", "sampler.k_shot=1",
+            "sampler.n_query=1", "eval.val.n_way=2", "eval.val.shots=[1]", "eval.val.n_query=1", "eval.test.n_way=2",
+            "eval.test.shots=[1]", "eval.test.n_query=2", "eval.test.oos_rate=1", "eval.test.episodes=6"]
+
+
+@pytest.mark.parametrize("rule", ["nota", "threshold"])
+def test_out_of_scope_runs_report_the_four_metrics(tmp_path, rule):
+    rows = TABLE_ROWS + "".join(f"other text of b2 {i},b2\n" for i in range(4)) + OOS_ROWS
+    path = csv_file(tmp_path, "text,label\n" + rows)
+    threshold = ["eval.test.reject=threshold", "eval.test.threshold_episodes=5"]
+    extra = ["learner.nota=true"] if rule == "nota" else threshold
+    results = run_in_process([*oos_args(path), *extra], tmp_path / "run")["results"]
+    scores = results["test/2way_1shot_oos1"]
+    assert ("threshold" in scores) == (rule == "threshold")
+    lines = (tmp_path / "run" / "episodes" / "test_2way_1shot_oos1.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 6 and all(r["gold"].count(2) == 2 and len(r["oos"]) == 6 for r in records)
+    assert {k: scores[k] for k in oos_metrics(records)} == oos_metrics(records)  # the record holds the numbers
+
+
+def test_out_of_scope_options_are_refused_with_what_to_do(tmp_path):
+    path = csv_file(tmp_path, "text,label\n" + TABLE_ROWS + "".join(f"x {i},b2\n" for i in range(4)) + OOS_ROWS)
+    with pytest.raises(ConfigError, match="this learner does not predict NOTA: set learner.nota=true .* or "
+                                          "eval.test.reject=threshold"):
+        run_in_process(oos_args(path), tmp_path / "a")
+    with pytest.raises(ConfigError, match="a learner that predicts NOTA itself takes eval.test.reject=nota"):
+        run_in_process([*oos_args(path), "learner.nota=true", "eval.test.reject=threshold"], tmp_path / "b")
+    with pytest.raises(DataError, match="data 'banking77' has no test out-of-scope examples. Set data.oos_label"):
+        run_in_process([*FAST, "learner.nota=true", "eval.test.oos_rate=1"], tmp_path / "c")
+
+
+def test_clinc_oos_runs_episodes_and_the_per_intent_protocol(clinc_oos_file, tmp_path):
+    data = ["data=clinc_oos", f"data.path={clinc_oos_file}", "data.split_file=null",
+            "data.classes={train: [i0, i1, i2], val: [i3, i4, i5], test: [i6, i7, i8]}",
+            "sampler.n_way=3", "eval.val.n_way=3"]
+    episodes = run_in_process([*FAST, *data, "eval.test.n_way=3", "learner.nota=true", "eval.test.oos_rate=1"],
+                              tmp_path / "episodes")
+    assert set(episodes["results"]) >= {"test/3way_1shot_oos1", "test/3way_5shot_oos1"}
+    per_intent = run_in_process([*FAST, *data, "eval=clinc_oos_per_class", "eval.test.shots=[2]",
+                                 "eval.test.draws=2", "trainer.max_steps=0"], tmp_path / "per_intent")
+    scores = per_intent["results"]["test/clinc_oos_2per_class"]
+    assert scores["draws"] == 2 and "oos_recall" in scores and "in_scope_acc" in scores

@@ -1,0 +1,113 @@
+"""Out-of-scope queries: data.oos_label, CLINC150's data_full.json, the sampler's out-of-scope pool,
+the rejection rules and their metrics (metarun/evaluate/out_of_scope.py)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import CPU, TABLE_ROWS, csv_file, tiny_protonet
+
+from metarun.data.clinc_oos import load_clinc_oos, load_clinc_oos_labelled
+from metarun.data.sampler import EpisodeSampler
+from metarun.data.text_table import load_table
+from metarun.errors import DataError
+from metarun.evaluate.out_of_scope import OOS, auroc, choose_threshold, decide, oos_metrics, with_out_of_scope
+from metarun.evaluate.per_class import PerClassEvaluator
+
+OOS_ROWS = "".join(f"nothing we do {i},oos\n" for i in range(9))
+CLASSES = {"train": ["a", "b"], "val": ["c"], "test": ["d", "e"]}
+
+
+def test_oos_label_rows_form_no_class_and_split_in_half(tmp_path):
+    path = csv_file(tmp_path, "text,label\n" + TABLE_ROWS + OOS_ROWS)
+    d = load_table("t", str(path), classes=CLASSES, oos_label="oos")
+    assert "oos" not in d.train.classes + d.val.classes + d.test.classes
+    val, test = [[e.text for e in d.oos[r].examples] for r in ("val", "test")]
+    assert (len(val), len(test)) == (4, 5) and not set(val) & set(test)
+    assert sorted(val + test) == sorted(f"nothing we do {i}" for i in range(9))
+    assert load_table("t", str(path), classes=CLASSES, oos_label="oos").oos == d.oos  # seeded
+    assert load_table("t", str(path), classes=CLASSES).oos == {}
+    with pytest.raises(DataError, match=r"data.oos_label='none': .* no example with that label; its labels include"):
+        load_table("t", str(path), classes=CLASSES, oos_label="none")
+    with pytest.raises(DataError, match="'oos' is a test class .* remove 'oos' from the class split"):
+        load_table("t", str(path), classes={**CLASSES, "test": ["d", "oos"]}, oos_label="oos")
+
+
+def test_the_sampler_draws_distinct_out_of_scope_queries(tmp_path):
+    d = load_table("t", str(csv_file(tmp_path, "text,label\n" + TABLE_ROWS + OOS_ROWS)), classes=CLASSES,
+                   oos_label="oos")
+    data = with_out_of_scope(d.test, d.oos["test"])
+    sampler = EpisodeSampler(data, 2, 1, 2, seed=3, role="test", na_rate=2, na_class=OOS)
+    for i in range(10):
+        spec = sampler[i]
+        oos = [q for q, g in zip(spec.query_idx, spec.query_labels()) if g == 2]
+        assert OOS not in spec.classes and len(oos) == len(set(oos)) == 4
+        assert all(data[q].label == OOS for q in oos) and all(data[q].label != OOS for q in spec.query_idx[:4])
+    with pytest.raises(DataError, match=r"take 3 x 2 out-of-scope queries each, but .* has 5; lower eval.test.oos"):
+        EpisodeSampler(data, 2, 1, 2, seed=3, role="test", na_rate=3, na_class=OOS)
+
+
+def test_decide_rejects_below_the_threshold():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25], [0.5, 0.5, 0.0]]))
+    decided, score = decide(logits, 3, 0.5)
+    assert decided.argmax(-1).tolist() == [0, 3, 0]  # 0.5 is not below 0.5: kept
+    assert torch.allclose(score, torch.tensor([0.3, 0.6, 0.5]))
+    nota = torch.tensor([[2.0, 0.0, 0.0, 1.0]])
+    decided, score = decide(nota, 3, None)
+    assert torch.equal(decided, nota) and torch.allclose(score, nota.softmax(-1)[:, 3])
+
+
+def record(conf, gold, pred, oos=None, n_way=2):
+    return {"classes": [str(c) for c in range(n_way)], "conf": conf, "gold": gold, "pred": pred,
+            **({"oos": oos} if oos is not None else {})}
+
+
+def test_threshold_and_metrics_match_hand_computation():
+    # in-scope queries right at 0.9 and 0.6, wrong at 0.55; out-of-scope queries (gold 2) at 0.5 and 0.7
+    r = record([0.9, 0.6, 0.55, 0.5, 0.7], [0, 1, 1, 2, 2], [0, 1, 0, 1, 0])
+    # rejecting below t: t=0.5 -> 2 right; 0.55 -> 3; 0.6 -> 3; 0.7 -> 2; 0.9 -> 2; all -> 2: the smallest best
+    assert choose_threshold([r]) == 0.55
+    assert choose_threshold([record([0.9, 0.8], [2, 2], [0, 1])]) == 2.0  # only out-of-scope: reject all
+    decided = record([0.9, 0.6, 0.55, 0.5, 0.7], [0, 1, 1, 2, 2], [0, 1, 2, 2, 0], oos=[0.1, 0.4, 0.45, 0.5, 0.3])
+    m = oos_metrics([decided])
+    assert m["in_scope_acc"] == round(100 * 2 / 3, 2)
+    assert (m["oos_recall"], m["oos_precision"], m["oos_f1"]) == (50.0, 50.0, 50.0)
+    # AUROC: out-of-scope scores 0.5, 0.3 against 0.1, 0.4, 0.45: 0.5 beats all 3, 0.3 beats 1 -> 4 / 6
+    assert m["oos_auroc"] == round(100 * 4 / 6, 2)
+    none = oos_metrics([record([0.9, 0.8], [0, 2], [0, 0], oos=[0.2, 0.2])])
+    assert (none["oos_recall"], none["oos_precision"], none["oos_f1"], none["oos_auroc"]) == (0.0, None, 0.0, 50.0)
+
+
+def test_auroc_equals_counting_every_pair():
+    rng = np.random.default_rng(0)
+    pos, neg = rng.integers(0, 5, 40).astype(float), rng.integers(0, 5, 30).astype(float)  # many ties
+    pairs = [(p > n) + 0.5 * (p == n) for p in pos for n in neg]
+    assert auroc(pos, neg) == pytest.approx(np.mean(pairs), abs=1e-12)
+    assert auroc(pos, np.array([])) is None
+
+
+def test_clinc_oos_file_keeps_its_own_out_of_scope_splits(clinc_oos_file, tmp_path):
+    split = {"train": ["i0", "i1", "i2"], "val": ["i3", "i4", "i5"], "test": ["i6", "i7", "i8"]}
+    d = load_clinc_oos("clinc_oos", str(clinc_oos_file), split_file=None, classes=split)
+    assert d.test.classes == ["i6", "i7", "i8"] and d.test.count("i6") == 15  # 8 + 3 + 4 rows pooled
+    assert {r: len(d.oos[r]) for r in d.oos} == {"train": 6, "val": 12, "test": 20}
+    labelled = load_clinc_oos_labelled("clinc_oos", str(clinc_oos_file))
+    assert (len(labelled.pool), len(labelled.val), len(labelled.test)) == (72, 27, 36)
+    assert {r: len(labelled.oos[r]) for r in labelled.oos} == {"val": 12, "test": 20}
+    with pytest.raises(DataError, match="no such file. data=clinc_oos reads CLINC150's data_full.json"):
+        load_clinc_oos("c", str(tmp_path / "nope.json"))
+    (tmp_path / "other.json").write_text(json.dumps({"train": []}))
+    with pytest.raises(DataError, match=r"lacks \['val', 'test', 'oos_train'"):
+        load_clinc_oos("c", str(tmp_path / "other.json"))
+
+
+def test_per_class_scores_out_of_scope_queries_by_threshold(clinc_oos_file):
+    target = load_clinc_oos_labelled("clinc_oos", str(clinc_oos_file))
+    ev = PerClassEvaluator(target, [2], draws=2, seed=0, progress=False)
+    out = ev(tiny_protonet(), CPU)["test/clinc_oos_2per_class"]
+    assert out["draws"] == 2 and set(out) >= {"in_scope_acc", "oos_recall", "oos_f1", "oos_auroc", "threshold"}
+    assert 0 <= out["oos_auroc"] <= 100 and 0 < out["threshold"] <= 2
+    plain = PerClassEvaluator(target.__class__(target.name, target.pool, target.test), [2], draws=2, seed=0,
+                              progress=False)
+    assert "oos_recall" not in plain(tiny_protonet(), CPU)["test/clinc_oos_2per_class"]
