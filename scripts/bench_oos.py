@@ -69,7 +69,7 @@ def main() -> None:
     write_csv(table, args.oos, seed=0)
     results = {}
     for name in args.runs:
-        run_dir = args.workdir / name.split(",")[0].split(" ")[0].lower().replace("+", "") / name.replace(" ", "_")
+        run_dir = args.workdir / "".join(c if c.isalnum() else "_" for c in name.lower())
         cmd = [sys.executable, "-m", "metarun", "data=table", f"data.path={table}", "data.name=clinc150_trec_oos",
                "data.oos_label=oos", "data.split_file=clinc150", f"data.split={args.split}", "eval.test.oos_rate=1",
                f"eval.test.episodes={args.episodes}", f"hydra.run.dir={run_dir}", *RUNS[name]]

@@ -33,13 +33,12 @@ from torch.func import functional_call
 from metarun.errors import ConfigError, check_choice, check_int, check_number
 from metarun.learners.base import encoder_and_rest
 from metarun.learners.functional import prototypes, proto_head
+from metarun.learners.gradient.low_rank import BERT_TARGETS, block_linears
 from metarun.learners.gradient.maml import MAML
 from metarun.models.base import Encoder
 
 GENERATE = ("head", "adapters")
 SKIP = ("proto", "none")
-BERT_TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-                "intermediate.dense", "output.dense")
 
 
 def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
@@ -55,13 +54,9 @@ class AdapterGenerator(nn.Module):
 
     def __init__(self, encoder: Encoder, targets: list[str], rank: int, task_dim: int, hidden: int):
         super().__init__()
+        block_linears(encoder, targets)
         layers = list(encoder.transformer_layers())
         names = {id(p): n for n, p in encoder.named_parameters()}
-        linear = {rel for rel, m in layers[0].named_modules() if isinstance(m, nn.Linear)}
-        unknown = [t for t in targets if t not in linear]
-        if unknown or not targets:
-            raise ConfigError(f"learner.targets={list(targets)} must name linear layers of a transformer block; "
-                              f"encoder={encoder.name}'s blocks have: {', '.join(sorted(linear))}.")
         self.targets, self.rank, self.hidden = list(targets), rank, hidden
         # per target: the encoder's weight name in each layer, and its (out, in) shape
         self.weight_names = {t: [names[id(layer.get_submodule(t).weight)] for layer in layers] for t in targets}
@@ -125,7 +120,7 @@ class HyperNet(MAML):
             self.generator = _mlp(d, hidden, d + 1)
         else:
             self.generator = AdapterGenerator(encoder, list(targets), rank, task_dim, hidden)
-        self.feature_eval = generate == "head" and not self.enc_names
+        self.feature_eval = generate == "head" and not self.adapts_encoder
 
     def param_groups(self, lr: float) -> list[dict]:
         """The generator and the learned inner rates at `head_lr`, the encoder at the trainer's lr."""
@@ -154,7 +149,7 @@ class HyperNet(MAML):
         weights = dict(self.encoder.named_parameters())
 
         def encode(p, inputs):
-            enc = {n[len("encoder."):]: v for n, v in p.items() if n.startswith("encoder.")}
+            enc = self._encoder_tensors(p)  # adapted tensors (and low-rank deltas) of the inner loop
             conditioned = {n: enc.get(n, weights[n]) + delta for n, delta in deltas.items()}
             return functional_call(self.encoder, {**enc, **conditioned}, (inputs,))
 

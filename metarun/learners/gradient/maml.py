@@ -7,6 +7,8 @@ Meta-SGD and ANIL, plus Reptile.
 - Meta-SGD learned per-parameter inner learning rates (step_size=per_param): Li, Zhou, Chen & Li, 2017.
 - ANIL (only the head adapts in the inner loop): Raghu, Raghu, Bengio & Vinyals, ICLR 2020.
 - Proto-MAML head initialisation: Triantafillou et al., ICLR 2020.
+- Low-rank inner loops (adapt=lora: rank-r deltas of the top layers' linear weights adapt, their
+  down-projections are meta-learned): learners/gradient/low_rank.py.
 - Reptile: Nichol, Achiam & Schulman, 2018.
 
 The inner loop is `functional.adapt`, a pure function over a parameter dict evaluated with
@@ -21,6 +23,8 @@ buffers; a BatchNorm encoder would use the statistics of the batch at hand (tran
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,9 +34,10 @@ from metarun.data.collate import Episode
 from metarun.errors import ConfigError, check_choice, check_int, check_number
 from metarun.learners.base import Learner, StepOutput, accuracy
 from metarun.learners.functional import adapt, linear_head, proto_head, sgd
+from metarun.learners.gradient.low_rank import BERT_TARGETS, LowRankDeltas
 from metarun.models.base import Encoder
 
-ADAPT = ("all", "head", "top_k")
+ADAPT = ("all", "head", "top_k", "lora")
 HEAD_INIT = ("proto", "zeros")
 STEP_SIZES = ("scalar", "per_step", "per_param")
 HEAD = ("head.weight", "head.bias")
@@ -111,6 +116,8 @@ class MAML(Learner):
         step_size: str = "scalar",
         freeze_encoder: bool = False,
         vmap_tasks: bool = False,
+        lora_rank: int = 4,
+        lora_targets: Sequence[str] = BERT_TARGETS,
     ):
         super().__init__()
         test_inner_steps = inner_steps if test_inner_steps is None else test_inner_steps
@@ -125,13 +132,17 @@ class MAML(Learner):
             encoder.requires_grad_(False)
         self.inner_steps, self.test_inner_steps, self.first_order = inner_steps, test_inner_steps, first_order
         self.head_init, self.batch_tasks = head_init, vmap_tasks
-        self.enc_names = adapted_encoder_names(encoder, adapt, top_k)
-        # adapt=top_k: the layers below the adapted ones do not change in the inner loop, so the
-        # support set's forward through them runs once per task (`_split_encode`)
-        n_layers = len(encoder.transformer_layers()) if adapt == "top_k" else 0
+        # adapt=lora: the inner loop adapts low-rank deltas of the top_k layers, not encoder tensors
+        self.lora = LowRankDeltas(encoder, top_k, lora_targets, lora_rank) if adapt == "lora" else None
+        self.enc_names = adapted_encoder_names(encoder, "head" if self.lora else adapt, top_k)
+        self.adapts_encoder = bool(self.enc_names) or self.lora is not None
+        # adapt=top_k or lora: the layers below the adapted ones do not change in the inner loop, so
+        # the support set's forward through them runs once per task (`_split_encode`)
+        n_layers = len(encoder.transformer_layers()) if adapt in ("top_k", "lora") else 0
         self.split_at = n_layers - top_k if 0 < top_k < n_layers else 0
-        names = [f"encoder.{n}" for n in self.enc_names] + list(HEAD)
-        shapes = {f"encoder.{n}": p.shape for n, p in encoder.named_parameters()}
+        names = [f"encoder.{n}" for n in self.enc_names] + (self.lora.names if self.lora else []) + list(HEAD)
+        shapes = {f"encoder.{n}": p.shape for n, p in encoder.named_parameters()} | (self.lora.shapes if self.lora
+                                                                                       else {})
         # broadcast over classes
         shapes.update({"head.weight": torch.Size([1, encoder.out_dim]), "head.bias": torch.Size([1])})
         zero_first = tuple(names[:-2]) if head_init == "zeros" else ()
@@ -140,20 +151,27 @@ class MAML(Learner):
         )
         # The encoder is only run at test time, with fixed weights, when nothing in it adapts:
         # evaluation can then cache features.
-        self.feature_eval = not self.enc_names
-        if vmap_tasks and encoder.tokenize is not None and self.enc_names:
+        self.feature_eval = not self.adapts_encoder
+        if vmap_tasks and encoder.tokenize is not None and self.adapts_encoder:
             raise ConfigError(
                 "learner.vmap_tasks=true cannot batch tasks through a text encoder whose weights adapt (inputs "
                 "differ in length per task); use learner.vmap_tasks=false (the default), or learner=anil, whose "
                 "head-only inner loop batches the tasks of a meta-batch."
             )
-        if not first_order and self.enc_names:
+        if not first_order and self.adapts_encoder:
             encoder.use_double_backward_attention()
 
     # -- the one inner-loop driver ----------------------------------------------------------------
+    def _encoder_tensors(self, params: dict) -> dict[str, torch.Tensor]:
+        """The encoder tensors `params` replaces: adapted ones, and the low-rank deltas' merged weights."""
+        enc = {n[len("encoder.") :]: params[n] for n in params if n.startswith("encoder.")}
+        if self.lora is not None and self.lora.names[0] in params:
+            enc |= self.lora.merged(params, self.encoder)
+        return enc
+
     def _encode(self, params: dict, inputs) -> torch.Tensor:
         """Features under the adapted encoder tensors in `params` (the rest read from the module)."""
-        enc = {n[len("encoder.") :]: params[n] for n in params if n.startswith("encoder.")}
+        enc = self._encoder_tensors(params)
         return functional_call(self.encoder, enc, (inputs,)) if enc else self.encoder(inputs)
 
     def _split_encode(self, support: dict):
@@ -165,8 +183,8 @@ class MAML(Learner):
         def encode(params: dict, inputs) -> torch.Tensor:
             if inputs is not support:  # the query: one full forward under the adapted tensors
                 return self._encode(params, inputs)
-            enc = {n[len("encoder.") :]: params[n] for n in params if n.startswith("encoder.")}
-            return functional_call(self.encoder, enc, (inputs,), {"from_layer": (self.split_at, states, mask)})
+            return functional_call(self.encoder, self._encoder_tensors(params), (inputs,),
+                                   {"from_layer": (self.split_at, states, mask)})
 
         return encode
 
@@ -202,9 +220,10 @@ class MAML(Learner):
         encode = encode or self._encode
         if params is None:
             params = {n: p for n, p in self.named_parameters() if n in self.policy.names}
+            params |= self.lora.start() if self.lora is not None else {}
         if features is not None:
             s_feats = features[0]
-        elif self.head_init == "zeros" and self.enc_names:
+        elif self.head_init == "zeros" and self.adapts_encoder:
             s_feats = None  # the inner loss recomputes the features; a zero head needs only their width
         else:
             s_feats = encode(params, support)
@@ -213,7 +232,7 @@ class MAML(Learner):
         n_tasks = support_labels[..., 0].numel()  # 1 for a single task
 
         def support_loss(p):  # the sum over tasks of each task's mean loss
-            feats = encode(p, support) if self.enc_names else s_feats  # recomputed, or fixed (head-only)
+            feats = encode(p, support) if self.adapts_encoder else s_feats  # recomputed, or fixed (head-only)
             logits = linear_head(feats, p["head.weight"], p["head.bias"])
             return F.cross_entropy(logits.flatten(0, -2), support_labels.flatten()) * n_tasks
 

@@ -57,7 +57,10 @@ CONTINUABLE = ("trainer.max_steps",)  # a larger value continues a run of the sm
 # Keys added after runs were made, with the value that reproduces what those runs did: a saved config
 # without the key counts as having this value, so older run folders still resume and are still skipped.
 ADDED_LATER = {"data.dedupe": False, "data.encoding": "utf-8", "data.quoting": "minimal", "data.oos_label": None,
-               "eval.test.oos_rate": 0, "eval.test.reject": "nota", "eval.test.threshold_episodes": 200}
+               "eval.test.oos_rate": 0, "eval.test.reject": "nota", "eval.test.threshold_episodes": 200,
+               "learner.lora_rank": 4, "learner.lora_targets": ["attention.self.query", "attention.self.key",
+                                                                "attention.self.value", "attention.output.dense",
+                                                                "intermediate.dense", "output.dense"]}
 # Modules that moved after runs were made: a saved `_target_` under the old path names the new one.
 MOVED = {f"metarun.learners.{module}.": f"metarun.learners.{family}.{module}."
          for family, modules in {"gradient": ("maml", "lstm_meta", "hypernet"),
