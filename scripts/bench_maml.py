@@ -18,7 +18,11 @@ optimiser over the head), `hypernet_head` (generated head, no inner steps) and `
 their rows compare time and memory only; (e) `--cases topk`: MAML adapting the top 1 or 2 MiniLM layers
 (5 inner steps, first and second order), whose support forward below the adapted layers metarun runs
 once per task, against both references adapting the same tensors the usual way; its `sequential`
-rows carry `speedup`, the faster reference's seconds over metarun's.
+rows carry `speedup`, the faster reference's seconds over metarun's; (f) `--cases lora`: MAML adapting
+rank-4 deltas of the top 1, 2 or all 6 layers' linear weights (`adapt=lora`, 5 inner steps, first and
+second order) against metarun's MAML adapting the same layers' weights themselves (`full`, top_k); they
+compute different things, so rows compare time, memory and adapted coordinates, and the `sequential`
+(lora) row carries `speedup_vs_full`.
 
 Implementations, all on identical episodes and initial weights:
 - `sequential`: metarun's MAML learner, one backward per task (what the trainer runs);
@@ -217,7 +221,8 @@ def make_case(case: str, device: str = "cpu"):
         [e.to(device) for e in episodes],
         steps,
         first_order,
-        ("head" if kind == "minilm_anil" else kind[len("minilm_"):] if kind.startswith("minilm_top") else "all"),
+        ("head" if kind == "minilm_anil" else kind[len("minilm_"):] if kind.startswith(("minilm_top", "minilm_lora"))
+         else "all"),
         head,
     )
 
@@ -249,6 +254,9 @@ def build_learner(impl: str, encoder, steps: int, first_order: bool, mode: str, 
         return HyperNet(encoder, generate=impl[len("hypernet_") :], inner_steps=0)
     if impl in ("anil", "fomaml"):
         return MAML(encoder, **common, adapt="head" if impl == "anil" else "all")
+    if mode.startswith("lora"):  # the deltas of the top k layers, or (impl "full") those layers' weights
+        adapt = {"adapt": "top_k" if impl == "full" else "lora", "top_k": int(mode[4:])}
+        return MAML(encoder, **common, head_init=head, **adapt)
     top_k = {"adapt": "top_k", "top_k": int(mode[3:])} if mode.startswith("top") else {"adapt": mode}
     return MAML(encoder, **common, head_init=head, **top_k, vmap_tasks=impl in ("vmap", "batched"))
 
@@ -315,7 +323,17 @@ def measure(case: str, impl: str, grad_out: str, iters: int, device: str) -> dic
         "peak_mem_mb": round(max(0.0, peak - before), 1),
         "support_loss": round(support_loss, 4),
         "threads": torch.get_num_threads(),
+        "adapted_coordinates": adapted_coordinates(learner),
     }
+
+
+def adapted_coordinates(learner) -> int | None:
+    """The encoder coordinates a MAML learner's inner loop adapts (the head's N x (D + 1) aside)."""
+    if not hasattr(learner, "policy") or not hasattr(learner.policy, "names"):
+        return None
+    shapes = {f"encoder.{n}": p.shape for n, p in learner.encoder.named_parameters()}
+    shapes |= learner.lora.shapes if getattr(learner, "lora", None) is not None else {}
+    return sum(shapes[n].numel() for n in learner.policy.names if n in shapes)
 
 
 def main() -> None:
@@ -357,6 +375,8 @@ def main() -> None:
     if "topk" in kinds:  # top-k layers adapt: metarun runs the layers below them once per task
         orders = ("first", "second")
         plan += [(f"minilm_top{k}/steps5/{o}", ["reference", *refs, "sequential"]) for k in (1, 2) for o in orders]
+    if "lora" in kinds:  # low-rank deltas of the top layers against those layers' weights
+        plan += [(f"minilm_lora{k}/steps5/{o}", ["full", "sequential"]) for k in (1, 2, 6) for o in ("first", "second")]
     if "learners" in kinds:  # different learners: time and memory, no gradient comparison
         plan += [("minilm_learners/steps5/first", list(LEARNERS))]
     rows, first_order_grads = [], {}
@@ -389,7 +409,10 @@ def main() -> None:
                 grads = torch.load(grad_file)
                 if ref is None:  # the case's first implementation is the one the others are compared with
                     ref = (row, grads)
-                if ref is not None and impl not in LEARNERS:
+                if case.startswith("minilm_lora"):  # different computations: time and memory only
+                    if impl == "sequential":
+                        row["speedup_vs_full"] = round(ref[0]["seconds_per_iter"] / row["seconds_per_iter"], 3)
+                elif ref is not None and impl not in LEARNERS:
                     row["speedup_vs_first"] = round(ref[0]["seconds_per_iter"] / row["seconds_per_iter"], 3)
                     common = [n for n in grads if n in ref[1]]
                     row["max_meta_grad_diff"] = max((grads[n] - ref[1][n]).abs().max().item() for n in common)
