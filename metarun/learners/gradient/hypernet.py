@@ -149,9 +149,10 @@ class HyperNet(MAML):
         weights = dict(self.encoder.named_parameters())
 
         def encode(p, inputs):
-            enc = self._encoder_tensors(p)  # adapted tensors (and low-rank deltas) of the inner loop
+            enc = self._encoder_tensors(p)  # the inner loop's adapted tensors
             conditioned = {n: enc.get(n, weights[n]) + delta for n, delta in deltas.items()}
-            return functional_call(self.encoder, {**enc, **conditioned}, (inputs,))
+            with self._deltas(p):  # and its low-rank deltas (adapt=lora)
+                return functional_call(self.encoder, {**enc, **conditioned}, (inputs,))
 
         return super()._adapt_and_predict(support, support_labels, query, n_way, steps, first_order,
                                           encode=encode)

@@ -5,11 +5,16 @@ A (r x in), the down-projection, is meta-learned in the outer loop and starts ra
 (out x r), the up-projection, is what each task adapts, starting from zero, so step 0 is the
 meta-learned encoder itself. A MiniLM layer's six linear layers hold 1.77 M weights; their rank-4
 up-projections 7,680 coordinates.
+
+The delta is never merged into W: a forward hook on each target layer adds (x A^T) B^T to its output
+while the inner loop's B are in place (`applied`). The inner gradient then needs only dL/dB =
+dy^T (x A^T), not the out x in matrix dL/dW that merging (W + B A) would compute at every inner step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -35,7 +40,7 @@ class LowRankDeltas(nn.Module):
     """Rank-`rank` deltas of the `targets` linear layers in the top `n_top` transformer blocks.
 
     `names`: the adapted tensors, "lora.up.<block>_<target>" (out x rank), which `start` gives as
-    zeros; `merged(params)` maps each encoder weight name to W + B A for `functional_call`."""
+    zeros; inside `applied(params)` the encoder's target layers add their deltas to their outputs."""
 
     def __init__(self, encoder: Encoder, n_top: int, targets: Sequence[str], rank: int):
         super().__init__()
@@ -49,18 +54,23 @@ class LowRankDeltas(nn.Module):
         if n_top > len(layers):
             raise ConfigError(f"learner.top_k={n_top}: encoder={encoder.name} has {len(layers)} transformer layers; "
                               f"give at most {len(layers)} (all of them).")
-        weight_name = {id(p): n for n, p in encoder.named_parameters()}
         self.down = nn.ParameterDict()
         self.shapes: dict[str, torch.Size] = {}  # adapted name -> (out, rank)
-        self.weights: dict[str, tuple[str, str]] = {}  # adapted name -> (encoder weight name, key of its A)
+        self._up: dict[str, torch.Tensor] = {}  # key -> the B in place while `applied`
         for index in range(len(layers) - n_top, len(layers)):
             for target in targets:
-                weight = layers[index].get_submodule(target).weight
+                linear = layers[index].get_submodule(target)
                 key = f"{index}_{target.replace('.', '_')}"
-                out_dim, in_dim = weight.shape
+                out_dim, in_dim = linear.weight.shape
                 self.down[key] = nn.Parameter(torch.randn(rank, in_dim) / in_dim**0.5)
                 self.shapes[f"lora.up.{key}"] = torch.Size([out_dim, rank])
-                self.weights[f"lora.up.{key}"] = (weight_name[id(weight)], key)
+                linear.register_forward_hook(self._hook(key))
+
+    def _hook(self, key: str):
+        def add_delta(module, args, out):
+            up = self._up.get(key)
+            return out if up is None else out + (args[0] @ self.down[key].T) @ up.T
+        return add_delta
 
     @property
     def names(self) -> list[str]:
@@ -71,8 +81,12 @@ class LowRankDeltas(nn.Module):
         like = next(iter(self.down.values()))
         return {name: like.new_zeros(shape) for name, shape in self.shapes.items()}
 
-    def merged(self, params: dict[str, torch.Tensor], encoder: Encoder) -> dict[str, torch.Tensor]:
-        """Encoder weight name -> W + B A, for the adapted B in `params` and `encoder`'s W."""
-        current = dict(encoder.named_parameters())
-        return {weight: current[weight] + params[name] @ self.down[key]
-                for name, (weight, key) in self.weights.items()}
+    @contextmanager
+    def applied(self, params: dict[str, torch.Tensor]) -> Iterator[None]:
+        """The encoder's target layers add W x + (x A^T) B^T for the B in `params` (none: unchanged)."""
+        prefix = len("lora.up.")
+        previous, self._up = self._up, {n[prefix:]: params[n] for n in self.shapes if n in params}
+        try:
+            yield
+        finally:
+            self._up = previous

@@ -24,6 +24,7 @@ buffers; a BatchNorm encoder would use the statistics of the batch at hand (tran
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -163,16 +164,18 @@ class MAML(Learner):
 
     # -- the one inner-loop driver ----------------------------------------------------------------
     def _encoder_tensors(self, params: dict) -> dict[str, torch.Tensor]:
-        """The encoder tensors `params` replaces: adapted ones, and the low-rank deltas' merged weights."""
-        enc = {n[len("encoder.") :]: params[n] for n in params if n.startswith("encoder.")}
-        if self.lora is not None and self.lora.names[0] in params:
-            enc |= self.lora.merged(params, self.encoder)
-        return enc
+        """The encoder tensors `params` replaces (the adapted ones)."""
+        return {n[len("encoder.") :]: params[n] for n in params if n.startswith("encoder.")}
+
+    def _deltas(self, params: dict):
+        """The context in which the encoder adds the low-rank deltas in `params` (adapt=lora)."""
+        return self.lora.applied(params) if self.lora is not None else nullcontext()
 
     def _encode(self, params: dict, inputs) -> torch.Tensor:
         """Features under the adapted encoder tensors in `params` (the rest read from the module)."""
         enc = self._encoder_tensors(params)
-        return functional_call(self.encoder, enc, (inputs,)) if enc else self.encoder(inputs)
+        with self._deltas(params):
+            return functional_call(self.encoder, enc, (inputs,)) if enc else self.encoder(inputs)
 
     def _split_encode(self, support: dict):
         """`_encode` that reads the support set's hidden states entering the first adapted layer,
@@ -183,8 +186,9 @@ class MAML(Learner):
         def encode(params: dict, inputs) -> torch.Tensor:
             if inputs is not support:  # the query: one full forward under the adapted tensors
                 return self._encode(params, inputs)
-            return functional_call(self.encoder, self._encoder_tensors(params), (inputs,),
-                                   {"from_layer": (self.split_at, states, mask)})
+            with self._deltas(params):
+                return functional_call(self.encoder, self._encoder_tensors(params), (inputs,),
+                                       {"from_layer": (self.split_at, states, mask)})
 
         return encode
 
