@@ -21,6 +21,7 @@ class Evaluator:
     its constructor takes the objects of build_evaluator it needs (evaluate/__init__.py)."""
 
     records: dict[str, list[dict]] = {}  # per-episode records of the last call, by score key (`episode_record`)
+    mistakes: dict[str, list[dict]] = {}  # a few misclassified queries with their nearest support example, by key
     feature_cache = None  # a FeatureCache (evaluate/feature_cache.py) when the run's encoder does not train:
     #                       a constructor argument of every protocol
     transductive_steps: int = 0  # > 0: the protocol lets transductive learners refine with the queries

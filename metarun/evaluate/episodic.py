@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from metarun.data.collate import EpisodeDataset
@@ -33,6 +34,8 @@ from metarun.evaluate.out_of_scope import OOS, REJECT, choose_threshold, decide,
 from metarun.learners.base import Learner
 
 log = logging.getLogger("metarun")
+MISTAKES = 20  # misclassified queries kept per setting, with their nearest support example
+NOTA = "none-of-the-above"  # the name of label N in what a run writes
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ class EpisodicEvaluator(Evaluator):
                 with torch.inference_mode(), amp:
                     features = self.encode(learner, device)
                     calibration = self.encode(learner, device, self.calibration) if self.calibration else None
-            out, self.records = {}, {}
+            out, self.records, self.mistakes = {}, {}, {}
             for i, (proto, sampler) in enumerate(zip(self.protocols, self.samplers)):
                 rule = None  # how out-of-scope queries are rejected: "nota", or a threshold
                 if proto.oos_rate and self.reject == "threshold":  # chosen on validation episodes, same protocol
@@ -177,7 +180,7 @@ class EpisodicEvaluator(Evaluator):
     def _feature_episodes(self, learner, features, sampler, proto, rule=None) -> list[dict]:
         """Every episode's record (`episode_record`), from cached features."""
         transductive = {"transductive_steps": self.transductive_steps} if self.transductive_steps else {}
-        records, correct = [], []  # this rank's episodes; gathered in episode order
+        records, correct, mistakes = [], [], []  # this rank's episodes; records gathered in episode order
         bar = tqdm(self.dist.mine(proto.episodes), desc=f"{self.prefix}/{proto.key}", disable=not self.progress,
                    leave=False)
         with torch.inference_mode():
@@ -189,9 +192,30 @@ class EpisodicEvaluator(Evaluator):
                                                        spec.n_way, **transductive, **names)
                 records.append(self._record(i, spec, spec.query_labels(), logits, rule))
                 correct.append(record_accuracy(records[-1]))
+                if len(mistakes) < MISTAKES:
+                    mistakes += self._mistakes(records[-1], spec, s, q)[: MISTAKES - len(mistakes)]
                 if i % 50 == 0:
                     bar.set_postfix(acc=f"{100 * np.mean(correct):.1f}", refresh=False)  # drawn with the next count
+        self.mistakes[f"{self.prefix}/{proto.key}"] = mistakes
         return self.dist.gather(records, proto.episodes)
+
+    def _mistakes(self, record: dict, spec, support: torch.Tensor, query: torch.Tensor) -> list[dict]:
+        """The record's misclassified queries, each with its nearest support example (cosine similarity
+        of the features the learner scored): texts and classes, to read why a prediction went wrong."""
+        names = [*spec.classes, NOTA]
+        wrong = [j for j, (g, p) in enumerate(zip(record["gold"], record["pred"])) if g != p]
+        if not wrong:
+            return []
+        sim = F.normalize(query[wrong].float(), dim=-1) @ F.normalize(support.float(), dim=-1).T
+        best, nearest = sim.max(-1)
+        out = []
+        for j, k, b in zip(wrong, nearest.tolist(), best.tolist()):
+            example = self.data[spec.query_idx[j]]
+            support_example = self.data[spec.support_idx[k]]
+            out.append({"episode": record["episode"], "query": example.text, "gold": names[record["gold"][j]],
+                        "pred": names[record["pred"][j]], "conf": record["conf"][j], "nearest": support_example.text,
+                        "nearest_class": support_example.label, "similarity": round(b, 4)})
+        return out
 
     def _episodes(self, learner, sampler, proto, device, amp, rule=None) -> list[dict]:
         """Every episode's record, each episode's text through the learner (it adapts per episode)."""

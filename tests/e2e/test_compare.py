@@ -127,6 +127,13 @@ def test_the_report_agrees_with_results_and_draws_its_plots(two_seeds, tmp_path)
             assert f"| {setting} | {setting[-5]} | {score['acc']:.2f} | {score['ci95']:.2f} |" in report
     assert {p.name for p in (run_a / "report").glob("*.png")} == {
         "reliability.png", "confusion_test_5way_1shot.png", "confusion_test_5way_5shot.png"}
+    # misclassified queries beside their nearest support example: real texts of the episode's classes
+    mistakes = json.loads((run_a / "episodes" / "test_5way_1shot.mistakes.json").read_text())
+    records = [json.loads(line) for line in (run_a / "episodes" / "test_5way_1shot.jsonl").read_text().splitlines()]
+    first = records[mistakes[0]["episode"]]
+    assert len(mistakes) == 20 and all(m["gold"] != m["pred"] for m in mistakes)
+    assert {mistakes[0]["gold"], mistakes[0]["pred"], mistakes[0]["nearest_class"]} <= set(first["classes"])
+    assert "Misclassified queries and the support example nearest" in report and mistakes[0]["query"][:20] in report
     # ECE by hand: confidences 0.9, 0.9 (one right) and 0.6 (right) in bins 9 and 6
     ece, table = calibration([("a", "a", 0.9), ("a", "b", 0.9), ("b", "b", 0.6)])
     assert ece == pytest.approx(100 * (2 / 3 * abs(0.9 - 0.5) + 1 / 3 * abs(0.6 - 1.0)))

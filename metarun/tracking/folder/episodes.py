@@ -9,7 +9,12 @@ episode, written atomically when the run (or metarun-eval) has tested:
 `gold` / `pred`: labels; `conf`: the softmax probability of the predicted label (4 decimals). Episode
 i of a setting depends only on `eval.seed` and i, so two runs tested with the same protocol on the
 same classes have the same `classes`, `query` and `gold` lines: `metarun-compare` pairs them.
-About 0.5 KB per 5-way 5-query episode: 600 episodes take about 300 KB.
+About 0.5 KB per 5-way 5-query episode: 600 episodes take about 300 KB. Out-of-scope settings add `oos`,
+each query's rejection score (evaluate/out_of_scope.py).
+
+Beside them, `<setting>.mistakes.json` (evaluators on cached features): the first 20 misclassified
+queries, each with its text, gold and predicted class, confidence, and the support example nearest to
+it (cosine similarity of the features), its class and the similarity.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metarun.files import atomic_write, strict
+from metarun.files import atomic_write, strict, write_json
 
 FOLDER = "episodes"
 
@@ -37,6 +42,20 @@ def write(run_dir: str | Path, evaluators) -> None:
     for setting, lines in records.items():
         text = "".join(json.dumps(strict(r), separators=(",", ":"), allow_nan=False) + "\n" for r in lines)
         atomic_write(Path(run_dir) / FOLDER / file_name(setting), lambda f, t=text: f.write(t.encode()))
+    for evaluator in evaluators:
+        for setting, examples in getattr(evaluator, "mistakes", {}).items():
+            write_json(Path(run_dir) / FOLDER / mistakes_name(setting), examples)
+
+
+def mistakes_name(setting: str) -> str:
+    """`test/5way_1shot` -> `test_5way_1shot.mistakes.json`: the first misclassified queries of the setting
+    with their nearest support example (evaluators on cached features)."""
+    return setting.replace("/", "_") + ".mistakes.json"
+
+
+def read_mistakes(run_dir: str | Path, setting: str) -> list[dict]:
+    path = Path(run_dir) / FOLDER / mistakes_name(setting)
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def read(run_dir: str | Path) -> dict[str, list[dict]]:

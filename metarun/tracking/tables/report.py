@@ -3,7 +3,8 @@
 Writes `report/` in the run folder: `report.md` (per-class accuracy, the most confused class pairs,
 the hardest episodes, accuracy against the number of shots, calibration: expected calibration error
 over 10 confidence bins), `confusion_<setting>.png` (gold class against predicted class, rows
-normalised) and `reliability.png` (accuracy against confidence, per setting). Class ids are shown
+normalised) and `reliability.png` (accuracy against confidence, per setting), and, for runs evaluated
+on cached features, misclassified queries beside their nearest support example. Class ids are shown
 with their readable names where the run has them (`test_classes` in results.json, FewRel relations).
 Every number is computed from the records, and the per-setting accuracy equals results.json's.
 """
@@ -115,12 +116,26 @@ def build(run_dir: str | Path) -> str:
         md += ["", "Hardest episodes:", "", "| episode | accuracy | classes |", "|---|---|---|"]
         md += [f"| {lines[i]['episode']} | {accs[i]:.1f} | {', '.join(lines[i]['classes'])} |"
                for i in np.argsort(accs, kind="stable")[:5]]
+        md += _mistakes(episodes.read_mistakes(run_dir, setting), show)
         file = f"confusion_{setting.replace('/', '_')}.png"
         _confusion_plot(plt, qs, out_dir / file, setting)
         md += ["", f"![confusion]({file})", ""]
     text = "\n".join(md) + "\n"
     (out_dir / "report.md").write_text(text)
     return text
+
+
+def _mistakes(examples: list[dict], show) -> list[str]:
+    """Misclassified queries beside the support example nearest to them."""
+    if not examples:
+        return []
+    md = ["", "Misclassified queries and the support example nearest to each (cosine similarity of the features):",
+          "", "| query | gold | predicted | nearest support example | its class | similarity |",
+          "|---|---|---|---|---|---|"]
+    cell = lambda text: text.replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    md += [f"| {cell(m['query'])} | {show(m['gold'])} | {show(m['pred'])} | {cell(m['nearest'])} | "
+           f"{show(m['nearest_class'])} | {m['similarity']:.2f} |" for m in examples[:10]]
+    return md
 
 
 def _confusion_plot(plt, qs, path: Path, title: str) -> None:
