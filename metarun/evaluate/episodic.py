@@ -147,7 +147,7 @@ class EpisodicEvaluator(Evaluator):
                 if proto.oos_rate and self.reject == "threshold":  # chosen on validation episodes, same protocol
                     calibrate = replace(proto, episodes=self.threshold_episodes)
                     rule = choose_threshold(self._run(learner, calibration, self.calibration_samplers[i], calibrate,
-                                                      device, amp, None))
+                                                      device, amp, None, calibrating=True))
                 elif proto.oos_rate:
                     rule = "nota"
                 records = self._run(learner, features, sampler, proto, device, amp, rule)
@@ -158,9 +158,11 @@ class EpisodicEvaluator(Evaluator):
                     out[key] |= oos_metrics(records) | ({} if rule == "nota" else {"threshold": round(rule, 4)})
             return out
 
-    def _run(self, learner, features, sampler, proto, device, amp, rule) -> list[dict]:
+    def _run(self, learner, features, sampler, proto, device, amp, rule, calibrating: bool = False) -> list[dict]:
+        """The records of `proto`'s episodes (`calibrating`: validation episodes that choose a threshold,
+        whose mistakes are not kept)."""
         if learner.feature_eval:
-            return self._feature_episodes(learner, features, sampler, proto, rule)
+            return self._feature_episodes(learner, features, sampler, proto, rule, keep_mistakes=not calibrating)
         return self._episodes(learner, sampler, proto, device, amp, rule)
 
     @staticmethod
@@ -177,7 +179,7 @@ class EpisodicEvaluator(Evaluator):
         return encode_examples(learner, data or self.data, device, self.batch_size, f"{self.prefix}: encoding",
                                self.progress, cache=self.feature_cache)
 
-    def _feature_episodes(self, learner, features, sampler, proto, rule=None) -> list[dict]:
+    def _feature_episodes(self, learner, features, sampler, proto, rule=None, keep_mistakes=True) -> list[dict]:
         """Every episode's record (`episode_record`), from cached features."""
         transductive = {"transductive_steps": self.transductive_steps} if self.transductive_steps else {}
         records, correct, mistakes = [], [], []  # this rank's episodes; records gathered in episode order
@@ -192,11 +194,12 @@ class EpisodicEvaluator(Evaluator):
                                                        spec.n_way, **transductive, **names)
                 records.append(self._record(i, spec, spec.query_labels(), logits, rule))
                 correct.append(record_accuracy(records[-1]))
-                if len(mistakes) < MISTAKES:
+                if keep_mistakes and len(mistakes) < MISTAKES:
                     mistakes += self._mistakes(records[-1], spec, s, q)[: MISTAKES - len(mistakes)]
                 if i % 50 == 0:
                     bar.set_postfix(acc=f"{100 * np.mean(correct):.1f}", refresh=False)  # drawn with the next count
-        self.mistakes[f"{self.prefix}/{proto.key}"] = mistakes
+        if keep_mistakes:
+            self.mistakes[f"{self.prefix}/{proto.key}"] = mistakes
         return self.dist.gather(records, proto.episodes)
 
     def _mistakes(self, record: dict, spec, support: torch.Tensor, query: torch.Tensor) -> list[dict]:
