@@ -112,8 +112,12 @@ class TransformerEncoder(Encoder):
         if from_layer is not None:
             start, states, mask = from_layer
             return self.pool(_run_layers(self.transformer_layers()[start:], states, mask), batch)
+        return self.pool(self.hidden_states(batch), batch)  # (B, L) -> (B, L, H) -> (B, D)
+
+    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, L) tokens -> (B, L, H): the last layer's states of every token, before pooling."""
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        return self.pool(self.model(**inputs).last_hidden_state, batch)  # (B, L) -> (B, L, H) -> (B, D)
+        return self.model(**inputs).last_hidden_state
 
     def layer_inputs(self, batch: dict[str, torch.Tensor], start: int) -> tuple[torch.Tensor, object]:
         states = self.model.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))

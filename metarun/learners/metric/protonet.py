@@ -39,6 +39,7 @@ from metarun.learners.functional import (
 )
 from metarun.learners.metric.support_tuning import LOSSES as TUNING_LOSSES
 from metarun.learners.metric.support_tuning import tuned_copy
+from metarun.models.masked_lm import MaskedLMHead
 
 DISTANCES = ("euclidean", "cosine")
 LABEL_PRIORS = ("none", "add", "learned")
@@ -57,7 +58,8 @@ class ProtoNet(FeatureLearner):
                  nota: bool = False, label_prior: str = "none", label_weight: float = 1.0,
                  label_template: str = "{name}", contrastive_weight: float = 0.0, instance_weight: float = 0.0,
                  temperature: float = 0.1, support_tuning_steps: int = 0, support_tuning_lr: float = 1e-4,
-                 support_tuning_layers: int = 1, support_tuning_loss: str = "proto"):
+                 support_tuning_layers: int = 1, support_tuning_loss: str = "proto", mlm_weight: float = 0.0,
+                 mlm_probability: float = 0.15):
         super().__init__()
         check_choice("learner.support_tuning_loss", support_tuning_loss, TUNING_LOSSES)
         check_int("learner.support_tuning_steps", support_tuning_steps, 0)
@@ -77,6 +79,19 @@ class ProtoNet(FeatureLearner):
         )
         if instance_weight > 0:
             self.feature_train = False  # the second dropout view reads the text again
+        check_number("learner.mlm_weight", mlm_weight, 0)
+        check_number("learner.mlm_probability", mlm_probability, 0, low_open=True, high=1)
+        self.mlm_weight, self.mlm_probability, self.mlm_head = mlm_weight, mlm_probability, None
+        if mlm_weight > 0:  # masked-language-model steps on the episode's (training) utterances
+            if not getattr(encoder, "transformer", False) or not hasattr(encoder, "hidden_states"):
+                raise ConfigError(f"learner.mlm_weight={mlm_weight} adds masked-language-model steps, which need a "
+                                  f"transformer encoder (encoder=minilm or tiny), not encoder="
+                                  f"{getattr(encoder, 'name', type(encoder).__name__)}.")
+            if not any(p.requires_grad for p in encoder.parameters()):
+                raise ConfigError(f"learner.mlm_weight={mlm_weight} trains the encoder on masked tokens, but the "
+                                  f"encoder is frozen (encoder.freeze=true); unfreeze it or set learner.mlm_weight=0.")
+            self.mlm_head = MaskedLMHead(encoder)
+            self.feature_train = False  # it reads the tokens, not only the features
         check_choice("learner.label_prior", label_prior, LABEL_PRIORS)
         if label_weight < 0 or "{name}" not in label_template:
             raise ConfigError(
@@ -132,13 +147,18 @@ class ProtoNet(FeatureLearner):
         return self.predict_from_features(support, episode.support_labels, query, episode.n_way, **names)
 
     def param_groups(self, lr: float) -> list[dict]:
-        """The default groups, with a learned label weight at 1e-2: a scalar started at label_weight
-        would barely move at an encoder's fine-tuning rate."""
+        """The default groups, with a learned label weight at 1e-2 (a scalar started at label_weight
+        would barely move at an encoder's fine-tuning rate) and the masked-LM head at 1e-3."""
         groups = super().param_groups(lr)
         if self.label_prior == "learned":
             for g in groups:
                 g["params"] = [p for p in g["params"] if p is not self.label_weight_raw]
             groups.append({"params": [self.label_weight_raw], "lr": max(lr, 1e-2)})
+        if self.mlm_head is not None:  # a fresh head (its decoder is the encoder's embedding table) at 1e-3
+            head = {id(p) for p in self.mlm_head.parameters()}
+            for g in groups:
+                g["params"] = [p for p in g["params"] if id(p) not in head]
+            groups.append({"params": list(self.mlm_head.parameters()), "lr": max(lr, 1e-3)})
         return [g for g in groups if g["params"]]
 
     def _class_names(self, episode: Episode) -> dict:
@@ -201,4 +221,8 @@ class ProtoNet(FeatureLearner):
             instance = supervised_contrastive(views, ids, self.temperature)
             loss = loss + self.instance_weight * instance
             metrics["instance"] = instance.item()
+        if self.mlm_head is not None:
+            mlm = self.mlm_head.loss([episode.support, episode.query], self.mlm_probability)
+            loss = loss + self.mlm_weight * mlm
+            metrics["mlm"] = mlm.item()
         return StepOutput(loss, metrics)

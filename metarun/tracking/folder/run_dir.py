@@ -60,7 +60,8 @@ ADDED_LATER = {"data.dedupe": False, "data.encoding": "utf-8", "data.quoting": "
                "eval.test.oos_rate": 0, "eval.test.reject": "nota", "eval.test.threshold_episodes": 200,
                "learner.lora_rank": 4, "learner.lora_targets": ["attention.self.query", "attention.self.key",
                                                                 "attention.self.value", "attention.output.dense",
-                                                                "intermediate.dense", "output.dense"]}
+                                                                "intermediate.dense", "output.dense"],
+               "learner.mlm_weight": 0.0, "learner.mlm_probability": 0.15}
 # Modules that moved after runs were made: a saved `_target_` under the old path names the new one.
 MOVED = {f"metarun.learners.{module}.": f"metarun.learners.{family}.{module}."
          for family, modules in {"gradient": ("maml", "lstm_meta", "hypernet"),
