@@ -65,9 +65,12 @@ def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
     (["learner=hypernet", "learner.generate=adapters", "learner.inner_steps=1"], "generator."),  # + learned rates
     # a frozen encoder: trained on cached features; the persistent memory bank is a buffer in the checkpoint
     (["learner=mann", "learner.memory=persistent", "encoder.freeze=true"], "bank"),
+    (["learner=maml", "learner.adapt=lora", "learner.top_k=1"], "lora.down."),  # meta-learned down-projections
+    (["learner.mlm_weight=0.5"], "mlm_head."),  # masked-LM steps: their masks come from the restored RNG
 ])
 def test_meta_learned_learners_resume_exactly_after_sigkill(tmp_path, learner, own):
-    """The meta-learner's own parameters (LSTM, generator, inner rates, memory) are in the checkpoint."""
+    """The meta-learner's own parameters (LSTM, generator, inner rates, memory, low-rank down-projections,
+    the masked-LM head) are in the checkpoint."""
     args = [*ARGS, *learner]
     full, run_dir = tmp_path / "full", tmp_path / "run"
     run_in_process(args, full)
