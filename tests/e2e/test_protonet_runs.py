@@ -23,3 +23,28 @@ def test_support_tuning_runs_end_to_end(tmp_path):
         [*FAST, "trainer.max_steps=0", "learner.support_tuning_steps=2", "eval.test.episodes=4"], tmp_path / "run"
     )
     assert results["results"]["test/5way_1shot"]["episodes"] == 4
+
+
+def test_mlm_steps_read_only_training_utterances(tmp_path, monkeypatch):
+    """Every sentence the masked-LM loss sees is a training-class utterance, never a held-out one."""
+    from conftest import compose_cfg
+
+    from metarun.config import build
+    from metarun.models.masked_lm import MaskedLMHead
+
+    def rows(batch) -> list[tuple]:  # each sentence's token ids, without padding
+        return [tuple(ids[m.bool()].tolist()) for ids, m in zip(batch["input_ids"], batch["attention_mask"])]
+
+    seen, loss = [], MaskedLMHead.loss
+
+    def recording(self, batches, probability):
+        seen.extend(r for b in batches for r in rows(b))
+        return loss(self, batches, probability)
+
+    monkeypatch.setattr(MaskedLMHead, "loss", recording)
+    run_in_process([*FAST, "learner.mlm_weight=0.5", "trainer.max_steps=4"], tmp_path / "run")
+    cfg = compose_cfg(FAST)
+    data, tokenize = build(cfg.data, "data"), build(cfg.encoder, "encoder").tokenize
+    train, val, test = (set(rows(tokenize(list(split.examples)))) for split in (data.train, data.val, data.test))
+    assert len(seen) == 4 * 50 and set(seen) <= train  # 4 steps of 5-way 5-shot 5-query
+    assert not set(seen) & ((val | test) - train)
