@@ -128,6 +128,9 @@ def check_transductive(learner: Learner, evaluators: dict[str, Evaluator]) -> No
             raise ConfigError(f"eval.{role}.transductive_steps={steps} refines class prototypes with the episode's "
                               f"queries, which learner={learner.name} does not take; use learner=protonet, or set it "
                               f"to 0.")
+        if evaluator.rectify and not (learner.transductive and learner.feature_eval):
+            raise ConfigError(f"eval.{role}.rectify=true rectifies class prototypes with the episode's queries, which "
+                              f"learner={learner.name} does not take; use learner=protonet, or set it to false.")
 
 
 def train_inputs(c: Components, state: TrainState) -> str:

@@ -25,6 +25,7 @@ class Evaluator:
     feature_cache = None  # a FeatureCache (evaluate/feature_cache.py) when the run's encoder does not train:
     #                       a constructor argument of every protocol
     transductive_steps: int = 0  # > 0: the protocol lets transductive learners refine with the queries
+    rectify: bool = False  # true: transductive learners rectify their prototypes with the queries (BD-CSPN)
     classes: list[str] = []  # the classes it tests on, and their readable names if the data has them
     class_names: dict[str, str] = {}
 

@@ -70,7 +70,7 @@ class EpisodicEvaluator(Evaluator):
                  max_per_class: int | None = None, na_rate: int = 0, single_query: bool = False,
                  transductive_steps: int = 0, batch_size: int = 64, progress: bool = True, dist: Dist = Dist(),
                  target: DataSplits | None = None, feature_cache=None, oos_rate: int = 0, reject: str = "nota",
-                 threshold_episodes: int = 200, splits: DataSplits | None = None):
+                 threshold_episodes: int = 200, splits: DataSplits | None = None, rectify: bool = False):
         """`splits`: the run's data (its out-of-scope pools, and its validation classes for the
         threshold rule); `target`, when given, takes its place."""
         for key, value, low in (("episodes", episodes, 1), ("n_query", n_query, 1), ("na_rate", na_rate, 0),
@@ -100,6 +100,10 @@ class EpisodicEvaluator(Evaluator):
         self.progress = progress and dist.main
         self.feature_cache = feature_cache
         self.transductive_steps = transductive_steps  # soft k-means steps with the queries (transductive learners)
+        self.rectify = bool(rectify)  # prototype rectification with the queries (BD-CSPN; transductive learners)
+        if self.rectify and transductive_steps:
+            raise ConfigError(f"eval.{prefix}.rectify and eval.{prefix}.transductive_steps both refine prototypes with "
+                              f"the queries; use one of them.")
         # Build samplers now so impossible protocols (N too large, K+Q too many) fail before training.
         self.samplers = [self._sampler(self.data, p, prefix) for p in protocols]
         self.threshold_episodes = threshold_episodes
@@ -182,6 +186,7 @@ class EpisodicEvaluator(Evaluator):
     def _feature_episodes(self, learner, features, sampler, proto, rule=None, keep_mistakes=True) -> list[dict]:
         """Every episode's record (`episode_record`), from cached features."""
         transductive = {"transductive_steps": self.transductive_steps} if self.transductive_steps else {}
+        transductive |= {"rectify": True} if self.rectify else {}
         records, correct, mistakes = [], [], []  # this rank's episodes; records gathered in episode order
         bar = tqdm(self.dist.mine(proto.episodes), desc=f"{self.prefix}/{proto.key}", disable=not self.progress,
                    leave=False)

@@ -27,6 +27,26 @@ def soft_kmeans_prototypes(support: torch.Tensor, labels: torch.Tensor, query: t
     return protos
 
 
+def rectified_prototypes(support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, n_way: int,
+                         epsilon: float = 10.0) -> torch.Tensor:
+    """Prototype rectification (BD-CSPN, Liu, Song & Qin, ECCV 2020), transductive: (1) cross-class
+    bias: the queries are shifted by the difference of the support and query means; (2) intra-class
+    bias: each query joins the class of its nearest (cosine) support prototype, and each prototype
+    becomes the mean of its support examples and joined queries weighted by softmax(epsilon x cosine
+    to the prototype). (N*K, D), (N*K,), (M, D) -> (N, D); no queries give the support prototypes."""
+    protos = prototypes(support, labels, n_way)
+    if not len(query):
+        return protos
+    query = query + (support.mean(0) - query.mean(0))
+    pseudo = cosine_similarity(query, protos).argmax(-1)
+    members = torch.cat([support, query])
+    member_labels = torch.cat([labels, pseudo])
+    sims = cosine_similarity(members, protos)  # (K*N + M, N)
+    own = F.one_hot(member_labels, n_way).bool()  # (K*N + M, N): which prototype each member may pull
+    weights = (epsilon * sims).masked_fill(~own, float("-inf")).softmax(0)  # over each class's members
+    return weights.T @ members
+
+
 def interleaved_order(labels: torch.Tensor, n_way: int) -> torch.Tensor:
     """The permutation that presents a class-grouped support set shot by shot: shot 1 of every class,
     then shot 2, ... (the fixed evaluation order of the sequence learners, SNAIL and MANN)."""

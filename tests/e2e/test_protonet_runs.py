@@ -11,6 +11,12 @@ def test_transductive_eval_runs_and_needs_its_learner(tmp_path):
     assert set(results["results"]) == {"test/5way_1shot", "test/5way_5shot"}
     with pytest.raises(ConfigError, match=r"eval.test.transductive_steps=2 .* learner=matching does not take"):
         run_in_process([*FAST, "learner=matching", "eval.test.transductive_steps=2"], tmp_path / "bad")
+    rectified = run_in_process([*FAST, "trainer.max_steps=0", "eval.test.rectify=true"], tmp_path / "rectified")
+    assert rectified["results"]["test/5way_1shot"]["episodes"] == 20
+    with pytest.raises(ConfigError, match=r"eval.test.rectify=true .* learner=matching does not take"):
+        run_in_process([*FAST, "learner=matching", "eval.test.rectify=true"], tmp_path / "bad2")
+    with pytest.raises(ConfigError, match="both refine prototypes with the queries; use one of them"):
+        run_in_process([*FAST, "eval.test.rectify=true", "eval.test.transductive_steps=2"], tmp_path / "bad3")
 
 
 def test_a_learned_label_prior_trains_and_tests(tmp_path):

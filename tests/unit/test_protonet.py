@@ -253,3 +253,26 @@ def test_bad_support_tuning_options_are_named():
         ConfigError, match="learner.support_tuning_steps=-1 is not valid; it must be a whole number of at least 0"
     ):
         ProtoNet(nn.Identity(), support_tuning_steps=-1)
+
+
+def test_rectified_prototypes_match_a_hand_computation():
+    """BD-CSPN: queries shifted by mean(support) - mean(query), each joins its nearest prototype by
+    cosine, each prototype the softmax(10 cos)-weighted mean of its members; checked member by member."""
+    import math
+
+    from metarun.learners.functional import rectified_prototypes
+
+    s = torch.tensor([[1.0, 0.0], [1.0, 0.4], [0.0, 1.0], [0.2, 1.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    q = torch.tensor([[2.0, 0.5], [0.5, 2.0], [1.5, 1.4]])
+    assert torch.equal(rectified_prototypes(s, y, q[:0], 2), prototypes(s, y, 2))  # no queries: the class means
+    protos = [s[:2].mean(0), s[2:].mean(0)]
+    shifted = q + (s.mean(0) - q.mean(0))
+    cos = lambda a, b: float(a @ b / (a.norm() * b.norm()))  # noqa: E731
+    joined = [max(range(2), key=lambda c: cos(x, protos[c])) for x in shifted]
+    expected = []
+    for c in range(2):
+        members = [x for x, label in zip(s, y.tolist()) if label == c] + [x for x, j in zip(shifted, joined) if j == c]
+        w = [math.exp(10 * cos(x, protos[c])) for x in members]
+        expected.append(sum(wi * x for wi, x in zip(w, members)) / sum(w))
+    torch.testing.assert_close(rectified_prototypes(s, y, q, 2), torch.stack(expected), rtol=1e-5, atol=1e-6)

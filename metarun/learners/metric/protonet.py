@@ -33,6 +33,7 @@ from metarun.errors import ConfigError, check_choice, check_int, check_number
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, with_nota
 from metarun.learners.functional import (
     cosine_similarity,
+    rectified_prototypes,
     soft_kmeans_prototypes,
     squared_euclidean,
     supervised_contrastive,
@@ -119,13 +120,18 @@ class ProtoNet(FeatureLearner):
             self.register_buffer("_log_scale", log_scale)
 
     def predict_from_features(
-        self, support, support_labels, query, n_way, transductive_steps: int = 0, classes: list[str] | None = None
+        self, support, support_labels, query, n_way, transductive_steps: int = 0, classes: list[str] | None = None,
+        rectify: bool = False,
     ):
         """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) logits (N+1 with `nota`); `transductive_steps` of
-        soft k-means move the prototypes towards the queries first; `classes` (the episode's class
-        names, in label order) feed `label_prior`."""
+        soft k-means move the prototypes towards the queries first, or `rectify` (BD-CSPN) rectifies
+        them with the queries; `classes` (the episode's class names, in label order) feed `label_prior`."""
         query = query.float()
-        protos = soft_kmeans_prototypes(support.float(), support_labels, query, n_way, transductive_steps, self.logits)
+        if rectify:
+            protos = rectified_prototypes(support.float(), support_labels, query, n_way)
+        else:
+            protos = soft_kmeans_prototypes(support.float(), support_labels, query, n_way, transductive_steps,
+                                            self.logits)
         if self.label_prior != "none":
             if classes is None:
                 raise ConfigError(
