@@ -32,10 +32,10 @@ from metarun.evaluate.common import (
 from metarun.errors import ConfigError, DataError, check_choice, check_int
 from metarun.evaluate.out_of_scope import OOS, REJECT, choose_threshold, decide, oos_metrics, with_out_of_scope
 from metarun.learners.base import Learner
+from metarun.tracking.folder.episodes import NOTA
 
 log = logging.getLogger("metarun")
 MISTAKES = 20  # misclassified queries kept per setting, with their nearest support example
-NOTA = "none-of-the-above"  # the name of label N in what a run writes
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import numpy as np
 from metarun.files import atomic_write, strict, write_json
 
 FOLDER = "episodes"
+NOTA = "none-of-the-above"  # the name label N (one past the episode's classes) is shown and written under
 
 
 def file_name(setting: str) -> str:

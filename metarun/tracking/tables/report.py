@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from metarun.tracking.folder import episodes
+from metarun.tracking.folder.episodes import NOTA
 from metarun.tracking.tables.plots import pyplot
 from metarun.tracking.folder.run_dir import RESULTS
 
-NOTA = "none-of-the-above"
 BINS = 10
 
 
