@@ -135,7 +135,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str], out_dir: str | Path 
         with folder.log_file():
             scores = trainer.test(c.learner, c.tests)
             episodes.write(out, c.tests)
-            results = results_record(cfg, c.learner.name, c.data, c.tests[0], train_inputs(c, state), state, scores,
+            results = results_record(cfg, c.learner, c.data, c.tests[0], train_inputs(c, state), state, scores,
                                      None, time.time() - started, out)
             results["source_run"] = str(run_dir)
             folder.finish(results, config)

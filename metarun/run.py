@@ -59,7 +59,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[str]
             except BaseException:
                 close_trackers(trackers, lambda t: t.fail())
                 raise
-            results = results_record(cfg, c.learner.name, c.data, c.tests[0], train_inputs(c, state), state, scores,
+            results = results_record(cfg, c.learner, c.data, c.tests[0], train_inputs(c, state), state, scores,
                                      report, time.time() - started, folder.path)
             if dist.main:
                 folder.write_results(results, config)

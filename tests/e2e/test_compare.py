@@ -73,6 +73,7 @@ def test_two_seeds_on_the_same_episodes_are_paired_and_written(two_seeds, tmp_pa
     assert main([str(run_a), str(run_b), "--out", str(tmp_path), "--resamples", "500"]) == 0
     printed = capsys.readouterr().out
     assert "| test/5way_1shot |" in printed and "A - B [95% CI]" in printed
+    assert f"A: {run_a} (no names, inductive)" in printed  # each side's information regime
     for key in ("test/5way_1shot", "test/5way_5shot"):
         diff = a["results"][key]["acc"] - b["results"][key]["acc"]
         row = next(r for r in compare(load(run_a), load(run_b), resamples=500) if r["setting"] == key)

@@ -9,10 +9,12 @@ from metarun.errors import ConfigError
 def test_transductive_eval_runs_and_needs_its_learner(tmp_path):
     results = run_in_process([*FAST, "trainer.max_steps=0", "eval.test.transductive_steps=2"], tmp_path / "run")
     assert set(results["results"]) == {"test/5way_1shot", "test/5way_5shot"}
+    assert (results["uses_class_names"], results["reads_test_unlabelled"]) == (False, True)
+    assert results["regime"] == "no names, transductive"
     with pytest.raises(ConfigError, match=r"eval.test.transductive_steps=2 .* learner=matching does not take"):
         run_in_process([*FAST, "learner=matching", "eval.test.transductive_steps=2"], tmp_path / "bad")
     rectified = run_in_process([*FAST, "trainer.max_steps=0", "eval.test.rectify=true"], tmp_path / "rectified")
-    assert rectified["results"]["test/5way_1shot"]["episodes"] == 20
+    assert rectified["results"]["test/5way_1shot"]["episodes"] == 20 and rectified["reads_test_unlabelled"]
     with pytest.raises(ConfigError, match=r"eval.test.rectify=true .* learner=matching does not take"):
         run_in_process([*FAST, "learner=matching", "eval.test.rectify=true"], tmp_path / "bad2")
     with pytest.raises(ConfigError, match="both refine prototypes with the queries; use one of them"):
@@ -22,6 +24,8 @@ def test_transductive_eval_runs_and_needs_its_learner(tmp_path):
 def test_a_learned_label_prior_trains_and_tests(tmp_path):
     results = run_in_process([*FAST, "learner.label_prior=learned"], tmp_path / "run")
     assert results["results"]["test/5way_1shot"]["episodes"] == 20
+    assert results["regime"] == "names, inductive" and results["uses_class_names"]
+    assert not results["reads_test_unlabelled"]
 
 
 def test_support_tuning_runs_end_to_end(tmp_path):

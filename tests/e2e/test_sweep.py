@@ -22,7 +22,8 @@ def test_a_relaunched_sweep_skips_finished_jobs(tmp_path):
     ok, bad = sorted((tmp_path / "sweep").glob("[0-9]_*"))
     assert (ok / "DONE").exists() and read_json(ok / "results.json")["steps"] == 6
     table = (tmp_path / "sweep" / "table.md").read_text()  # the end-of-sweep callback: rows by what the sweep varies
-    assert table.startswith("| learner / sampler.k_shot | banking77 / 5way_1shot |") and "| protonet / 1 |" in table
+    assert table.startswith("| regime | learner / sampler.k_shot | banking77 / 5way_1shot |")
+    assert "| no names, inductive | protonet / 1 |" in table
     for png in (tmp_path / "sweep" / "accuracy_vs_k.png", ok / "curves.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     assert not (bad / "DONE").exists() and "K+Q = 500+5" in (bad / "FAILED").read_text()

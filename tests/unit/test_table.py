@@ -38,13 +38,15 @@ def test_table_groups_by_config_keys_and_writes_three_formats(tmp_path, capsys):
         fake_run(sweep, f"{i}_job", learner, k, seed, acc)
     assert main([str(sweep), "--rows", "learner", "--cols", "sampler.k_shot", "--agg", "std", "--out", str(sweep)]) == 0
     md = (sweep / "table.md").read_text()
-    assert md.splitlines()[0] == "| learner | 1 | 5 |"
-    assert "| protonet | 81.00 ± 1.41 (n=2) | 95.00 ± 1.00 (CI) |" in md and "| maml | 70.00 ± 1.00 (CI) |  |" in md
+    assert md.splitlines()[0] == "| regime | learner | 1 | 5 |"
+    assert "| no names, inductive | protonet | 81.00 ± 1.41 (n=2) | 95.00 ± 1.00 (CI) |" in md
+    assert "| no names, inductive | maml | 70.00 ± 1.00 (CI) |  |" in md
     assert "standard deviation over a cell's n runs" in md  # which spread is which
     rows = list(csv.reader(io.StringIO((sweep / "table.csv").read_text())))
-    assert rows[0] == ["learner", "1 mean", "1 spread", "5 mean", "5 spread", "runs"] and rows[2][1] == "81.00"
+    assert rows[0] == ["regime", "learner", "1 mean", "1 spread", "5 mean", "5 spread", "runs"]
+    assert rows[2][2] == "81.00"
     tex = (sweep / "table.tex").read_text()
-    assert r"81.00 $\pm$ 1.41 (n=2)" in tex and tex.startswith(r"\begin{tabular}{lcc}")
+    assert r"81.00 $\pm$ 1.41 (n=2)" in tex and tex.startswith(r"\begin{tabular}{llcc}")
     assert "81.00" in capsys.readouterr().out
     assert main([str(tmp_path / "nowhere")]) == 2
     empty = tmp_path / "empty"
@@ -58,16 +60,18 @@ def test_published_numbers_print_beside_ours(tmp_path, capsys):
         fake_run(sweep, f"{i}_job", "protonet", k, seed, acc)
     published = tmp_path / "published.yaml"
     published.write_text(
-        "source: Some et al. 2021\nrows: [learner]\ncols: [setting]\nagg: std\n"
+        "source: Some et al. 2021\nrows: [learner]\ncols: [setting]\nagg: std\nregime: no names, inductive\n"
         "row_names: {protonet: ProtoNet, paper-only: Their method}\n"
         "values:\n  protonet: {5way_1shot: 83.5, 5way_5shot: 96.0}\n  paper-only: {5way_5shot: 97.1}\n"
     )
     assert main([str(sweep), "--published", str(published), "--out", str(sweep)]) == 0
     md = (sweep / "table_vs_published.md").read_text()
     lines = md.splitlines()
-    assert lines[0] == "| learner | 5way_1shot ours | 5way_1shot published | 5way_5shot ours | 5way_5shot published |"
-    assert lines[2] == "| ProtoNet | 81.00 ± 1.41 (n=2) | 83.50 | 95.00 ± 1.00 (CI) | 96.00 |"  # agg from the file
-    assert lines[3] == "| Their method |  |  |  | 97.10 |" and "Published: Some et al. 2021" in md
+    assert lines[0] == ("| regime | learner | 5way_1shot ours | 5way_1shot published | 5way_5shot ours | "
+                        "5way_5shot published |")
+    # agg std: from the file
+    assert lines[2] == "| no names, inductive | ProtoNet | 81.00 ± 1.41 (n=2) | 83.50 | 95.00 ± 1.00 (CI) | 96.00 |"
+    assert lines[3] == "| no names, inductive | Their method |  |  |  | 97.10 |" and "Published: Some et al. 2021" in md
     assert md in capsys.readouterr().out
     (tmp_path / "bad.yaml").write_text("rows: [learner]\n")
     assert main([str(sweep), "--published", str(tmp_path / "bad.yaml")]) == 2
@@ -161,9 +165,46 @@ def test_unlike_runs_never_share_a_cell(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main([str(sweep)]) == 0
     md = (tmp_path / "table.md").read_text()  # the current folder, not a run folder
-    assert md.splitlines()[0].startswith("| learner / eval.test.data.path / trainer.max_steps |")
+    assert md.splitlines()[0].startswith("| regime | learner / eval.test.data.path / trainer.max_steps |")
     assert "| protonet / pubmed.json / 0 | 41.00 ± 0.71 (n=2) |" in md  # two seeds pool
     assert "| protonet / pubmed.json / 300 | 60.00 ± 1.00 |" in md and "| protonet / semeval.json / 0 | 30.00" in md
     assert not (sweep / "table.md").exists()
     assert main([str(sweep), "--pool", "trainer.max_steps,eval.test.data.path"]) == 0
     assert "| protonet | 43.00 ± 0.50 (n=4) |" in (tmp_path / "table.md").read_text()
+
+
+def test_regimes_never_share_a_row(tmp_path, capsys):
+    """Runs alike but for their information regime get rows of their own; a run written before
+    results.json recorded it gets its regime from its saved config."""
+    sweep = tmp_path / "sweep"
+    for name, regime, acc in [("a", "no names, inductive", 80.0), ("b", "names, transductive", 90.0)]:
+        fake_run(sweep, name, "protonet", 1, 0, acc)
+        record = json.loads((sweep / name / "results.json").read_text())
+        (sweep / name / "results.json").write_text(json.dumps(record | {"regime": regime}))
+    fake_run(sweep, "old", "protonet", 1, 1, 70.0)  # no regime recorded: read from its config
+    (sweep / "old" / ".hydra" / "config.yaml").write_text(
+        "sampler:\n  k_shot: 1\nseed: 1\nlearner:\n  label_prior: add\neval:\n  test:\n    transductive_steps: 0\n")
+    assert main([str(sweep), "--cols", "setting", "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "table.md").read_text()
+    assert "| no names, inductive | protonet | 80.00 ± 1.00 |" in md
+    assert "| names, transductive | protonet | 90.00 ± 1.00 |" in md
+    assert "| names, inductive | protonet | 70.00 ± 1.00 |" in md and "(n=2)" not in md
+
+
+def test_published_rows_meet_ours_in_their_regime(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    fake_run(sweep, "a", "protonet", 1, 0, 80.0)
+    published = tmp_path / "published.yaml"
+    published.write_text("rows: [learner]\ncols: [setting]\nregime: names, inductive\n"
+                         "regimes:\n  protonet: no names, inductive\n"
+                         "values:\n  protonet: {5way_1shot: 83.5}\n  pie: {5way_1shot: 92.4}\n")
+    assert main([str(sweep), "--published", str(published), "--out", str(tmp_path)]) == 0
+    lines = (tmp_path / "table_vs_published.md").read_text().splitlines()
+    assert lines[2] == "| no names, inductive | protonet | 80.00 ± 1.00 | 83.50 |"  # one row: the same regime
+    assert lines[3] == "| names, inductive | pie |  | 92.40 |"  # blocks in order: no names first
+    published.write_text("rows: [learner]\nvalues:\n  protonet: {5way_1shot: 83.5}\n")
+    assert main([str(sweep), "--published", str(published)]) == 2
+    assert "rows without one: protonet" in capsys.readouterr().err
+    published.write_text("regime: names\nvalues:\n  protonet: {5way_1shot: 83.5}\n")
+    assert main([str(sweep), "--published", str(published)]) == 2
+    assert "one of 'no names, inductive', 'no names, transductive'" in capsys.readouterr().err

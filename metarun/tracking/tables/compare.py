@@ -25,6 +25,7 @@ import argparse
 import csv
 import io
 import itertools
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ import yaml
 from metarun.errors import MetarunError
 from metarun.tracking.folder import episodes
 from metarun.tracking.folder.run_dir import CONFIG, RESULTS, config_diff, describe
+from metarun.tracking.tables.results import run_regime
 
 
 class CompareError(MetarunError):
@@ -73,6 +75,7 @@ class Run:
     folder: Path
     config: dict
     records: dict[str, list[dict]]
+    regime: str = ""  # the information regime results.json records (class names, test utterances read)
 
     def label(self) -> str:
         data = self.config.get("data", {})
@@ -110,8 +113,9 @@ def load(path: str | Path) -> list[Run]:
             raise CompareError(f"{folder} has no per-episode records (episodes/*.jsonl): it was made before runs "
                                f"wrote them. Test it again with `metarun-eval {folder}` and compare the new folder.")
         saved = folder / CONFIG
-        config = yaml.safe_load(saved.read_text()) if saved.is_file() else {}
-        runs.append(Run(folder, config or {}, records))
+        config = yaml.safe_load(saved.read_text()) or {} if saved.is_file() else {}
+        regime = run_regime(json.loads(file.read_text()) | {"config": config})
+        runs.append(Run(folder, config, records, regime))
     return runs
 
 
@@ -138,6 +142,11 @@ def pair(runs_a: list[Run], runs_b: list[Run]) -> list[Group]:
                            f"episode: {_what_differs(runs_a[0], runs_b[0])}. Test one of them again with the other's "
                            f"protocol (metarun-eval RUN eval.seed=... eval.test....).")
     return sorted(both, key=lambda g: (g.setting, _natural(g.label)))
+
+
+def regimes(runs: list[Run]) -> str:
+    """The information regimes of one side's runs, as the comparison's header names them."""
+    return "; ".join(sorted({r.regime for r in runs}))
 
 
 def _settings(runs: list[Run]) -> str:
@@ -229,12 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.resamples < 100:
             raise CompareError(f"--resamples={args.resamples} is too few for a 95% interval; use at least 100.")
-        rows = compare(load(args.run_a), load(args.run_b), args.seed, args.resamples)
+        runs_a, runs_b = load(args.run_a), load(args.run_b)
+        rows = compare(runs_a, runs_b, args.seed, args.resamples)
     except MetarunError as e:
         print(f"metarun-compare: error: {e}", file=sys.stderr)
         return 2
     md = render(rows, "md")
-    print(f"A: {args.run_a}\nB: {args.run_b}\n\n{md}")
+    print(f"A: {args.run_a} ({regimes(runs_a)})\nB: {args.run_b} ({regimes(runs_b)})\n\n{md}")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

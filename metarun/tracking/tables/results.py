@@ -11,19 +11,31 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-BUILTIN = ("learner", "data", "test_data", "encoder", "seed")
+BUILTIN = ("regime", "learner", "data", "test_data", "encoder", "seed")
 
 
-def results_record(cfg, learner: str, data, test, train_inputs: str, state, scores: dict, report: dict | None,
+def regime_label(uses_class_names: bool, reads_test_unlabelled: bool) -> str:
+    """The information regime of a result, as tables print it: whether the learner read class names
+    (in training or at test time), and whether it read unlabelled test-class utterances (the
+    episode's queries, transductively)."""
+    return f"{'names' if uses_class_names else 'no names'}, {'transductive' if reads_test_unlabelled else 'inductive'}"
+
+
+def results_record(cfg, learner, data, test, train_inputs: str, state, scores: dict, report: dict | None,
                    wall_time_s: float, run_dir: Path) -> dict:
-    """results.json of a run: what ran (`cfg`, the learner's name, the DataSplits `data`, the first
-    test evaluator `test`), its TrainState `state`, every score, the learner's report."""
+    """results.json of a run: what ran (`cfg`, the Learner, the DataSplits `data`, the first test
+    evaluator `test`), its information regime, its TrainState `state`, every score, the learner's report."""
+    names = bool(learner.reads_class_names)
+    test_unlabelled = bool(test.transductive_steps or test.rectify)
     return {
-        "learner": learner,
+        "learner": learner.name,
         "data": data.name,
         "test_data": (cfg.eval.test.get("data") or {}).get("name", data.name),
         "encoder": cfg.encoder.name,
         "seed": cfg.seed,
+        "uses_class_names": names,
+        "reads_test_unlabelled": test_unlabelled,
+        "regime": regime_label(names, test_unlabelled),
         "results": scores,
         "best_step": state.best_step,
         "steps": state.step,
@@ -68,9 +80,23 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict]:
     return runs
 
 
+def run_regime(run: dict) -> str:
+    """A loaded run's regime: from its results.json, or for a run written before results.json recorded
+    it, from its saved config (class names: `learner.label_prior`; test utterances:
+    `eval.test.transductive_steps` / `rectify`)."""
+    if "regime" in run:
+        return run["regime"]
+    learner, test = (run["config"].get(k) or {} for k in ("learner", "eval"))
+    test = test.get("test") or {}
+    return regime_label(learner.get("label_prior", "none") not in ("none", None),
+                        bool(test.get("transductive_steps") or test.get("rectify")))
+
+
 def _lookup(run: dict, key: str, setting: str):
     if key == "setting":
         return setting
+    if key == "regime":
+        return run_regime(run)
     if key in BUILTIN and key in run:
         return run[key]
     node = run["config"]

@@ -2,8 +2,10 @@
 
 Rows and columns are config keys: `learner`, `data`, `test_data`, `encoder`, `seed`, any dotted key of
 a run's saved config (`sampler.k_shot`, `data.split`, read from `.hydra/config.yaml`), or `setting`
-(the metric name after `test/`, e.g. `5way_1shot`). Runs that land in the same cell (seeds, class
-splits) are aggregated: `--agg std` gives mean ± standard deviation over runs, `--agg ci` the pooled
+(the metric name after `test/`, e.g. `5way_1shot`). The first column is always the information
+regime (`regime`: class names read or not, test-class utterances read transductively or not), so runs
+of different regimes never share a row. Runs that land in the same cell (seeds, class splits) are
+aggregated: `--agg std` gives mean ± standard deviation over runs, `--agg ci` the pooled
 mean ± 95% CI (the mean of the runs' means; the runs' standard errors combined). One run shows its
 own mean ± CI. Tables are written as Markdown, CSV and LaTeX.
 
@@ -13,7 +15,8 @@ own mean ± CI. Tables are written as Markdown, CSV and LaTeX.
 YAML: `source` (a citation), `rows`, `cols` and `agg` (defaults for those options), optional
 `row_header` and `row_names` (display names for the row key and its labels), and `values`: row
 label -> "col label" (the column's values joined with " / ", as the table heads them) -> published
-accuracy. See scripts/published/.
+accuracy, and `regime` (the information regime of the published rows, e.g. "no names, inductive";
+`regimes: {row label: regime}` for rows of another). See scripts/published/.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from omegaconf import OmegaConf
 
 from metarun.errors import ConfigError
 from metarun.tracking.tables.plots import plot_sweep
-from metarun.tracking.tables.results import aggregate, labels, load_runs
+from metarun.tracking.tables.results import aggregate, labels, load_runs, regime_label
 from metarun.tracking.folder.run_dir import flatten, ignored
 
 POOLED = ("seed", "data.split")  # runs differing only in these are repeats of one experiment
@@ -59,9 +62,10 @@ def build_table(runs: list[dict], rows: list[str], cols: list[str], prefix: str 
 
 def split_rows(runs: list[dict], rows: list[str], cols: list[str], pool: Sequence[str] = (),
                prefix: str = "test/") -> list[str]:
-    """`rows` plus every config key in which runs that would share a cell differ (other than the pooled
-    ones), so that unlike runs (a frozen and a trained run, two target files) never share a cell."""
-    rows = list(rows)
+    """"regime", `rows` and every config key in which runs that would share a cell differ (other than the
+    pooled ones), so that unlike runs (a frozen and a trained run, two target files, a run that read the
+    class names and one that did not) never share a cell."""
+    rows = ["regime", *(r for r in rows if r != "regime")]
     pooled = {*POOLED, *pool}
     while True:
         groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -91,9 +95,24 @@ def _natural(labels: tuple[str, ...]):
     return [tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)) for s in labels]
 
 
+def row_head(rows: list[str]) -> list[str]:
+    """The row key's header cells: the regime in a column of its own, then the other keys joined."""
+    if rows[:1] == ["regime"]:
+        return ["regime", " / ".join(rows[1:]) or "runs"]
+    return [" / ".join(rows)]
+
+
+def row_cells(rows: list[str], label: tuple[str, ...]) -> list[str]:
+    """A row label's cells, as `row_head` heads them."""
+    if rows[:1] == ["regime"]:
+        return [label[0], " / ".join(label[1:]) or "all"]
+    return [" / ".join(label)]
+
+
 def render(rows: list[str], cols: list[str], table, fmt: str, how: str = "ci") -> str:
     row_labels, col_labels, cells = table
-    header = [" / ".join(rows)] + [" / ".join(c) for c in col_labels]
+    head = row_head(rows)
+    header = head + [" / ".join(c) for c in col_labels]
 
     def cell(r, c, plus: str) -> str:
         if (r, c) not in cells:
@@ -103,24 +122,24 @@ def render(rows: list[str], cols: list[str], table, fmt: str, how: str = "ci") -
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(header[:1] + [f"{h} {k}" for h in header[1:] for k in ("mean", "spread")] + ["runs"])
+        writer.writerow(head + [f"{h} {k}" for h in header[len(head):] for k in ("mean", "spread")] + ["runs"])
         for r in row_labels:
             values, runs = [], 0
             for c in col_labels:
                 mean, spread, n = cells.get((r, c), (None, None, 0))
                 values += ["" if mean is None else f"{mean:.2f}", "" if spread is None else f"{spread:.2f}"]
                 runs = max(runs, n)
-            writer.writerow([" / ".join(r), *values, runs])
+            writer.writerow([*row_cells(rows, r), *values, runs])
         return out.getvalue()
     if fmt == "tex":
         esc = lambda s: s.replace("_", r"\_").replace("%", r"\%")  # noqa: E731
-        lines = [r"\begin{tabular}{l" + "c" * len(col_labels) + "}", r"\toprule",
+        lines = [r"\begin{tabular}{" + "l" * len(head) + "c" * len(col_labels) + "}", r"\toprule",
                  " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
-        lines += [" & ".join([esc(" / ".join(r))] + [esc(cell(r, c, r"$\pm$")) for c in col_labels]) + r" \\"
-                  for r in row_labels]
+        lines += [" & ".join([*map(esc, row_cells(rows, r))] + [esc(cell(r, c, r"$\pm$")) for c in col_labels])
+                  + r" \\" for r in row_labels]
         return "\n".join([*lines, r"\bottomrule", r"\end{tabular}"]) + "\n"
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join([" / ".join(r)] + [cell(r, c, "±") for c in col_labels]) + " |" for r in row_labels]
+    lines += ["| " + " | ".join(row_cells(rows, r) + [cell(r, c, "±") for c in col_labels]) + " |" for r in row_labels]
     return "\n".join(lines) + "\n" + LEGEND[how]
 
 
@@ -143,23 +162,43 @@ def load_published(path: str | Path) -> dict:
     spec = OmegaConf.to_container(OmegaConf.load(file))
     if not isinstance(spec, dict) or not isinstance(spec.get("values"), dict):
         raise ConfigError(f"{file} needs a `values` mapping: row label -> column label -> published accuracy.")
+    regimes = {"regime": spec.get("regime"), **{f"regimes.{k}": v for k, v in (spec.get("regimes") or {}).items()}}
+    unstated = [str(r) for r in spec["values"] if published_regime(spec, r) is None]
+    wrong = {k: v for k, v in regimes.items() if v is not None and v not in REGIMES}
+    if unstated or wrong:
+        raise ConfigError(f"{file}: every published row needs its information regime (`regime` for all rows, "
+                          f"`regimes: {{row: regime}}` for some), one of {', '.join(map(repr, REGIMES))}; "
+                          + (f"rows without one: {', '.join(unstated)}" if unstated else
+                             ", ".join(f"{k} is {v!r}" for k, v in wrong.items())) + ".")
     return spec
+
+
+REGIMES = tuple(regime_label(n, t) for n in (False, True) for t in (False, True))
+
+
+def published_regime(spec: dict, row) -> str | None:
+    return (spec.get("regimes") or {}).get(row, spec.get("regime"))
 
 
 def render_published(rows: list[str], cols: list[str], table, spec: dict, how: str = "ci") -> str:
     """Markdown: for every column, ours (mean ± spread) and the published number side by side; rows of
-    either side only (a published method we did not run, a run without a published number) included."""
+    either side only (a published method we did not run, a run without a published number) included.
+    Rows are grouped by information regime (the first row key); a published row meets ours only when
+    both its label and its regime (the file's `regime`, or `regimes` per row) are ours."""
     row_labels, col_labels, cells = table
-    published = {(str(r),): {str(c): v for c, v in cols_.items()} for r, cols_ in spec["values"].items()}
+    published = {(published_regime(spec, r), str(r)): {str(c): v for c, v in cols_.items()}
+                 for r, cols_ in spec["values"].items()}
     col_names = [" / ".join(c) for c in col_labels]
     col_names += sorted({c for v in published.values() for c in v} - set(col_names), key=lambda c: _natural((c,)))
     all_rows = list(row_labels) + [r for r in published if r not in row_labels]
+    all_rows.sort(key=lambda r: REGIMES.index(r[0]) if r[0] in REGIMES else len(REGIMES))  # stable: blocks
     names = {str(k): str(v) for k, v in (spec.get("row_names") or {}).items()}
-    header = [str(spec.get("row_header", " / ".join(rows)))]
+    header = ["regime", str(spec.get("row_header", " / ".join(rows[1:])))]
     header += [f"{c} {side}" for c in col_names for side in ("ours", "published")]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in all_rows:
-        out = [names.get(" / ".join(r), " / ".join(r)).replace("|", "\\|")]
+        label = " / ".join(r[1:])
+        out = [r[0], names.get(label, label).replace("|", "\\|")]
         for c in col_names:
             key = (r, tuple(c.split(" / ")))
             if key in cells:
