@@ -102,6 +102,7 @@ def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist
     if learner.task_heads and data.heldout:
         tests.append(HeldOutTasks(data.heldout, cfg.eval.batch_size, trainer.progress, cache))
     check_transductive(learner, {"val": val, "test": tests[0]})
+    learner.class_text = {**data.class_names, **{k: v for e in (val, *tests) for k, v in e.class_names.items()}}
     episodes = EpisodeDataset(sampler, encoder.tokenize, trainer.max_steps * trainer.meta_batch)
     named = (" (named after its file; data.name=... names it otherwise)"
              if str(OmegaConf.to_container(cfg.data, resolve=False).get("name", "")).startswith("${stem:") else "")

@@ -13,19 +13,23 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 from metarun.errors import ConfigError, MetarunError
 
 
-# Keys a data config may hold for another group to read (not arguments of its loader): the encoder
-# length a dataset needs, read by the encoder configs as ${oc.select:data.encoder_max_length,64}.
-DATA_HINTS = ("encoder_max_length",)
+# Keys a data config may hold that are not arguments of its loader: the encoder length a dataset
+# needs, read by the encoder configs as ${oc.select:data.encoder_max_length,64}, and the readable
+# class names applied to whatever the loader returns (`data.class_descriptions`).
+DATA_HINTS = ("encoder_max_length", "class_descriptions")
 
 
 def build(node: DictConfig | dict, group: str, **objects):
     """Instantiate `node._target_` with the node's resolved keys and `objects` passed as they are."""
     params = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    descriptions = None
     if group == "data" or group.endswith(".data"):
+        descriptions = params.get("class_descriptions")
         params = {k: v for k, v in params.items() if k not in DATA_HINTS}
     try:
         # partial first: Hydra would turn dataclass arguments (datasets) into configs
-        return instantiate(params, _partial_=True)(**objects)
+        built = instantiate(params, _partial_=True)(**objects)
+        return described(built, descriptions, group) if descriptions else built
     except InstantiationException as e:
         cause = e.__cause__
         if isinstance(cause, MetarunError):
@@ -41,6 +45,21 @@ def build(node: DictConfig | dict, group: str, **objects):
                 f"{', '.join(a for a in accepted if a not in objects)}."
             ) from None
         raise
+
+
+def described(data, descriptions: str, group: str):
+    """DataSplits `data` with the readable class names of the file `descriptions` (data/class_descriptions.py)."""
+    from dataclasses import replace
+
+    from metarun.data.class_descriptions import load_class_descriptions
+    from metarun.data.dataset import DataSplits
+
+    if not isinstance(data, DataSplits):
+        raise ConfigError(f"{group}.class_descriptions names the classes of episodic data; {group} is "
+                          f"{type(data).__name__}, which has no class names to replace. Leave it null.")
+    classes = [*data.train.classes, *data.val.classes, *data.test.classes]
+    names = load_class_descriptions(descriptions, dict.fromkeys(classes), data.name)
+    return replace(data, class_names={**data.class_names, **names})
 
 
 def import_target(target: str, group: str):

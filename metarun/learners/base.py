@@ -38,8 +38,10 @@ class Learner(nn.Module):
     - `batch_tasks`: `training_loss_tasks` takes a whole meta-batch at once (vmap / batched inner loops);
       otherwise the trainer hands it one task at a time (one backward each, bounded memory).
     - `nota`: predicts none-of-the-above as class N; `nota_offset` is its learned offset, if any.
-    - `reads_class_names`: `predict_from_features` takes `classes`, the episode's class names in label
-      order (ProtoNet's `label_prior`); evaluation passes them.
+    - `reads_class_names`: `predict_from_features` takes `classes`, the episode's class ids in label
+      order (ProtoNet's `label_prior`); evaluation passes them. The run sets `class_text`, the readable
+      text of each id the data names (FewRel's relation names, `data.class_descriptions`); an id
+      without one is read as itself.
     - `transductive`: `predict_from_features` takes `transductive_steps` (refines its class
       representations with the episode's unlabelled queries: `eval.test.transductive_steps`).
     - `task_heads`: has a head per training task, scored on held-out examples by `task_accuracy`.
@@ -60,6 +62,7 @@ class Learner(nn.Module):
     def __init__(self):
         super().__init__()
         self.nota_offset: nn.Parameter | None = None  # learners with a `nota` option assign a Parameter
+        self.class_text: dict[str, str] = {}  # class id -> readable name, for learners that read names
 
     def training_loss(self, episode: Episode) -> StepOutput:
         raise NotImplementedError

@@ -188,7 +188,8 @@ class ProtoNet(FeatureLearner):
 
         missing = [c for c in classes if c not in self._names] if not self.training else classes
         if missing:
-            batch = self.encoder.tokenize([Example(name_text(c, self.label_template), c) for c in missing])
+            texts = [name_text(self.class_text.get(c, c), self.label_template) for c in missing]
+            batch = self.encoder.tokenize([Example(t, c) for t, c in zip(texts, missing)])
             device = next(self.encoder.parameters()).device
             feats = self.embed({k: v.to(device) for k, v in batch.items()}).float()
             if self.training:

@@ -61,7 +61,8 @@ ADDED_LATER = {"data.dedupe": False, "data.encoding": "utf-8", "data.quoting": "
                "learner.lora_rank": 4, "learner.lora_targets": ["attention.self.query", "attention.self.key",
                                                                 "attention.self.value", "attention.output.dense",
                                                                 "intermediate.dense", "output.dense"],
-               "learner.mlm_weight": 0.0, "learner.mlm_probability": 0.15, "eval.test.rectify": False}
+               "learner.mlm_weight": 0.0, "learner.mlm_probability": 0.15, "eval.test.rectify": False,
+               "data.class_descriptions": None}
 # Modules that moved after runs were made: a saved `_target_` under the old path names the new one.
 MOVED = {f"metarun.learners.{module}.": f"metarun.learners.{family}.{module}."
          for family, modules in {"gradient": ("maml", "lstm_meta", "hypernet"),
