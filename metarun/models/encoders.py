@@ -100,6 +100,7 @@ class TransformerEncoder(Encoder):
                     for marker, punct in PUNCT.items():
                         table[self.hf_tokenizer.convert_tokens_to_ids(marker)] = table[
                             self.hf_tokenizer.convert_tokens_to_ids(punct)]
+        self.max_length = max_length  # tokens per sentence, [CLS] and [SEP] included
         self.tokenize = pretokenized(TextTokenizer(self.hf_tokenizer, max_length, entity_markers), pretokenize)
         hidden = self.model.config.hidden_size
         self.out_dim = 2 * hidden if pooling == "entity_start" else hidden

@@ -58,3 +58,28 @@ def test_mlm_steps_read_only_training_utterances(tmp_path, monkeypatch):
     train, val, test = (set(rows(tokenize(list(split.examples)))) for split in (data.train, data.val, data.test))
     assert len(seen) == 4 * 50 and set(seen) <= train  # 4 steps of 5-way 5-shot 5-query
     assert not set(seen) & ((val | test) - train)
+
+
+def test_consistency_reads_only_training_utterances(tmp_path, monkeypatch):
+    """Every utterance the consistency loss augments is a training-class utterance."""
+    from conftest import compose_cfg
+
+    from metarun.config import build
+    from metarun.learners.metric.consistency import AugmentedViews
+
+    seen, content = [], AugmentedViews.content
+
+    def recording(batches):
+        rows = content(batches)
+        seen.extend(map(tuple, rows))
+        return rows
+
+    monkeypatch.setattr(AugmentedViews, "content", staticmethod(recording))
+    results = run_in_process([*FAST, "learner.consistency_weight=0.5", "trainer.max_steps=4"], tmp_path / "run")
+    assert results["steps"] == 4
+    cfg = compose_cfg(FAST)
+    data, tokenize = build(cfg.data, "data"), build(cfg.encoder, "encoder").tokenize
+    train, val, test = (set(map(tuple, content([tokenize(list(split.examples))]))) for split in
+                        (data.train, data.val, data.test))
+    assert len(seen) == 4 * 50 and set(seen) <= train  # 4 steps of 5-way 5-shot 5-query
+    assert not set(seen) & ((val | test) - train)

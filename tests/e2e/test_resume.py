@@ -67,6 +67,7 @@ def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
     (["learner=mann", "learner.memory=persistent", "encoder.freeze=true"], "bank"),
     (["learner=maml", "learner.adapt=lora", "learner.top_k=1"], "lora.down."),  # meta-learned down-projections
     (["learner.mlm_weight=0.5"], "mlm_head."),  # masked-LM steps: their masks come from the restored RNG
+    (["learner.consistency_weight=0.5"], "encoder."),  # augmented views: drawn from the restored RNG
 ])
 def test_meta_learned_learners_resume_exactly_after_sigkill(tmp_path, learner, own):
     """The meta-learner's own parameters (LSTM, generator, inner rates, memory, low-rank down-projections,

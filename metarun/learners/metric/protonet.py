@@ -17,6 +17,13 @@ encoded a second time, with another dropout mask, and each sentence's two views 
 the other sentences (SimCSE's, so no paraphrase model is needed offline). Both train the encoder, so
 they need text episodes (a frozen encoder has nothing for them to move).
 
+`consistency_weight` adds ProtAugment's unsupervised episodes with offline augmentations in place of
+its paraphraser (learners/metric/consistency.py): `consistency_views` augmented copies (token deletion,
+swap, insertion and replacement by nearest token embeddings, span cutoff: `consistency_augment`, at
+`consistency_strength`) of `consistency_sentences` of the episode's utterances form one prototype
+each, and the originals must be classified to their own. `mlm_weight` adds masked-language-model
+steps on the episode's utterances (models/masked_lm.py).
+
 `support_tuning_steps` > 0 fine-tunes a copy of the encoder's top `support_tuning_layers` blocks on
 each test episode's support set before classifying it (learners/metric/support_tuning.py); predictions then
 depend on the episode, so evaluation encodes each episode's text (no cached features).
@@ -24,10 +31,13 @@ depend on the episode, so evaluation encodes each episode's text (no cached feat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metarun.data.augment import AUGMENTATIONS
 from metarun.data.collate import Episode
 from metarun.errors import ConfigError, check_choice, check_int, check_number
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, with_nota
@@ -38,6 +48,7 @@ from metarun.learners.functional import (
     squared_euclidean,
     supervised_contrastive,
 )
+from metarun.learners.metric.consistency import AugmentedViews
 from metarun.learners.metric.support_tuning import LOSSES as TUNING_LOSSES
 from metarun.learners.metric.support_tuning import tuned_copy
 from metarun.models.masked_lm import MaskedLMHead
@@ -60,7 +71,9 @@ class ProtoNet(FeatureLearner):
                  label_template: str = "{name}", contrastive_weight: float = 0.0, instance_weight: float = 0.0,
                  temperature: float = 0.1, support_tuning_steps: int = 0, support_tuning_lr: float = 1e-4,
                  support_tuning_layers: int = 1, support_tuning_loss: str = "proto", mlm_weight: float = 0.0,
-                 mlm_probability: float = 0.15):
+                 mlm_probability: float = 0.15, consistency_weight: float = 0.0, consistency_views: int = 2,
+                 consistency_sentences: int = 10, consistency_strength: float = 0.1,
+                 consistency_augment: Sequence[str] = AUGMENTATIONS):
         super().__init__()
         check_choice("learner.support_tuning_loss", support_tuning_loss, TUNING_LOSSES)
         check_int("learner.support_tuning_steps", support_tuning_steps, 0)
@@ -93,6 +106,12 @@ class ProtoNet(FeatureLearner):
                                   f"encoder is frozen (encoder.freeze=true); unfreeze it or set learner.mlm_weight=0.")
             self.mlm_head = MaskedLMHead(encoder)
             self.feature_train = False  # it reads the tokens, not only the features
+        check_number("learner.consistency_weight", consistency_weight, 0)
+        self.consistency_weight, self.consistency = consistency_weight, None
+        if consistency_weight > 0:  # augmented views of the episode's utterances classify their originals
+            self.consistency = AugmentedViews(encoder, list(consistency_augment), consistency_views,
+                                              consistency_sentences, consistency_strength)
+            self.feature_train = False  # the views are new text
         check_choice("learner.label_prior", label_prior, LABEL_PRIORS)
         if label_weight < 0 or "{name}" not in label_template:
             raise ConfigError(
@@ -228,6 +247,11 @@ class ProtoNet(FeatureLearner):
             instance = supervised_contrastive(views, ids, self.temperature)
             loss = loss + self.instance_weight * instance
             metrics["instance"] = instance.item()
+        if self.consistency is not None:
+            originals = torch.cat([support, query])
+            consistency = self.consistency.loss([episode.support, episode.query], originals, self.embed, self.logits)
+            loss = loss + self.consistency_weight * consistency
+            metrics["consistency"] = consistency.item()
         if self.mlm_head is not None:
             mlm = self.mlm_head.loss([episode.support, episode.query], self.mlm_probability)
             loss = loss + self.mlm_weight * mlm

@@ -62,7 +62,9 @@ ADDED_LATER = {"data.dedupe": False, "data.encoding": "utf-8", "data.quoting": "
                                                                 "attention.self.value", "attention.output.dense",
                                                                 "intermediate.dense", "output.dense"],
                "learner.mlm_weight": 0.0, "learner.mlm_probability": 0.15, "eval.test.rectify": False,
-               "data.class_descriptions": None}
+               "data.class_descriptions": None, "learner.consistency_weight": 0.0, "learner.consistency_views": 2,
+               "learner.consistency_sentences": 10, "learner.consistency_strength": 0.1,
+               "learner.consistency_augment": ["delete", "swap", "insert", "replace", "cutoff"]}
 # Modules that moved after runs were made: a saved `_target_` under the old path names the new one.
 MOVED = {f"metarun.learners.{module}.": f"metarun.learners.{family}.{module}."
          for family, modules in {"gradient": ("maml", "lstm_meta", "hypernet"),
