@@ -51,12 +51,17 @@ def described(data, descriptions: str, group: str):
     """DataSplits `data` with the readable class names of the file `descriptions` (data/class_descriptions.py)."""
     from dataclasses import replace
 
+    from metarun.data.class_descriptions import available as available_descriptions
     from metarun.data.class_descriptions import load_class_descriptions
     from metarun.data.dataset import DataSplits
 
     if not isinstance(data, DataSplits):
         raise ConfigError(f"{group}.class_descriptions names the classes of episodic data; {group} is "
                           f"{type(data).__name__}, which has no class names to replace. Leave it null.")
+    if descriptions == "auto":  # the shipped file named after the data, if there is one
+        if data.name not in available_descriptions():
+            return data
+        descriptions = data.name
     classes = [*data.train.classes, *data.val.classes, *data.test.classes]
     names = load_class_descriptions(descriptions, dict.fromkeys(classes), data.name)
     return replace(data, class_names={**data.class_names, **names})

@@ -1,6 +1,7 @@
 """Readable class names from a file: `data.class_descriptions=hwu64` (configs/class_descriptions/hwu64.json)
-or a JSON path. Learners that read class names (ProtoNet's `label_prior`) embed these texts instead of
-the class ids: HWU64's `iot_wemo_off` becomes "turn off the smart plug socket". The file:
+or a JSON path; `auto` takes the shipped file named after the data (`data.name`) where there is one.
+Learners that read class names (ProtoNet's `label_prior`) embed these texts instead of the class ids:
+HWU64's `iot_wemo_off` becomes "turn off the smart plug socket". The file:
 
     {"description": "where the texts come from", "names": {"iot_wemo_off": "turn off the smart plug socket", ...}}
 """
@@ -30,7 +31,7 @@ def load_class_descriptions(spec: str, classes: Collection[str], data_name: str)
     if not path.suffix:
         path = config_dir() / "class_descriptions" / f"{spec}.json"
     if not path.is_file():
-        raise ConfigError(f"data.class_descriptions={spec}: no such file; give a JSON path or one of "
+        raise ConfigError(f"data.class_descriptions={spec}: no such file; give a JSON path, auto, or one of "
                           f"{', '.join(available()) or '(none shipped)'}.")
     try:
         names = json.loads(path.read_text(encoding="utf-8"))["names"]

@@ -22,7 +22,7 @@ def test_shipped_hwu64_names_cover_its_64_intents():
 def test_descriptions_of_another_dataset_are_refused(tmp_path, caplog):
     with pytest.raises(DataError, match=r"describes none of data=banking77's classes \(card_arrival"):
         load_class_descriptions("hwu64", ["card_arrival", "card_linking"], "banking77")
-    with pytest.raises(ConfigError, match=r"no such file; give a JSON path or one of hwu64"):
+    with pytest.raises(ConfigError, match=r"no such file; give a JSON path, auto, or one of hwu64"):
         load_class_descriptions("nonesuch", ["a"], "x")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"names": {"a": ""}}))
@@ -70,4 +70,6 @@ def test_a_run_gives_its_learner_the_descriptions():
         return build_components(cfg, resolved(cfg), trainer, trainer.dist).learner
 
     assert learner("data.class_descriptions=hwu64").class_text["iot_wemo_off"] == "turn off the smart plug socket"
+    assert learner("data.class_descriptions=auto").class_text["iot_wemo_off"] == "turn off the smart plug socket"
     assert learner().class_text == {}
+    assert learner("data=banking77", "data.class_descriptions=auto").class_text == {}  # no file shipped: the ids
