@@ -208,3 +208,14 @@ def test_published_rows_meet_ours_in_their_regime(tmp_path, capsys):
     published.write_text("regime: names\nvalues:\n  protonet: {5way_1shot: 83.5}\n")
     assert main([str(sweep), "--published", str(published)]) == 2
     assert "one of 'no names, inductive', 'no names, transductive'" in capsys.readouterr().err
+
+
+def test_keys_added_later_count_as_their_defaults(tmp_path):
+    """A run saved before a config key existed pools with a new run that has the key at its default."""
+    sweep = tmp_path / "sweep"
+    fake_run(sweep, "old", "protonet", 1, 0, 80.0)
+    fake_run(sweep, "new", "protonet", 1, 1, 82.0)
+    (sweep / "new" / ".hydra" / "config.yaml").write_text(
+        "sampler:\n  k_shot: 1\nseed: 1\nlearner:\n  consistency_weight: 0.0\n  mlm_weight: 0.0\n")
+    assert main([str(sweep), "--cols", "setting", "--out", str(tmp_path)]) == 0
+    assert "| no names, inductive | protonet | 81.00 ± 0.71 (n=2) |" in (tmp_path / "table.md").read_text()

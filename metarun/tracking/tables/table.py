@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 from metarun.errors import ConfigError
 from metarun.tracking.tables.plots import plot_sweep
 from metarun.tracking.tables.results import aggregate, labels, load_runs, regime_label
-from metarun.tracking.folder.run_dir import flatten, ignored
+from metarun.tracking.folder.run_dir import ADDED_LATER, flatten, ignored
 
 POOLED = ("seed", "data.split")  # runs differing only in these are repeats of one experiment
 KEY_OF = {"learner": "learner.name", "data": "data.name", "encoder": "encoder.name",
@@ -74,7 +74,8 @@ def split_rows(runs: list[dict], rows: list[str], cols: list[str], pool: Sequenc
                 groups[labels(run, rows, setting), labels(run, cols, setting)].append(run)
         differing = set()
         for group in groups.values():
-            configs = [flatten(r["config"]) for r in group if r["config"]]
+            # a key added to metarun after a run was made counts as its default there (ADDED_LATER)
+            configs = [ADDED_LATER | flatten(r["config"]) for r in group if r["config"]]
             keys = {k for c in configs for k in c} - {KEY_OF.get(x, x) for x in (*rows, *cols)}
             differing |= {k for k in keys if not _pooled(k, pooled) and len({repr(c.get(k)) for c in configs}) > 1}
         if not differing:
