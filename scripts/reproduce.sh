@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce a published table: run its preset (a sweep) and print our numbers beside the published ones.
 #
-#   scripts/reproduce.sh NAME [extra overrides...]     NAME: protaugment_protonet | fsic_best | fsic_frozen |
-#                                                       intentbert_protocol | mteb_banking77
+#   scripts/reproduce.sh NAME [extra overrides...]     NAME: protaugment_protonet | fsic_nonames | fsic_best |
+#                                                       fsic_frozen | intentbert_protocol | mteb_banking77
 #   scripts/reproduce.sh protaugment_protonet trainer=gpu       # e.g. the GPU schedule
 #
 # Runs land in outputs/reproduce/NAME (METARUN_REPRO_DIR to change). A relaunch after a crash skips
@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-names="protaugment_protonet fsic_best fsic_frozen intentbert_protocol mteb_banking77"
+names="protaugment_protonet fsic_nonames fsic_best fsic_frozen intentbert_protocol mteb_banking77"
 name=${1:-}
 if [[ -z "$name" || " $names " != *" $name "* ]]; then
   echo "usage: scripts/reproduce.sh NAME [overrides...]; NAME is one of: ${names// /, }" >&2
@@ -22,7 +22,7 @@ shift
 out=${METARUN_REPRO_DIR:-outputs/reproduce}/$name
 
 case $name in
-  protaugment_protonet|fsic_best)  # 30 runs: 5 class splits x 3 datasets x 2 data profiles
+  protaugment_protonet|fsic_nonames|fsic_best)  # 30 runs: 5 class splits x 3 datasets x 2 data profiles
     sweep=(data.split=1,2,3,4,5 data=banking77,hwu64,clinc150 data.train_per_class=10,null) ;;
   fsic_frozen)           # 15 runs: 5 class splits x 3 datasets (no training: one data profile)
     sweep=(data.split=1,2,3,4,5 data=banking77,hwu64,clinc150) ;;
