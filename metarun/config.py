@@ -25,7 +25,7 @@ def build(node: DictConfig | dict, group: str, **objects):
     descriptions = None
     if group == "data" or group.endswith(".data"):
         descriptions = params.get("class_descriptions")
-        params = {k: v for k, v in params.items() if k not in DATA_HINTS}
+        params = without_hints(params)
     try:
         # partial first: Hydra would turn dataclass arguments (datasets) into configs
         built = instantiate(params, _partial_=True)(**objects)
@@ -45,6 +45,14 @@ def build(node: DictConfig | dict, group: str, **objects):
                 f"{', '.join(a for a in accepted if a not in objects)}."
             ) from None
         raise
+
+
+def without_hints(params):
+    """A data config without DATA_HINTS, in it and in the data configs nested in it (`data=intents3`'s
+    sources, instantiated by Hydra)."""
+    if isinstance(params, dict):
+        return {k: without_hints(v) for k, v in params.items() if not (k in DATA_HINTS and "_target_" in params)}
+    return params
 
 
 def described(data, descriptions: str, group: str):

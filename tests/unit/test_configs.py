@@ -125,13 +125,20 @@ def test_a_data_config_sets_the_encoder_length():
 
 
 def test_fsic_presets_use_the_protaugment_protocol():
-    """fsic_best is experiment=protaugment_protonet (the trained protocol) plus the learned name prior
-    and transductive test prototypes; fsic_frozen the same test protocol without training."""
+    """fsic_nonames is experiment=protaugment_protonet (the trained protocol) on normalised embeddings
+    with transductive test prototypes; fsic_best that plus the learned name prior and readable names;
+    fsic_frozen the same test protocol without training."""
     base = OmegaConf.to_container(compose_cfg(["experiment=protaugment_protonet"]))
+    nonames = OmegaConf.to_container(compose_cfg(["experiment=fsic_nonames"]))
+    assert (nonames["encoder"]["normalize"], nonames["learner"]["scale"]) == (True, 10.0)
+    assert (nonames["learner"]["label_prior"], nonames["eval"]["test"]["transductive_steps"]) == ("none", 3)
     best = OmegaConf.to_container(compose_cfg(["experiment=fsic_best"]))
-    assert (best["learner"]["label_prior"], best["eval"]["test"]["transductive_steps"]) == ("learned", 3)
-    best["learner"]["label_prior"], best["eval"]["test"]["transductive_steps"] = "none", 0
-    assert best == base
+    assert (best["learner"]["label_prior"], best["data"]["class_descriptions"]) == ("learned", "auto")
+    best["learner"]["label_prior"], best["data"]["class_descriptions"] = "none", None
+    assert best == nonames
+    nonames["encoder"]["normalize"], nonames["learner"]["scale"] = False, 1.0
+    nonames["eval"]["test"]["transductive_steps"] = 0
+    assert nonames == base
     frozen = compose_cfg(["experiment=fsic_frozen"])
     assert (frozen.trainer.max_steps, frozen.encoder.freeze, frozen.learner.label_prior) == (0, True, "add")
     assert OmegaConf.to_container(frozen.eval.test) == {**base["eval"]["test"], "transductive_steps": 3}
