@@ -141,4 +141,5 @@ def test_fsic_presets_use_the_protaugment_protocol():
     assert nonames == base
     frozen = compose_cfg(["experiment=fsic_frozen"])
     assert (frozen.trainer.max_steps, frozen.encoder.freeze, frozen.learner.label_prior) == (0, True, "add")
+    assert (frozen.encoder.normalize, frozen.data.class_descriptions) == (True, "auto")
     assert OmegaConf.to_container(frozen.eval.test) == {**base["eval"]["test"], "transductive_steps": 3}
