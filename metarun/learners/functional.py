@@ -87,6 +87,15 @@ def cosine_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).T
 
 
+def name_contrastive(query: torch.Tensor, names: torch.Tensor, labels: torch.Tensor, temperature: float
+                     ) -> torch.Tensor:
+    """Name-utterance contrastive loss: each query's cosine similarities to the episode's class-name
+    embeddings, divided by `temperature`, scored by cross-entropy against its class. (M, D), (N, D),
+    (M,) -> scalar."""
+    logits = F.normalize(query, dim=-1) @ F.normalize(names, dim=-1).T / temperature
+    return F.cross_entropy(logits, labels)
+
+
 def supervised_contrastive(features: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
     """Supervised contrastive loss (Khosla et al. 2020, the L_out form; ContrastNet's episode loss):
     for each anchor i, minus the mean over its positives p (same label, p != i) of

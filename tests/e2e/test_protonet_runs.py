@@ -28,6 +28,11 @@ def test_a_learned_label_prior_trains_and_tests(tmp_path):
     assert not results["reads_test_unlabelled"]
 
 
+def test_a_name_contrastive_run_is_of_the_names_regime(tmp_path):
+    results = run_in_process([*FAST, "learner.name_contrastive_weight=0.5", "trainer.max_steps=3"], tmp_path / "run")
+    assert results["steps"] == 3 and results["regime"] == "names, inductive"
+
+
 def test_support_tuning_runs_end_to_end(tmp_path):
     results = run_in_process(
         [*FAST, "trainer.max_steps=0", "learner.support_tuning_steps=2", "eval.test.episodes=4"], tmp_path / "run"

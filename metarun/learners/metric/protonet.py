@@ -22,7 +22,9 @@ its paraphraser (learners/metric/consistency.py): `consistency_views` augmented 
 swap, insertion and replacement by nearest token embeddings, span cutoff: `consistency_augment`, at
 `consistency_strength`) of `consistency_sentences` of the episode's utterances form one prototype
 each, and the originals must be classified to their own. `mlm_weight` adds masked-language-model
-steps on the episode's utterances (models/masked_lm.py).
+steps on the episode's utterances (models/masked_lm.py). `name_contrastive_weight` adds a
+name-utterance contrastive term: each query's cosine similarities to its episode's class-name
+embeddings over `temperature`, cross-entropy against its class (it reads the class names, in training).
 
 `support_tuning_steps` > 0 fine-tunes a copy of the encoder's top `support_tuning_layers` blocks on
 each test episode's support set before classifying it (learners/metric/support_tuning.py); predictions then
@@ -43,6 +45,7 @@ from metarun.errors import ConfigError, check_choice, check_int, check_number
 from metarun.learners.base import FeatureLearner, StepOutput, accuracy, with_nota
 from metarun.learners.functional import (
     cosine_similarity,
+    name_contrastive,
     rectified_prototypes,
     soft_kmeans_prototypes,
     squared_euclidean,
@@ -73,7 +76,7 @@ class ProtoNet(FeatureLearner):
                  support_tuning_layers: int = 1, support_tuning_loss: str = "proto", mlm_weight: float = 0.0,
                  mlm_probability: float = 0.15, consistency_weight: float = 0.0, consistency_views: int = 2,
                  consistency_sentences: int = 10, consistency_strength: float = 0.1,
-                 consistency_augment: Sequence[str] = AUGMENTATIONS):
+                 consistency_augment: Sequence[str] = AUGMENTATIONS, name_contrastive_weight: float = 0.0):
         super().__init__()
         check_choice("learner.support_tuning_loss", support_tuning_loss, TUNING_LOSSES)
         check_int("learner.support_tuning_steps", support_tuning_steps, 0)
@@ -119,7 +122,9 @@ class ProtoNet(FeatureLearner):
                 f"{label_weight} and {label_template!r}."
             )
         self.label_prior, self.label_template = label_prior, label_template
-        self.reads_class_names = label_prior != "none"
+        check_number("learner.name_contrastive_weight", name_contrastive_weight, 0)
+        self.name_contrastive_weight = name_contrastive_weight  # each query against its episode's name embeddings
+        self.reads_class_names = label_prior != "none" or name_contrastive_weight > 0
         w = torch.tensor(float(label_weight))
         if label_prior == "learned":  # softplus^-1(w), so the weight starts at label_weight
             self.label_weight_raw = nn.Parameter(
@@ -247,6 +252,17 @@ class ProtoNet(FeatureLearner):
             instance = supervised_contrastive(views, ids, self.temperature)
             loss = loss + self.instance_weight * instance
             metrics["instance"] = instance.item()
+        if self.name_contrastive_weight > 0:
+            classes = episode.meta.get("classes")
+            if classes is None:
+                raise ConfigError("learner.name_contrastive_weight needs the episode's class names; these training "
+                                  "episodes carry none (cached-feature episodes do not: set "
+                                  "trainer.train_on_features=false).")
+            known = episode.query_labels < episode.n_way
+            names = self.name_embeddings(list(classes)[: episode.n_way]).float()
+            to_names = name_contrastive(query[known].float(), names, episode.query_labels[known], self.temperature)
+            loss = loss + self.name_contrastive_weight * to_names
+            metrics["names"] = to_names.item()
         if self.consistency is not None:
             originals = torch.cat([support, query])
             consistency = self.consistency.loss([episode.support, episode.query], originals, self.embed, self.logits)

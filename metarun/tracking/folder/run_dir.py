@@ -64,7 +64,8 @@ ADDED_LATER = {"data.dedupe": False, "data.encoding": "utf-8", "data.quoting": "
                "learner.mlm_weight": 0.0, "learner.mlm_probability": 0.15, "eval.test.rectify": False,
                "data.class_descriptions": None, "learner.consistency_weight": 0.0, "learner.consistency_views": 2,
                "learner.consistency_sentences": 10, "learner.consistency_strength": 0.1,
-               "learner.consistency_augment": ["delete", "swap", "insert", "replace", "cutoff"]}
+               "learner.consistency_augment": ["delete", "swap", "insert", "replace", "cutoff"],
+               "learner.name_contrastive_weight": 0.0}
 # Modules that moved after runs were made: a saved `_target_` under the old path names the new one.
 MOVED = {f"metarun.learners.{module}.": f"metarun.learners.{family}.{module}."
          for family, modules in {"gradient": ("maml", "lstm_meta", "hypernet"),
