@@ -255,9 +255,9 @@ class ProtoNet(FeatureLearner):
         if self.name_contrastive_weight > 0:
             classes = episode.meta.get("classes")
             if classes is None:
-                raise ConfigError("learner.name_contrastive_weight needs the episode's class names; these training "
-                                  "episodes carry none (cached-feature episodes do not: set "
-                                  "trainer.train_on_features=false).")
+                raise ConfigError("learner.name_contrastive_weight needs the episode's class names, and these "
+                                  "training episodes carry none (episodes built outside metarun's samplers); "
+                                  "set it to 0.")
             known = episode.query_labels < episode.n_way
             names = self.name_embeddings(list(classes)[: episode.n_way]).float()
             to_names = name_contrastive(query[known].float(), names, episode.query_labels[known], self.temperature)
