@@ -122,8 +122,13 @@ def open_feature_cache(cfg: DictConfig, encoder: Encoder, trainer: Trainer) -> F
 
 
 def check_transductive(learner: Learner, evaluators: dict[str, Evaluator]) -> None:
-    """Transductive protocols refine class prototypes with the queries: only a learner that takes them."""
+    """Transductive protocols refine class prototypes with the queries, and K = 0 episodes classify by
+    the class names alone: only a learner that takes them."""
     for role, evaluator in evaluators.items():
+        if evaluator.zero_shot and not (learner.zero_shot and learner.feature_eval):
+            raise ConfigError(f"eval.{role}.shots contains 0: K = 0 episodes classify by the class names alone, which "
+                              f"learner={learner.name} does not do; use learner=protonet with learner.label_prior=add "
+                              f"or learned (and no support tuning), or give shots of at least 1.")
         steps = evaluator.transductive_steps
         if steps and not (learner.transductive and learner.feature_eval):
             raise ConfigError(f"eval.{role}.transductive_steps={steps} refines class prototypes with the episode's "

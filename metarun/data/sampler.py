@@ -51,8 +51,9 @@ class EpisodeSampler:
                  single_query: bool = False, na_rate: int = 0, na_class: str | None = None):
         group = "sampler" if role in ("train", "training") else f"eval.{role}"  # where the settings come from
         shot = "k_shot" if group == "sampler" else "shots"
-        for name, value in (("n_way", n_way), (shot, k_shot), ("n_query", n_query)):
+        for name, value in (("n_way", n_way), ("n_query", n_query)):
             check_int(f"{group}.{name}", value)
+        check_int(f"{group}.{shot}", k_shot, 0 if group != "sampler" else 1)  # K = 0 (names alone): evaluation only
         classes = [c for c in dataset.classes if c != na_class]
         n_classes = len(classes)
         if n_way > n_classes:

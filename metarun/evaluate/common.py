@@ -26,6 +26,7 @@ class Evaluator:
     #                       a constructor argument of every protocol
     transductive_steps: int = 0  # > 0: the protocol lets transductive learners refine with the queries
     rectify: bool = False  # true: transductive learners rectify their prototypes with the queries (BD-CSPN)
+    zero_shot: bool = False  # true: some of its episodes have K = 0 (the class names alone)
     classes: list[str] = []  # the classes it tests on, and their readable names if the data has them
     class_names: dict[str, str] = {}
 

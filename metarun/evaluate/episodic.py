@@ -79,10 +79,11 @@ class EpisodicEvaluator(Evaluator):
             check_int(f"eval.{prefix}.{key}", value, low)
         check_choice(f"eval.{prefix}.reject", reject, REJECT)
         check_int(f"eval.{prefix}.max_per_class", max_per_class, 1, null="all")
-        for key, values in (("n_way", _as_list(n_way)), ("shots", _as_list(shots))):
-            if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
-                raise ConfigError(f"eval.{prefix}.{key}={values!r} is not valid; give positive whole numbers, "
-                                  f"e.g. eval.{prefix}.{key}=[1,5].")
+        for key, values, low in (("n_way", _as_list(n_way), 1), ("shots", _as_list(shots), 0)):
+            if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < low for v in values):
+                raise ConfigError(f"eval.{prefix}.{key}={values!r} is not valid; give whole numbers of at least "
+                                  f"{low}, e.g. eval.{prefix}.{key}=[1,5]"
+                                  + (" (0: class names alone, for learners that read them)." if low == 0 else "."))
         if target is not None:  # that dataset's split of this role (val / test), or all it has (a FewRel file)
             split = getattr(target, prefix, None)
             data = split if split is not None and split.classes else target.test
@@ -90,6 +91,7 @@ class EpisodicEvaluator(Evaluator):
             log.info("%s episodes from %s (%d %s classes)", prefix, target.name, len(data.classes), what)
         protocols = [Protocol(int(n), int(k), int(n_query), int(episodes), seed, bool(single_query), int(na_rate),
                               int(oos_rate)) for n in _as_list(n_way) for k in _as_list(shots)]
+        self.zero_shot = any(p.k_shot == 0 for p in protocols)
         self.data = limit_per_class(data, max_per_class, seed=seed)
         self.classes, self.class_names = list(data.classes), dict(target.class_names) if target is not None else {}
         self.reject, self.calibration = reject if oos_rate else None, None  # calibration: the threshold's episodes
@@ -212,7 +214,7 @@ class EpisodicEvaluator(Evaluator):
         of the features the learner scored): texts and classes, to read why a prediction went wrong."""
         names = [*spec.classes, NOTA]
         wrong = [j for j, (g, p) in enumerate(zip(record["gold"], record["pred"])) if g != p]
-        if not wrong:
+        if not wrong or not len(support):  # K = 0 episodes have no support example to show beside a mistake
             return []
         sim = F.normalize(query[wrong].float(), dim=-1) @ F.normalize(support.float(), dim=-1).T
         best, nearest = sim.max(-1)

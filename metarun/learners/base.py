@@ -42,6 +42,8 @@ class Learner(nn.Module):
       order (ProtoNet's `label_prior`); evaluation passes them. The run sets `class_text`, the readable
       text of each id the data names (FewRel's relation names, `data.class_descriptions`); an id
       without one is read as itself.
+    - `zero_shot`: `predict_from_features` classifies from the class names alone when the support set
+      is empty (K = 0 episodes: `eval.test.shots=[0,1]`); other learners refuse K = 0 before training.
     - `transductive`: `predict_from_features` takes `transductive_steps` (refines its class
       representations with the episode's unlabelled queries: `eval.test.transductive_steps`).
     - `task_heads`: has a head per training task, scored on held-out examples by `task_accuracy`.
@@ -56,6 +58,7 @@ class Learner(nn.Module):
     nota: bool = False
     transductive: bool = False
     reads_class_names: bool = False
+    zero_shot: bool = False
     task_heads: bool = False
     reports: bool = False
 

@@ -13,12 +13,13 @@ def prototypes(features: torch.Tensor, labels: torch.Tensor, n_way: int) -> torc
 
 
 def soft_kmeans_prototypes(support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, n_way: int, steps: int,
-                           logits) -> torch.Tensor:
+                           logits, weight: float | torch.Tensor = 1.0) -> torch.Tensor:
     """Transductive prototypes (Ren et al. 2018, soft k-means): start from the class means of the
     support set; each step, every query joins every class with weight softmax(logits(query, protos))
-    and the prototypes become the weighted means of support and queries (support items weigh 1).
+    and the prototypes become the weighted means of support and queries (support items weigh
+    `weight`, 1 unless told: class-name embeddings standing in for a support set weigh the label prior's w).
     (N*K, D), (N*K,), (M, D) -> (N, D); no queries, or 0 steps, give the support prototypes."""
-    one_hot = F.one_hot(labels, n_way).to(support.dtype)  # (N*K, N)
+    one_hot = F.one_hot(labels, n_way).to(support.dtype) * weight  # (N*K, N)
     sums, counts = one_hot.T @ support, one_hot.sum(0)  # (N, D), (N,)
     protos = sums / counts.unsqueeze(-1)
     for _ in range(steps):

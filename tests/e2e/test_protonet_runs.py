@@ -28,6 +28,20 @@ def test_a_learned_label_prior_trains_and_tests(tmp_path):
     assert not results["reads_test_unlabelled"]
 
 
+def test_k0_episodes_test_the_names_alone_and_other_learners_refuse_them(tmp_path):
+    """eval.test.shots=[0,1]: K = 0 episodes (names only) beside K = 1, for a name-reading ProtoNet; a
+    learner without names refuses before training, naming the option and what to do."""
+    results = run_in_process([*FAST, "learner.label_prior=learned", "trainer.max_steps=2", "eval.test.shots=[0,1]"],
+                             tmp_path / "run")
+    assert {"test/5way_0shot", "test/5way_1shot"} <= set(results["results"])
+    assert results["results"]["test/5way_0shot"]["episodes"] == 20 and results["regime"] == "names, inductive"
+    with pytest.raises(ConfigError, match=r"eval.test.shots contains 0: .* learner=protonet does not do; use "
+                                          r"learner=protonet with learner.label_prior=add or learned"):
+        run_in_process([*FAST, "eval.test.shots=[0,1]"], tmp_path / "bad")
+    with pytest.raises(ConfigError, match=r"sampler.k_shot=0 is not valid; it must be a whole number of at least 1"):
+        run_in_process([*FAST, "learner.label_prior=learned", "sampler.k_shot=0"], tmp_path / "bad2")
+
+
 def test_a_name_contrastive_run_is_of_the_names_regime(tmp_path):
     results = run_in_process([*FAST, "learner.name_contrastive_weight=0.5", "trainer.max_steps=3"], tmp_path / "run")
     assert results["steps"] == 3 and results["regime"] == "names, inductive"

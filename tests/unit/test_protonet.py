@@ -108,6 +108,36 @@ def test_the_label_prior_is_a_weighted_mean():
         assert torch.equal(zero_shot.predict_from_features(s, y, q, 2, classes=classes).argmax(-1), by_names.argmax(-1))
 
 
+def test_k0_episodes_are_classified_by_the_names_alone():
+    """An empty support set: the prototypes are the name embeddings; transductive steps start from
+    them, each name weighing w pseudo-examples (one step against a hand computation); a learner
+    without a label prior refuses."""
+    from metarun.data.dataset import Example
+    from metarun.errors import ConfigError
+    from metarun.learners.metric.protonet import name_text
+
+    net = tiny_protonet(label_prior="add", label_weight=2.0)
+    classes = ["card_arrival", "lost_or_stolen_card", "pin_blocked"]
+    empty_s, empty_y = torch.zeros(0, 32), torch.zeros(0, dtype=torch.long)
+    with torch.no_grad():
+        names = net.encoder(net.encoder.tokenize([Example(name_text(c, "{name}"), c) for c in classes]))
+        q = names[[0, 1, 2, 2]] + 0.1 * torch.randn(4, 32)
+        logits = net.predict_from_features(empty_s, empty_y, q, 3, classes=classes)
+        assert logits.shape == (4, 3)
+        assert torch.allclose(logits, -torch.cdist(q, names) ** 2, atol=1e-3)
+        stepped = net.predict_from_features(empty_s, empty_y, q, 3, transductive_steps=1, classes=classes)
+        w = (-torch.cdist(q, names) ** 2).softmax(-1)  # (4, 3): each query's share of each class
+        protos = (2.0 * names + w.T @ q) / (2.0 + w.sum(0)).unsqueeze(-1)
+        assert torch.allclose(stepped, -torch.cdist(q, protos) ** 2, rtol=1e-4, atol=1e-3)
+        rectified = net.predict_from_features(empty_s, empty_y, q, 3, rectify=True, classes=classes)
+        assert rectified.shape == (4, 3) and torch.isfinite(rectified).all()
+    assert tiny_protonet(label_prior="learned").zero_shot and not tiny_protonet().zero_shot
+    assert not tiny_protonet(label_prior="add", label_weight=0.0).zero_shot
+    with pytest.raises(ConfigError, match="K = 0 episodes .* needs learner.label_prior=add or learned"):
+        tiny_protonet(label_prior="add", label_weight=0.0).predict_from_features(empty_s, empty_y, q, 3,
+                                                                                 classes=classes)
+
+
 def test_bad_label_prior_options_name_the_choices():
     from metarun.errors import ConfigError
 

@@ -60,3 +60,13 @@ def test_non_positive_sizes_rejected(bad):
     kw = {"n_way": 2, "k_shot": 1, "n_query": 1, **bad}
     with pytest.raises(Exception, match=list(bad)[0]):
         EpisodeSampler(DATA, seed=0, **kw)
+
+
+def test_k0_episodes_are_for_evaluation_only():
+    """K = 0 (class names alone): an empty support set and Q queries per class at evaluation; the
+    training sampler refuses it."""
+    ep = EpisodeSampler(DATA, 5, 0, 3, seed=0, role="test")[0]
+    assert ep.support_idx == () and len(ep.query_idx) == 15 and ep.support_labels().shape == (0,)
+    assert ep.query_labels().tolist() == [c for c in range(5) for _ in range(3)]
+    with pytest.raises(Exception, match="sampler.k_shot=0 is not valid; it must be a whole number of at least 1"):
+        EpisodeSampler(DATA, 5, 0, 3, seed=0)

@@ -125,6 +125,7 @@ class ProtoNet(FeatureLearner):
         check_number("learner.name_contrastive_weight", name_contrastive_weight, 0)
         self.name_contrastive_weight = name_contrastive_weight  # each query against its episode's name embeddings
         self.reads_class_names = label_prior != "none" or name_contrastive_weight > 0
+        self.zero_shot = label_prior != "none" and (label_prior == "learned" or label_weight > 0)
         w = torch.tensor(float(label_weight))
         if label_prior == "learned":  # softplus^-1(w), so the weight starts at label_weight
             self.label_weight_raw = nn.Parameter(
@@ -151,17 +152,17 @@ class ProtoNet(FeatureLearner):
         soft k-means move the prototypes towards the queries first, or `rectify` (BD-CSPN) rectifies
         them with the queries; `classes` (the episode's class names, in label order) feed `label_prior`."""
         query = query.float()
-        if rectify:
+        if self.label_prior != "none" and classes is None:
+            raise ConfigError("learner.label_prior needs the episode's class names; this evaluation does not give "
+                              "them (use eval=episodic or fewrel_official).")
+        if len(support) == 0:  # K = 0: the names alone
+            protos = self.zero_shot_prototypes(query, n_way, classes, transductive_steps, rectify)
+        elif rectify:
             protos = rectified_prototypes(support.float(), support_labels, query, n_way)
         else:
             protos = soft_kmeans_prototypes(support.float(), support_labels, query, n_way, transductive_steps,
                                             self.logits)
-        if self.label_prior != "none":
-            if classes is None:
-                raise ConfigError(
-                    "learner.label_prior needs the episode's class names; this evaluation does not give "
-                    "them (use eval=episodic or fewrel_official)."
-                )
+        if self.label_prior != "none" and len(support):
             protos = self.with_label_prior(protos, support_labels, n_way, classes)
         logits = self.logits(query, protos)
         return with_nota(logits, self.nota_offset) if self.nota else logits
@@ -205,6 +206,21 @@ class ProtoNet(FeatureLearner):
         shots = torch.bincount(support_labels, minlength=n_way).to(protos).unsqueeze(-1)  # (N, 1)
         w = self.label_weight.to(protos)
         return (shots * protos + w * names) / (shots + w)
+
+    def zero_shot_prototypes(self, query, n_way, classes, transductive_steps: int, rectify: bool) -> torch.Tensor:
+        """K = 0 episodes: the class-name embeddings are the prototypes. Transductively they stand in for
+        the support set: `transductive_steps` of soft k-means from them, each name weighing `label_weight`
+        pseudo-examples (as in the K > 0 prior), or BD-CSPN rectification with them as the support."""
+        if not self.zero_shot:
+            raise ConfigError("K = 0 episodes (eval.*.shots containing 0) classify by the class names alone, "
+                              "which needs learner.label_prior=add or learned with learner.label_weight > 0; give "
+                              "shots >= 1.")
+        names = self.name_embeddings(list(classes)).to(query)
+        labels = torch.arange(n_way, device=query.device)
+        if rectify:
+            return rectified_prototypes(names, labels, query, n_way)
+        return soft_kmeans_prototypes(names, labels, query, n_way, transductive_steps, self.logits,
+                                      weight=self.label_weight.to(query))
 
     def name_embeddings(self, classes: list[str]) -> torch.Tensor:
         """(N, D) embeddings of the class names; memoised in eval mode, where the encoder is fixed."""
