@@ -62,16 +62,19 @@ def test_published_numbers_print_beside_ours(tmp_path, capsys):
     published.write_text(
         "source: Some et al. 2021\nrows: [learner]\ncols: [setting]\nagg: std\nregime: no names, inductive\n"
         "row_names: {protonet: ProtoNet, paper-only: Their method}\n"
-        "values:\n  protonet: {5way_1shot: 83.5, 5way_5shot: 96.0}\n  paper-only: {5way_5shot: 97.1}\n"
+        "values:\n  protonet: {5way_1shot: 83.5, 5way_5shot: 96.0}\n"
+        "  paper-only: {5way_0shot: 60.0, 5way_5shot: 97.1}\n"
     )
     assert main([str(sweep), "--published", str(published), "--out", str(sweep)]) == 0
     md = (sweep / "table_vs_published.md").read_text()
     lines = md.splitlines()
-    assert lines[0] == ("| regime | learner | 5way_1shot ours | 5way_1shot published | 5way_5shot ours | "
-                        "5way_5shot published |")
+    assert lines[0] == ("| regime | learner | 5way_0shot ours | 5way_0shot published | 5way_1shot ours | "
+                        "5way_1shot published | 5way_5shot ours | 5way_5shot published |")  # shots in order
     # agg std: from the file
-    assert lines[2] == "| no names, inductive | ProtoNet | 81.00 ± 1.41 (n=2) | 83.50 | 95.00 ± 1.00 (CI) | 96.00 |"
-    assert lines[3] == "| no names, inductive | Their method |  |  |  | 97.10 |" and "Published: Some et al. 2021" in md
+    assert lines[2] == ("| no names, inductive | ProtoNet |  |  | 81.00 ± 1.41 (n=2) | 83.50 | 95.00 ± 1.00 (CI) | "
+                        "96.00 |")
+    assert lines[3] == "| no names, inductive | Their method |  | 60.00 |  |  |  | 97.10 |"
+    assert "Published: Some et al. 2021" in md
     assert md in capsys.readouterr().out
     (tmp_path / "bad.yaml").write_text("rows: [learner]\n")
     assert main([str(sweep), "--published", str(tmp_path / "bad.yaml")]) == 2

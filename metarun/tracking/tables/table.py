@@ -189,8 +189,8 @@ def render_published(rows: list[str], cols: list[str], table, spec: dict, how: s
     row_labels, col_labels, cells = table
     published = {(published_regime(spec, r), str(r)): {str(c): v for c, v in cols_.items()}
                  for r, cols_ in spec["values"].items()}
-    col_names = [" / ".join(c) for c in col_labels]
-    col_names += sorted({c for v in published.values() for c in v} - set(col_names), key=lambda c: _natural((c,)))
+    col_names = sorted({" / ".join(c) for c in col_labels} | {c for v in published.values() for c in v},
+                       key=lambda c: _natural((c,)))  # a dataset's columns together, shots in order
     all_rows = list(row_labels) + [r for r in published if r not in row_labels]
     all_rows.sort(key=lambda r: REGIMES.index(r[0]) if r[0] in REGIMES else len(REGIMES))  # stable: blocks
     names = {str(k): str(v) for k, v in (spec.get("row_names") or {}).items()}
