@@ -12,17 +12,19 @@ from metarun.errors import ConfigError, DataError
 from metarun.paths import config_dir
 
 
-def test_shipped_hwu64_names_cover_its_64_intents():
-    splits = json.loads((config_dir() / "class_splits" / "hwu64.json").read_text())["splits"]["1"]
+@pytest.mark.parametrize("data, n, example", [("hwu64", 64, ("iot_wemo_off", "turn off the smart plug socket")),
+                                              ("clinc150", 150, ("pto_balance", "how many vacation days I have left"))])
+def test_shipped_names_cover_every_intent(data, n, example):
+    splits = json.loads((config_dir() / "class_splits" / f"{data}.json").read_text())["splits"]["1"]
     classes = [*splits["train"], *splits["val"], *splits["test"]]
-    names = load_class_descriptions("hwu64", classes, "hwu64")
-    assert len(names) == 64 == len(classes) and names["iot_wemo_off"] == "turn off the smart plug socket"
+    names = load_class_descriptions(data, classes, data)
+    assert len(names) == n == len(classes) and names[example[0]] == example[1]
 
 
 def test_descriptions_of_another_dataset_are_refused(tmp_path, caplog):
     with pytest.raises(DataError, match=r"describes none of data=banking77's classes \(card_arrival"):
         load_class_descriptions("hwu64", ["card_arrival", "card_linking"], "banking77")
-    with pytest.raises(ConfigError, match=r"no such file; give a JSON path, auto, or one of hwu64"):
+    with pytest.raises(ConfigError, match=r"no such file; give a JSON path, auto, or one of clinc150, hwu64"):
         load_class_descriptions("nonesuch", ["a"], "x")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"names": {"a": ""}}))
