@@ -9,7 +9,8 @@ al. 2018).
 ("card_arrival" -> "card arrival", through `label_template`) is embedded by the same encoder and
 counts as `label_weight` pseudo-examples, p_c = (K mean_c + w name_c) / (K + w). `add` keeps w
 fixed; `learned` trains it (w = softplus(.), starting at `label_weight`). w = 0 is plain ProtoNet, and
-a very large w gives the zero-shot classifier of names alone on the same episodes.
+a very large w gives the zero-shot classifier of names alone on the same episodes; K = 0 episodes (no
+support set: `eval.test.shots=[0,1,5]`) take the name embeddings as the prototypes.
 
 `contrastive_weight` adds ContrastNet's supervised contrastive loss over the episode's support and
 query features (Chen et al. 2022), and `instance_weight` its unsupervised instance term: every text
