@@ -4,10 +4,11 @@ the feature cache), and the choice of training inputs (text, or cached features 
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,7 +22,9 @@ from metarun.errors import ConfigError
 from metarun.evaluate import Evaluator, HeldOutTasks, build_evaluator
 from metarun.evaluate.common import encode_examples, evaluating
 from metarun.evaluate.feature_cache import FeatureCache
+from metarun.callbacks import Callback, build_callbacks, default_callbacks
 from metarun.learners.base import Learner
+from metarun.learners.objectives import build_objectives
 from metarun.models.base import Encoder
 from metarun.trainer import TrainState, Trainer
 
@@ -34,15 +37,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_learner(node: DictConfig, encoder: Encoder, train_classes: list[str]) -> Learner:
-    """The learner of `node`; its name is the config's (`learner=anil` is "anil", a MAML policy)."""
+def build_learner(node: DictConfig, encoder: Encoder, train_classes: list[str], objectives=None,
+                  refiners=None) -> Learner:
+    """The learner of `node`; its name is the config's (`learner=anil` is "anil", a MAML policy). A
+    learner whose constructor takes `train_classes` gets them. The config groups `objective` and
+    `refiner` (mappings name -> node) are built and attached to it."""
     cls = import_target(node._target_, "learner")
     if not (isinstance(cls, type) and issubclass(cls, Learner)):
         raise ConfigError(f"learner._target_={node._target_} is not a metarun Learner (metarun.learners.base.Learner).")
-    classes = {"train_classes": train_classes} if cls.trains_on_classes else {}
+    if node.get("support_tuning_steps"):
+        raise ConfigError("learner.support_tuning_steps (test-time fine-tuning on each episode's support set) was "
+                          "removed with the third redesign: it did not help (docs/benchmarks.md). Evaluate this run's "
+                          "checkpoint without it, or use an older metarun.")
+    classes = {"train_classes": train_classes} if "train_classes" in inspect.signature(cls).parameters else {}
     learner = build(without(node, "name"), "learner", encoder=encoder, **classes)
     learner.name = node.name
-    return learner
+    refiners = [build(r, f"refiner.{k}") for k, r in (refiners or {}).items()]
+    return learner.attach(build_objectives(objectives, learner), refiners)
+
+
+def nota_learners() -> str:
+    """The learner options whose config has a `nota` key (the choices an error names)."""
+    from metarun.paths import config_dir
+
+    return ", ".join(sorted(p.stem for p in (config_dir() / "learner").glob("*.yaml")
+                            if "\nnota:" in "\n" + p.read_text()))
 
 
 def check_nota(cfg: DictConfig, learner: Learner) -> None:
@@ -52,12 +71,12 @@ def check_nota(cfg: DictConfig, learner: Learner) -> None:
     asked = [f"{k}={v}" for k, v in rates.items() if v]
     if asked and not learner.nota:
         raise ConfigError(f"{', '.join(asked)} adds none-of-the-above queries, but this learner does not predict "
-                          f"NOTA; set learner.nota=true (learner=protonet, matching, relation or pair).")
+                          f"NOTA; set learner.nota=true (learner={nota_learners()}).")
     test = cfg.eval.test
     if test.get("oos_rate", 0) and test.get("reject", "nota") == "nota" and not learner.nota:
         raise ConfigError(f"eval.test.oos_rate={test.oos_rate} adds out-of-scope queries, which eval.test.reject=nota "
                           f"leaves to the learner, but this learner does not predict NOTA: set learner.nota=true "
-                          f"(learner=protonet, matching, relation or pair), or eval.test.reject=threshold (any "
+                          f"(learner={nota_learners()}), or eval.test.reject=threshold (any "
                           f"learner: a threshold on its largest class probability, chosen on validation episodes).")
     if test.get("oos_rate", 0) and test.get("reject") == "threshold" and learner.nota:
         raise ConfigError("eval.test.reject=threshold ranks the N classes' probabilities; a learner that predicts "
@@ -77,7 +96,9 @@ class Components:
     episodes: EpisodeDataset
     val: Evaluator  # picks the best checkpoint
     tests: list[Evaluator]  # score it
+    callbacks: list[Callback] = field(default_factory=default_callbacks)  # best checkpoint, early stopping
     feature_cache: FeatureCache | None = None  # features on disk, when the encoder's weights do not train
+    on_features: bool = False  # the training episodes are cached features of the frozen encoder
 
 
 def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist) -> Components:
@@ -89,7 +110,7 @@ def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist
         log.warning("encoder=%s adds entity-marker tokens whose embeddings are untrained, and trainer.max_steps=0 "
                     "leaves them so: entity-start features of a frozen encoder read them. Train, or start the markers "
                     "from punctuation (encoder.marker_init=punct), or use encoder.pooling=mean.", encoder.name)
-    learner = build_learner(cfg.learner, encoder, data.train.classes)
+    learner = build_learner(cfg.learner, encoder, data.train.classes, cfg.get("objective"), cfg.get("refiner"))
     check_nota(cfg, learner)
     if trainer.max_steps > 0 and not any(p.requires_grad for p in learner.parameters()):
         raise ConfigError(f"learner={learner.name} with encoder.freeze=true has no parameter to train; test the frozen "
@@ -101,7 +122,8 @@ def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist
     tests = [build_evaluator(cfg.eval, "test", data, trainer.progress, dist, cache)]
     if learner.task_heads and data.heldout:
         tests.append(HeldOutTasks(data.heldout, cfg.eval.batch_size, trainer.progress, cache))
-    check_transductive(learner, {"val": val, "test": tests[0]})
+    for evaluator in (val, *tests):
+        evaluator.check(learner)
     learner.class_text = {**data.class_names, **{k: v for e in (val, *tests) for k, v in e.class_names.items()}}
     episodes = EpisodeDataset(sampler, encoder.tokenize, trainer.max_steps * trainer.meta_batch)
     named = (" (named after its file; data.name=... names it otherwise)"
@@ -109,7 +131,11 @@ def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist
     log.info("data %s%s: %d train / %d val / %d test classes (%d / %d / %d examples)", data.name, named,
              len(data.train.classes), len(data.val.classes), len(data.test.classes), len(data.train), len(data.val),
              len(data.test))
-    return Components(config, trainer, dist, data, encoder, learner, episodes, val, tests, cache)
+    # training inputs: cached features where the encoder is frozen and nothing reads the text
+    on_features = (cfg.get("train_on_features", True) and not learner.trains_on_text and encoder.frozen
+                   and trainer.max_steps > 0)
+    return Components(config, trainer, dist, data, encoder, learner, episodes, val, tests,
+                      build_callbacks(cfg.get("callbacks")), cache, on_features)
 
 
 def open_feature_cache(cfg: DictConfig, encoder: Encoder, trainer: Trainer) -> FeatureCache | None:
@@ -121,42 +147,18 @@ def open_feature_cache(cfg: DictConfig, encoder: Encoder, trainer: Trainer) -> F
     return FeatureCache(node.get("dir"), node.get("max_gb", 2.0))
 
 
-def check_transductive(learner: Learner, evaluators: dict[str, Evaluator]) -> None:
-    """Transductive protocols refine class prototypes with the queries, and K = 0 episodes classify by
-    the class names alone: only a learner that takes them."""
-    for role, evaluator in evaluators.items():
-        if evaluator.zero_shot and not (learner.zero_shot and learner.feature_eval):
-            raise ConfigError(f"eval.{role}.shots contains 0: K = 0 episodes classify by the class names alone, which "
-                              f"learner={learner.name} does not do; use learner=protonet with learner.label_prior=add "
-                              f"or learned (and no support tuning), or give shots of at least 1.")
-        steps = evaluator.transductive_steps
-        if steps and not (learner.transductive and learner.feature_eval):
-            raise ConfigError(f"eval.{role}.transductive_steps={steps} refines class prototypes with the episode's "
-                              f"queries, which learner={learner.name} does not take; use learner=protonet, or set it "
-                              f"to 0.")
-        if evaluator.rectify and not (learner.transductive and learner.feature_eval):
-            raise ConfigError(f"eval.{role}.rectify=true rectifies class prototypes with the episode's queries, which "
-                              f"learner={learner.name} does not take; use learner=protonet, or set it to false.")
-
-
 def train_inputs(c: Components, state: TrainState) -> str:
     """What the learner trained on: "cached features", "text", or "none" (no training step ran)."""
     if state.step == 0:
         return "none"
-    return "cached features" if trains_on_features(c) else "text"
-
-
-def trains_on_features(c: Components) -> bool:
-    """A frozen encoder under a learner that reads text only through `embed` (`feature_train`), with
-    `trainer.train_on_features`: the training episodes can be cached features."""
-    return c.trainer.train_on_features and c.learner.feature_train and c.encoder.frozen and c.trainer.max_steps > 0
+    return "cached features" if c.on_features else "text"
 
 
 def training_episodes(c: Components) -> EpisodeDataset:
-    """The training episodes, as cached features where `trains_on_features`: each training sentence is
+    """The training episodes, as cached features where `c.on_features`: each training sentence is
     encoded once, in eval mode (no dropout: the features evaluation sees), so thousands of episodes
     cost about one pass over the training classes instead of one encoder forward per episode."""
-    if not trains_on_features(c):
+    if not c.on_features:
         return c.episodes
     device, data = c.trainer.device, c.episodes.sampler.dataset
     c.learner.to(device)
@@ -169,12 +171,10 @@ def training_episodes(c: Components) -> EpisodeDataset:
 
 def learner_report(learner: Learner, encoder: Encoder, test_data, device) -> dict | None:
     """The learner's `report` (distill: sizes and speeds) on 256 test sentences in batches of 64."""
-    if not learner.reports:
-        return None
-    examples = [test_data[i] for i in range(min(256, len(test_data)))]
+    examples = [test_data[i] for i in range(min(256, len(test_data)))] if encoder.tokenize is not None else []
     batches = [{k: v.to(device) for k, v in encoder.tokenize(examples[i : i + 64]).items()}
                for i in range(0, len(examples), 64)]
-    report = learner.report(batches)
+    report = learner.report(batches)  # None: the learner has nothing to report
     if report:
         log.info("report: %s", json.dumps({k: v for k, v in report.items() if k != "teacher_results"}))
     return report

@@ -134,7 +134,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str], out_dir: str | Path 
         folder.prepare(Claim.NEW, config, overrides)
         with folder.log_file():
             scores = trainer.test(c.learner, c.tests)
-            episodes.write(out, c.tests)
+            episodes.write(out, scores)
             results = results_record(cfg, c.learner, c.data, c.tests[0], train_inputs(c, state), state, scores,
                                      None, time.time() - started, out)
             results["source_run"] = str(run_dir)

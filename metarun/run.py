@@ -79,7 +79,7 @@ def fit_and_test(c: Components, run_dir: Path, trackers: list[Tracker] = (), ove
               if c.dist.main else MetricsWriter(run_dir, False, False))
     ckpt = Checkpointer(run_dir, c.config)
     try:
-        state = trainer.fit(learner, training_episodes(c), c.val, ckpt, writer)
+        state = trainer.fit(learner, training_episodes(c), c.val, ckpt, writer, c.callbacks)
         # No training steps: nothing selects a checkpoint, so the validation classes are not evaluated
         # (they would cost encoding and episodes whose scores nothing uses); test the model as it is.
         val_scores = {}
@@ -88,7 +88,7 @@ def fit_and_test(c: Components, run_dir: Path, trackers: list[Tracker] = (), ove
             val_scores = state.best_val
         test_scores = trainer.test(learner, c.tests)
         if c.dist.main:
-            episodes.write(run_dir, c.tests)  # what each test episode asked and got (metarun-compare pairs them)
+            episodes.write(run_dir, test_scores)  # what each test episode asked and got (metarun-compare pairs them)
         writer.write_scores(state.step, test_scores, replace=True)
         if logger.get("hparams", True):
             writer.write_hparams(hparams_of(c.config, list(overrides)), [f"{k}/acc" for k in test_scores])

@@ -4,8 +4,6 @@ periodic validation, best/last checkpoints, non-finite checks, progress bars and
 from __future__ import annotations
 
 import math
-import os
-import signal
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
@@ -16,6 +14,8 @@ from metarun.data.collate import EpisodeDataset
 from metarun import distributed
 from metarun.distributed import Dist
 from metarun.errors import CheckpointError, ConfigError, NonFiniteLossError, check_choice, check_int, check_number
+from metarun.callbacks import Callback, default_callbacks
+from metarun.evaluate.common import Scores
 from metarun.learners.base import Learner
 from metarun.tracking.folder.checkpoint import Checkpointer
 from metarun.tracking.writers.metrics import MetricsWriter
@@ -54,22 +54,18 @@ class Trainer:
         meta_batch: int = 1,
         eval_every: int = 50,
         checkpoint_every: int = 50,
-        patience: int | None = None,
         device: str = "auto",
         precision: str = "auto",
         num_workers: int = 0,
         progress: bool = True,
         keep_optimizer: bool = False,
         validate_at_start: bool = True,
-        train_on_features: bool = True,
-        debug_kill_at_step: int | None = None,
-        debug_kill_during_save: bool = False,
     ):
         counts = {"max_steps": (max_steps, 0), "meta_batch": (meta_batch, 1), "eval_every": (eval_every, 1),
                   "checkpoint_every": (checkpoint_every, 1), "warmup_steps": (warmup_steps, 0),
-                  "num_workers": (num_workers, 0), "patience": (patience, 1)}
+                  "num_workers": (num_workers, 0)}
         for key, (value, low) in counts.items():
-            check_int(f"trainer.{key}", value, low, null="none" if key == "patience" else None)
+            check_int(f"trainer.{key}", value, low)
         check_number("trainer.lr", lr, 0, low_open=True)
         check_number("trainer.weight_decay", weight_decay, 0)
         check_number("trainer.grad_clip", grad_clip, 0, low_open=True, null="no clipping")
@@ -77,12 +73,10 @@ class Trainer:
         check_choice("trainer.schedule", schedule, SCHEDULES)
         self.max_steps, self.lr, self.weight_decay, self.warmup_steps = max_steps, lr, weight_decay, warmup_steps
         self.schedule, self.grad_clip, self.meta_batch = schedule, grad_clip, meta_batch
-        self.eval_every, self.checkpoint_every, self.patience = eval_every, checkpoint_every, patience
-        self.num_workers, self.progress, self.debug_kill_at_step = num_workers, progress, debug_kill_at_step
-        self.debug_kill_during_save = debug_kill_during_save  # crash tests: die halfway through writing last.pt
+        self.eval_every, self.checkpoint_every = eval_every, checkpoint_every
+        self.num_workers, self.progress = num_workers, progress
         self.keep_optimizer = keep_optimizer  # a finished run's last.pt keeps AdamW's moments (2x the weights)
         self.validate_at_start = validate_at_start  # the untrained model's score at step 0 (logged, not a candidate)
-        self.train_on_features = train_on_features  # read by the runner (run.training_episodes): frozen encoders
         self.device = resolve_device(device)
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -113,28 +107,32 @@ class Trainer:
         """Scores of `evaluator` (see metarun.evaluate) on this trainer's device and precision."""
         return evaluator(learner, self.device, self.autocast_dtype)
 
-    def test(self, learner: Learner, evaluators) -> dict:
-        """The test loop of a run and of metarun-eval: every evaluator's scores, in order."""
+    def test(self, learner: Learner, evaluators) -> Scores:
+        """The test loop of a run and of metarun-eval: every evaluator's scores (with their records), in order."""
         learner.to(self.device)
-        scores = {}
+        scores = Scores()
         for evaluator in evaluators:
-            scores.update(self.evaluate(evaluator, learner))
+            scores.update_from(self.evaluate(evaluator, learner))
         return scores
 
     def fit(self, learner: Learner, episodes: EpisodeDataset, validate, ckpt: Checkpointer,
-            log: MetricsWriter) -> TrainState:
+            log: MetricsWriter, callbacks: list[Callback] | None = None) -> TrainState:
         """Train for `max_steps` optimiser steps, resuming from `ckpt.last` when it exists (and the
         checkpointer finds this run's config compatible with it), validating with the evaluator
-        `validate`. Under torchrun each rank trains on its share of every meta-batch; rank 0 writes."""
+        `validate`; `callbacks` (default: best checkpoint, no early stopping) act on each validation,
+        checkpoint and step. Under torchrun each rank trains on its share of every meta-batch; rank 0 writes."""
         dist = self.dist
+        callbacks = default_callbacks() if callbacks is None else callbacks
         learner.to(self.device).train()
-        groups = [g for g in learner.param_groups(self.lr) if g["params"]]
+        groups = learner.optimizer_groups(self.lr)
         opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay) if groups else None
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor) if opt else None
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         state = TrainState()
         if (saved := ckpt.resume_state()) is not None:
             state = self._restore(saved, learner, opt, sched, scaler)
+            # a run continued to a larger max_steps goes on, unless a callback had stopped it (early stopping)
+            state.finished = any(cb.stopped(state) for cb in callbacks)
             tqdm.write(f"resuming from {ckpt.last} at step {state.step}")
         log.resume_at(state.step)  # metrics logged after the checkpoint (or by a start that never saved) go
         if state.step == 0 and self.max_steps > 0 and self.validate_at_start:
@@ -152,16 +150,17 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{100 * metrics['train/acc']:.1f}")
             if state.step % self.eval_every == 0 or state.step == self.max_steps:
-                self._validate(learner, validate, state, ckpt, log)
+                self._validate(learner, validate, state, ckpt, log, callbacks)
             state.finished = state.step >= self.max_steps or state.finished
-            kill = self.debug_kill_at_step is not None and state.step == self.debug_kill_at_step
             if (state.step % self.checkpoint_every == 0 or state.finished) and dist.main:
                 # a finished run drops the optimizer's moments unless keep_optimizer (a third of the file)
                 keep_opt = opt is not None and (self.keep_optimizer or not state.finished)
-                ckpt.save(ckpt.last, self._snapshot(learner, opt if keep_opt else None, sched, scaler, state),
-                          die_midway=kill and self.debug_kill_during_save)
-            if kill:
-                os.kill(os.getpid(), signal.SIGKILL)  # crash-resume tests: die like a killed job
+                snapshot = self._snapshot(learner, opt if keep_opt else None, sched, scaler, state)
+                for cb in callbacks:
+                    cb.on_checkpoint(self, state, ckpt, snapshot)
+                ckpt.save(ckpt.last, snapshot)
+            for cb in callbacks:
+                cb.on_step_end(self, state)
         bar.close()
         dist.barrier()  # rank 0's checkpoints are on disk before anyone reads best.pt
         return state
@@ -173,7 +172,7 @@ class Trainer:
         stop = None
         for group in [episodes] if learner.batch_tasks else [[e] for e in episodes]:
             with self.autocast():
-                out = learner.training_loss_tasks(group)
+                out = learner.training_step(group)
             if not torch.isfinite(out.loss):
                 where = [e.meta.get("index") for e in group]
                 stop = f"training loss became {out.loss.item()} at step {step + 1} (episodes {where})"
@@ -201,21 +200,14 @@ class Trainer:
         means = self.dist.mean({"loss": losses, **extra})  # over every task of the meta-batch
         return {"train/lr": lr, **{f"train/{k}": v for k, v in means.items()}}
 
-    def _validate(self, learner, validate, state: TrainState, ckpt, log) -> None:
+    def _validate(self, learner, validate, state: TrainState, ckpt, log, callbacks) -> None:
         scores = self.evaluate(validate, learner)
         log.write_scores(state.step, scores)
-        score = sum(v["acc"] for v in scores.values()) / len(scores)
-        if score > state.best_score:
-            state.best_score, state.best_step, state.best_val, state.bad_evals = score, state.step, scores, 0
-            if self.dist.main:
-                ckpt.save(ckpt.best, {"model": learner.trained_state(), "step": state.step, "score": score})
-        else:
-            state.bad_evals += 1
-            if self.patience is not None and state.bad_evals >= self.patience:
-                tqdm.write(f"early stopping at step {state.step}: no improvement in {state.bad_evals} evaluations")
-                state.finished = True
+        for cb in callbacks:  # best checkpoint, early stopping
+            cb.on_validation(self, learner, state, scores, ckpt)
         if self.dist.main:
-            tqdm.write(f"step {state.step}: {_brief(scores)} (best {state.best_score:.2f} at step {state.best_step})")
+            best = f" (best {state.best_score:.2f} at step {state.best_step})" if state.best_step >= 0 else ""
+            tqdm.write(f"step {state.step}: {_brief(scores)}{best}")
 
     def _loader(self, episodes: EpisodeDataset, start_step: int):
         # this rank's tasks of every step: task j of step s is episode s * meta_batch + j
@@ -269,10 +261,7 @@ class Trainer:
         torch.set_rng_state(saved["rng"]["torch"])
         if torch.cuda.is_available() and saved["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-        state = TrainState(**saved["state"])
-        # A run continued to a larger max_steps goes on, unless it had stopped early.
-        state.finished = self.patience is not None and state.bad_evals >= self.patience
-        return state
+        return TrainState(**saved["state"])
 
 
 def _brief(scores: dict[str, dict]) -> str:

@@ -61,7 +61,9 @@ def run_in_process(args: list[str], run_dir: Path) -> dict:
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
+    tests = str(Path(__file__).parent)  # for test-only callbacks (kill_callback.py)
+    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONPATH": path, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR") if full_env["HYDRA_FULL_ERROR"] == "0" else None
     return subprocess.run([sys.executable, "-m", "metarun", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
@@ -125,10 +127,21 @@ CPU = torch.device("cpu")
 SMALL_DATA = FewShotDataset(tuple(Example(f"sentence {i} about thing {i % 3}", str(i % 3)) for i in range(12)), "test")
 
 
-def tiny_protonet(seed: int = 0, **kw) -> ProtoNet:
-    """ProtoNet on the tiny random encoder (encoder=tiny), in eval mode, seeded."""
+def tiny_protonet(seed: int = 0, prior: dict | None = None, **kw) -> ProtoNet:
+    """ProtoNet on the tiny random encoder (encoder=tiny), in eval mode, seeded; `prior`: the options
+    of a NamePrior refiner to attach (refiner=[name_prior])."""
+    from metarun.learners.refiners import NamePrior
+
     torch.manual_seed(seed)
-    return ProtoNet(build(compose_cfg(["encoder=tiny"]).encoder, "encoder"), **kw).eval()
+    net = ProtoNet(build(compose_cfg(["encoder=tiny"]).encoder, "encoder"), **kw)
+    return net.attach(refiners=[NamePrior(**prior)] if prior is not None else []).eval()
+
+
+def attached(learner, *objectives):
+    """`learner` with `objectives` bound and attached, as the run attaches `objective=[...]`."""
+    for objective in objectives:
+        objective.bind(learner)
+    return learner.attach(objectives)
 
 
 WORDS = "the a card my arrived when will money transfer account pin why is not working still".split()

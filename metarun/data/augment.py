@@ -1,5 +1,5 @@
 """Offline text augmentations on token ids, for unsupervised consistency on unlabelled utterances
-(`learner.consistency_weight`): ProtAugment's idea (Dopierre et al. 2021) without its paraphrase
+(`objective=consistency`): ProtAugment's idea (Dopierre et al. 2021) without its paraphrase
 model. Each function takes one sentence's content tokens (no [CLS] / [SEP] / padding) and a numpy
 Generator and returns new tokens, never an empty list:
 

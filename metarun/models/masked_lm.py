@@ -1,5 +1,5 @@
 """Masked-language-model steps on the training utterances (task-adaptive pre-training, interleaved with
-meta-training: `learner.mlm_weight`), the further pre-training of the encoder that the published
+meta-training: `objective=mlm`), the further pre-training of the encoder that the published
 few-shot intent baselines (ProtoNet / ProtAugment on BERT further pre-trained on each dataset's
 utterances; Dopierre et al. 2021) start from.
 

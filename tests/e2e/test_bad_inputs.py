@@ -52,7 +52,7 @@ CASES = {
     "meta_batch zero": (["trainer.meta_batch=0"], MetarunError, ["trainer.meta_batch=0"]),
     "eval_every zero": (["trainer.eval_every=0"], MetarunError, ["trainer.eval_every=0"]),
     "checkpoint_every zero": (["trainer.checkpoint_every=0"], MetarunError, ["trainer.checkpoint_every=0"]),
-    "patience zero": (["trainer.patience=0"], MetarunError, ["trainer.patience=0"]),
+    "patience zero": (["callbacks.early_stopping.patience=0"], MetarunError, ["callbacks.early_stopping.patience=0"]),
     "grad_clip negative": (["trainer.grad_clip=-1"], MetarunError, ["trainer.grad_clip=-1"]),
     "precision unknown": (["trainer.precision=fp8"], MetarunError, ["trainer.precision='fp8'", "fp32"]),
     "schedule unknown": (["trainer.schedule=step"], MetarunError, ["trainer.schedule='step'", "cosine"]),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from conftest import read_json, snapshot
+from conftest import FAST, read_json, run_in_process, snapshot
 from metarun.errors import ConfigError
 from metarun.eval_cli import evaluate_run
 
@@ -98,3 +99,32 @@ def test_a_saved_config_naming_code_that_is_gone_is_one_message(finished_run, tm
         r"Choose one of learner=.*protonet",
     ):
         evaluate_run(old, [], tmp_path / "x")
+
+
+def test_a_run_saved_before_objectives_and_refiners_is_evaluated(tmp_path):
+    """A run whose saved config spells the name prior and the trainer's keys the old way
+    (learner.label_prior=learned, trainer.patience, trainer.train_on_features) and whose checkpoint
+    keeps the learned weight as `label_weight_raw` is evaluated with today's code, to the same scores."""
+    import yaml
+
+    from metarun.tracking.folder.checkpoint import Checkpointer
+
+    run = tmp_path / "run"
+    new = run_in_process([*FAST, "refiner=[name_prior]", "refiner.name_prior.learned=true", "trainer.max_steps=2"],
+                         run)
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    prior = config.pop("refiner")["name_prior"]
+    config["learner"] |= {"label_prior": "learned", "label_weight": prior["weight"], "label_template": "{name}",
+                          "mlm_weight": 0.0, "support_tuning_steps": 0}
+    config["trainer"] |= {"patience": None, "train_on_features": config.pop("train_on_features"),
+                          "debug_kill_at_step": None}
+    del config["callbacks"]
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for name in ("best.pt", "last.pt"):
+        path = Checkpointer(run).dir / name
+        saved = torch.load(path, weights_only=True)
+        saved["model"]["label_weight_raw"] = saved["model"].pop("refiners.0.weight_raw")
+        torch.save(saved, path)
+    again = evaluate_run(run, [], tmp_path / "eval")
+    assert again["results"]["test/5way_1shot"] == new["results"]["test/5way_1shot"]
+    assert again["regime"] == "names, inductive"

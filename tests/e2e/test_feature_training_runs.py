@@ -10,7 +10,7 @@ from metarun.trainer import Trainer
 @pytest.mark.parametrize("args, inputs", [
     (["learner=snail", "encoder.freeze=true"], "cached features"),
     (["learner=snail"], "text"),  # the encoder trains: it must see the text
-    (["learner=snail", "encoder.freeze=true", "trainer.train_on_features=false"], "text"),  # opted out
+    (["learner=snail", "encoder.freeze=true", "train_on_features=false"], "text"),  # opted out
     (["learner=finetune", "encoder.freeze=true"], "text"),  # reads its encoder directly on flat batches
 ])
 def test_runs_train_on_cached_features_only_where_that_is_exact(tmp_path, args, inputs, monkeypatch):

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from kill_callback import kill_at as kill_after
 from conftest import FAST, read_json, run_cli, run_in_process
 from metarun.tracking.folder.checkpoint import Checkpointer
 
@@ -25,7 +26,7 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize("kill_at", [4, 6])  # mid-interval (work is redone) and right after a save
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted, kill_at, capsys):
     run_dir = tmp_path / "run"
-    killed = run_cli([*ARGS, f"hydra.run.dir={run_dir}", f"trainer.debug_kill_at_step={kill_at}"], cwd=tmp_path)
+    killed = run_cli([*ARGS, f"hydra.run.dir={run_dir}", *kill_after(kill_at)], cwd=tmp_path)
     assert killed.returncode == -9
     assert not (run_dir / "results.json").exists()
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["state"]["step"] == 3 * (kill_at // 3)
@@ -66,8 +67,8 @@ def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
     # a frozen encoder: trained on cached features; the persistent memory bank is a buffer in the checkpoint
     (["learner=mann", "learner.memory=persistent", "encoder.freeze=true"], "bank"),
     (["learner=maml", "learner.adapt=lora", "learner.top_k=1"], "lora.down."),  # meta-learned down-projections
-    (["learner.mlm_weight=0.5"], "mlm_head."),  # masked-LM steps: their masks come from the restored RNG
-    (["learner.consistency_weight=0.5"], "encoder."),  # augmented views: drawn from the restored RNG
+    (["objective=[mlm]"], "objectives.0.head."),  # masked-LM steps: their masks come from the restored RNG
+    (["objective=[consistency]"], "encoder."),  # augmented views: drawn from the restored RNG
 ])
 def test_meta_learned_learners_resume_exactly_after_sigkill(tmp_path, learner, own):
     """The meta-learner's own parameters (LSTM, generator, inner rates, memory, low-rank down-projections,
@@ -75,7 +76,7 @@ def test_meta_learned_learners_resume_exactly_after_sigkill(tmp_path, learner, o
     args = [*ARGS, *learner]
     full, run_dir = tmp_path / "full", tmp_path / "run"
     run_in_process(args, full)
-    killed = run_cli([*args, f"hydra.run.dir={run_dir}", "trainer.debug_kill_at_step=4"], cwd=tmp_path)
+    killed = run_cli([*args, f"hydra.run.dir={run_dir}", *kill_after(4)], cwd=tmp_path)
     assert killed.returncode == -9
     run_in_process(args, run_dir)
     assert read_json(run_dir / "results.json")["results"] == read_json(full / "results.json")["results"]

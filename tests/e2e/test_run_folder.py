@@ -12,6 +12,7 @@ import stat
 import pytest
 import torch
 
+from kill_callback import kill_at as kill_after
 from conftest import FAST, read_json, run_cli, run_in_process
 
 ARGS = [*FAST, "trainer.max_steps=6", "trainer.eval_every=2", "trainer.checkpoint_every=3"]
@@ -81,7 +82,7 @@ def test_a_kill_mid_checkpoint_keeps_the_previous_one(tmp_path):
     full = run_in_process(ARGS, tmp_path / "full")
     run_dir = tmp_path / "run"
     killed = run_cli(
-        [*ARGS, f"hydra.run.dir={run_dir}", "trainer.debug_kill_at_step=6", "trainer.debug_kill_during_save=true"],
+        [*ARGS, f"hydra.run.dir={run_dir}", *kill_after(6, during_save=True)],
         cwd=tmp_path,
     )
     assert killed.returncode == -9
@@ -97,7 +98,7 @@ def test_a_kill_mid_checkpoint_keeps_the_previous_one(tmp_path):
 def test_a_restart_logs_each_step_once(tmp_path):
     """A restart without a checkpoint and a cut metrics line log each step once."""
     run_dir = tmp_path / "run"
-    killed = run_cli([*ARGS, f"hydra.run.dir={run_dir}", "trainer.debug_kill_at_step=2"], cwd=tmp_path)
+    killed = run_cli([*ARGS, f"hydra.run.dir={run_dir}", *kill_after(2)], cwd=tmp_path)
     assert killed.returncode == -9 and not (run_dir / "checkpoints" / "last.pt").exists()
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "train/lo')  # a line cut short by the kill
@@ -262,7 +263,7 @@ def test_a_checkpoint_older_than_an_option_resumes(tmp_path):
     run_dir = tmp_path / "run"
     args = [*FAST, "trainer.max_steps=8", "trainer.checkpoint_every=3", "trainer.eval_every=2"]
     full = run_in_process(args, tmp_path / "full")
-    killed = run_cli([*args, f"hydra.run.dir={run_dir}", "trainer.debug_kill_at_step=4"], cwd=tmp_path)
+    killed = run_cli([*args, f"hydra.run.dir={run_dir}", *kill_after(4)], cwd=tmp_path)
     assert killed.returncode == -9
     last = run_dir / "checkpoints" / "last.pt"
     state = torch.load(last, weights_only=True)

@@ -1,5 +1,5 @@
 """Offline augmentations (data/augment.py) against hand computations with scripted random draws, and
-the consistency loss of augmented views (learners/metric/consistency.py) against a hand computation."""
+the consistency loss of augmented views (learners/objectives/consistency.py) against a hand computation."""
 
 import math
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from metarun.data.augment import TokenNeighbours, augment, cutoff, delete, insert, replace, swap
-from metarun.learners.metric.consistency import AugmentedViews
+from metarun.learners.objectives.consistency import AugmentedViews, Consistency
 
 
 class Script:
@@ -107,20 +107,20 @@ def test_consistency_loss_equals_a_hand_computation():
 
 
 def test_protonet_adds_the_consistency_loss_with_its_weight():
-    from conftest import text_episode, tiny_encoder
+    from conftest import attached, text_episode, tiny_encoder
 
     from metarun.learners.metric.protonet import ProtoNet
 
     enc = tiny_encoder()
     ep = text_episode(enc)
-    plain, learner = ProtoNet(enc), ProtoNet(enc, consistency_weight=0.5, consistency_views=3)
-    assert plain.feature_train and not learner.feature_train  # the views are new text
+    plain, learner = ProtoNet(enc), attached(ProtoNet(enc), Consistency(0.5, views=3))
+    assert not plain.trains_on_text and learner.trains_on_text  # the views are new text
     enc.eval()  # no dropout: the two learners' ProtoNet losses are equal
     torch.manual_seed(3)
-    out = learner.training_loss(ep)
+    out = learner.training_step([ep])
     torch.manual_seed(3)
     support, query = learner.embed_episode(ep)
-    alone = learner.consistency.loss([ep.support, ep.query], torch.cat([support, query]), learner.embed,
+    alone = learner.objectives[0].views.loss([ep.support, ep.query], torch.cat([support, query]), learner.embed,
                                      learner.logits)
     assert out.metrics["consistency"] == pytest.approx(alone.item(), rel=1e-6)
     assert out.loss.item() == pytest.approx(plain.training_loss(ep).loss.item() + 0.5 * alone.item(), rel=1e-5)
@@ -129,16 +129,16 @@ def test_protonet_adds_the_consistency_loss_with_its_weight():
 
 
 def test_consistency_options_are_refused_with_what_to_do():
-    from conftest import FeatureEncoder, tiny_encoder
+    from conftest import FeatureEncoder, attached, tiny_encoder
 
     from metarun.errors import ConfigError
     from metarun.learners.metric.protonet import ProtoNet
 
     with pytest.raises(ConfigError, match="needs a BERT-style transformer encoder"):
-        ProtoNet(FeatureEncoder(4, 3), consistency_weight=0.5)
+        attached(ProtoNet(FeatureEncoder(4, 3)), Consistency(0.5))
     with pytest.raises(ConfigError, match=r"the encoder is frozen \(encoder.freeze=true\)"):
-        ProtoNet(tiny_encoder().requires_grad_(False), consistency_weight=0.5)
+        attached(ProtoNet(tiny_encoder().requires_grad_(False)), Consistency(0.5))
     with pytest.raises(ConfigError, match=r"give a non-empty list of delete, swap, .* \('shuffle' is none of them\)"):
-        ProtoNet(tiny_encoder(), consistency_weight=0.5, consistency_augment=["swap", "shuffle"])
-    with pytest.raises(ConfigError, match="consistency_strength in \\(0, 1\\); got 2, 10, 1.5"):
-        ProtoNet(tiny_encoder(), consistency_weight=0.5, consistency_strength=1.5)
+        attached(ProtoNet(tiny_encoder()), Consistency(0.5, augment=["swap", "shuffle"]))
+    with pytest.raises(ConfigError, match="consistency.strength in \\(0, 1\\); got 2, 10, 1.5"):
+        attached(ProtoNet(tiny_encoder()), Consistency(0.5, strength=1.5))

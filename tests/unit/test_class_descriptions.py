@@ -40,6 +40,7 @@ def test_the_label_prior_embeds_the_description(tmp_path):
     """With descriptions, the name prototype of a class is the encoder's embedding of its description."""
     from metarun.data.dataset import Example
     from metarun.learners.metric.protonet import ProtoNet
+    from metarun.learners.refiners import NamePrior
 
     csv = tmp_path / "d.csv"
     rows = [f"{t} {i},{c}" for c, t in [("a_x", "alpha"), ("b_y", "beta"), ("c_z", "gamma"), ("d_w", "delta")]
@@ -52,12 +53,13 @@ def test_the_label_prior_embeds_the_description(tmp_path):
     data = build(cfg.data, "data")
     assert data.class_names == {"c_z": "the third letter", "d_w": "the fourth"}
     encoder = build(cfg.encoder, "encoder")
-    learner = ProtoNet(encoder, label_prior="add").eval()
+    learner = ProtoNet(encoder).attach(refiners=[NamePrior()]).eval()
     learner.class_text = data.class_names
     batch = encoder.tokenize([Example(t, "") for t in ["the third letter", "the fourth", "a x"]])  # a_x: its id
     with torch.no_grad():
         expected = learner.embed(batch).float()
-        torch.testing.assert_close(learner.name_embeddings(["c_z", "d_w", "a_x"]), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(learner.name_prior.embeddings(learner, ["c_z", "d_w", "a_x"]), expected, rtol=1e-5,
+                                   atol=1e-6)
 
 
 def test_a_run_gives_its_learner_the_descriptions():
@@ -67,7 +69,7 @@ def test_a_run_gives_its_learner_the_descriptions():
     from metarun.trainer import Trainer
 
     def learner(*extra):
-        cfg = compose_cfg(["debug=fast", "trainer.progress=false", "data=hwu64", "learner.label_prior=add", *extra])
+        cfg = compose_cfg(["debug=fast", "trainer.progress=false", "data=hwu64", "refiner=[name_prior]", *extra])
         trainer: Trainer = build(cfg.trainer, "trainer")
         return build_components(cfg, resolved(cfg), trainer, trainer.dist).learner
 

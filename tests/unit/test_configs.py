@@ -131,18 +131,19 @@ def test_fsic_presets_use_the_protaugment_protocol():
     base = OmegaConf.to_container(compose_cfg(["experiment=protaugment_protonet"]))
     nonames = OmegaConf.to_container(compose_cfg(["experiment=fsic_nonames"]))
     assert (nonames["encoder"]["normalize"], nonames["learner"]["scale"]) == (True, 10.0)
-    assert (nonames["learner"]["label_prior"], nonames["eval"]["test"]["transductive_steps"]) == ("none", 3)
+    assert ("refiner" not in nonames, nonames["eval"]["test"]["transductive_steps"]) == (True, 3)
     best = OmegaConf.to_container(compose_cfg(["experiment=fsic_best"]))
-    assert (best["learner"]["label_prior"], best["data"]["class_descriptions"]) == ("learned", "auto")
+    assert (best["refiner"]["name_prior"]["learned"], best["data"]["class_descriptions"]) == (True, "auto")
     assert best["eval"]["test"]["shots"] == [0, 1, 5]  # K = 0: names alone
-    best["learner"]["label_prior"], best["data"]["class_descriptions"] = "none", None
+    del best["refiner"]
+    best["data"]["class_descriptions"] = None
     best["eval"]["test"]["shots"] = [1, 5]
     assert best == nonames
     nonames["encoder"]["normalize"], nonames["learner"]["scale"] = False, 1.0
     nonames["eval"]["test"]["transductive_steps"] = 0
     assert nonames == base
     frozen = compose_cfg(["experiment=fsic_frozen"])
-    assert (frozen.trainer.max_steps, frozen.encoder.freeze, frozen.learner.label_prior) == (0, True, "add")
+    assert (frozen.trainer.max_steps, frozen.encoder.freeze, frozen.refiner.name_prior.learned) == (0, True, False)
     assert (frozen.encoder.normalize, frozen.data.class_descriptions) == (True, "auto")
     assert OmegaConf.to_container(frozen.eval.test) == {**base["eval"]["test"], "transductive_steps": 3,
                                                         "shots": [0, 1, 5]}

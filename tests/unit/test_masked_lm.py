@@ -1,11 +1,12 @@
-"""Masked-language-model steps on the training utterances (metarun/models/masked_lm.py, learner.mlm_weight)."""
+"""Masked-language-model steps on the training utterances (metarun/models/masked_lm.py, objective=mlm)."""
 
 import pytest
 import torch
-from conftest import FeatureEncoder, text_episode, tiny_encoder
+from conftest import FeatureEncoder, attached, text_episode, tiny_encoder
 
 from metarun.errors import ConfigError
 from metarun.learners.metric.protonet import ProtoNet
+from metarun.learners.objectives import MaskedLM
 from metarun.models.masked_lm import IGNORE, MaskedLMHead, mask_tokens
 
 
@@ -46,26 +47,29 @@ def test_the_head_is_tied_and_its_loss_trains_the_encoder():
 def test_protonet_adds_the_mlm_loss_with_its_weight():
     enc = tiny_encoder()
     ep = text_episode(enc)
-    plain, mlm = ProtoNet(enc), ProtoNet(enc, mlm_weight=0.5)
-    assert plain.feature_train and not mlm.feature_train  # the MLM steps read the tokens
+    plain, mlm = ProtoNet(enc), attached(ProtoNet(enc), MaskedLM(0.5))
+    head = mlm.objectives[0].head
+    assert not plain.trains_on_text and mlm.trains_on_text  # the MLM steps read the tokens
     enc.eval()  # no dropout: the proto losses of the two learners are equal
     torch.manual_seed(3)
-    out = mlm.training_loss(ep)
+    out = mlm.training_step([ep])
     torch.manual_seed(3)
-    alone = mlm.mlm_head.loss([ep.support, ep.query], 0.15)
+    alone = head.loss([ep.support, ep.query], 0.15)
     proto = plain.training_loss(ep).loss
     assert out.metrics["mlm"] == pytest.approx(alone.item(), rel=1e-6)
     assert out.loss.item() == pytest.approx(proto.item() + 0.5 * alone.item(), rel=1e-5)
-    groups = mlm.param_groups(2e-5)
-    assert groups[-1]["lr"] == 1e-3 and len(groups[-1]["params"]) == len(list(mlm.mlm_head.parameters()))
+    groups = mlm.optimizer_groups(2e-5)
+    assert groups[-1]["lr"] == 1e-3 and len(groups[-1]["params"]) == len(list(head.parameters()))
     assert sum(len(g["params"]) for g in groups) == len([p for p in mlm.parameters() if p.requires_grad])
 
 
 def test_mlm_options_are_refused_with_what_to_do():
     with pytest.raises(ConfigError, match="need a transformer encoder"):
-        ProtoNet(FeatureEncoder(4, 3), mlm_weight=0.5)
+        attached(ProtoNet(FeatureEncoder(4, 3)), MaskedLM(0.5))
     frozen = tiny_encoder().requires_grad_(False)
     with pytest.raises(ConfigError, match=r"the encoder is frozen \(encoder.freeze=true\)"):
-        ProtoNet(frozen, mlm_weight=0.5)
-    with pytest.raises(ConfigError, match="learner.mlm_probability=1.5 is not valid"):
-        ProtoNet(tiny_encoder(), mlm_weight=0.5, mlm_probability=1.5)
+        attached(ProtoNet(frozen), MaskedLM(0.5))
+    with pytest.raises(ConfigError, match="objective.mlm.probability=1.5 is not valid"):
+        MaskedLM(0.5, probability=1.5)
+    with pytest.raises(ConfigError, match="objective.mlm.weight=0 is not valid"):
+        MaskedLM(0)

@@ -1,12 +1,14 @@
-"""learner.name_contrastive_weight: each query against its episode's class-name embeddings."""
+"""objective=names: each query against its episode's class-name embeddings."""
 
 import math
 
 import pytest
 import torch
 
-from conftest import text_episode, tiny_encoder
+from conftest import attached, text_episode, tiny_encoder
 from metarun.learners.functional import name_contrastive
+from metarun.learners.objectives import NameContrastive
+from metarun.learners.refiners import embed_names
 from metarun.learners.metric.protonet import ProtoNet
 
 
@@ -25,13 +27,13 @@ def test_protonet_adds_the_name_term_and_reads_names():
     enc = tiny_encoder()
     ep = text_episode(enc)
     ep.meta["classes"] = ["card_arrival", "top_up", "atm_fee"]
-    plain, learner = ProtoNet(enc), ProtoNet(enc, name_contrastive_weight=0.5)
-    assert learner.reads_class_names and not plain.reads_class_names  # its runs are of the "names" regime
+    plain, learner = ProtoNet(enc), attached(ProtoNet(enc), NameContrastive(0.5))
+    assert learner.uses_class_names and not plain.uses_class_names  # its runs are of the "names" regime
     enc.eval()  # no dropout: equal ProtoNet losses
-    out = learner.training_loss(ep)
+    out = learner.training_step([ep])
     _, query = learner.embed_episode(ep)
-    names = learner.name_embeddings(ep.meta["classes"])
-    alone = name_contrastive(query, names, ep.query_labels, learner.temperature)
+    names = embed_names(learner, ep.meta["classes"])
+    alone = name_contrastive(query, names, ep.query_labels, learner.objectives[0].temperature)
     assert out.metrics["names"] == pytest.approx(alone.item(), rel=1e-5)
     assert out.loss.item() == pytest.approx(plain.training_loss(ep).loss.item() + 0.5 * alone.item(), rel=1e-5)
     out.loss.backward()

@@ -2,9 +2,11 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_protonet
+from conftest import attached, tiny_protonet
 from metarun.learners.functional import prototypes
 from metarun.learners.metric.protonet import ProtoNet
+from metarun.learners.objectives import InstanceContrastive, SupervisedContrastive
+from metarun.learners.refiners import EpisodeContext, NamePrior, Rectify, SoftKMeans, name_text
 
 
 class Identity(nn.Module):
@@ -76,76 +78,79 @@ def test_one_soft_kmeans_step_is_a_weighted_mean():
     assert torch.allclose(soft_kmeans_prototypes(s, y, q, 2, 1, score), expected, atol=1e-6)
 
 
-# -- class names as a prototype prior -------------------------------------------------------------
+# -- class names as a prototype prior (refiner=[name_prior]) --------------------------------------
 
 def test_a_label_prior_of_weight_zero_is_plain_protonet():
     torch.manual_seed(0)
     s, y, q = torch.randn(6, 32), torch.tensor([0, 0, 1, 1, 2, 2]), torch.randn(4, 32)
     plain = tiny_protonet()
-    prior = tiny_protonet(label_prior="add", label_weight=0.0)
+    prior = tiny_protonet(prior={"weight": 0.0})
     with torch.no_grad():
-        assert torch.allclose(prior.predict_from_features(s, y, q, 3, classes=["card_arrival", "pin", "atm"]),
+        assert torch.allclose(prior.predict_from_features(s, y, q, 3, EpisodeContext(["card_arrival", "pin", "atm"])),
                               plain.predict_from_features(s, y, q, 3))
 
 
 def test_the_label_prior_is_a_weighted_mean():
     """The label prior is the weighted mean of support and name and very large weights are zero shot."""
     from metarun.data.dataset import Example
-    from metarun.learners.metric.protonet import name_text
 
     assert name_text("card_arrival.v2", "This is about {name}") == "This is about card arrival v2"
-    net = tiny_protonet(label_prior="add", label_weight=2.0)
+    net = tiny_protonet(prior={"weight": 2.0})
     classes = ["card_arrival", "lost_or_stolen_card"]
     with torch.no_grad():
         names = net.encoder(net.encoder.tokenize([Example(name_text(c, "{name}"), c) for c in classes]))
         s, y = torch.randn(3, 32), torch.tensor([0, 0, 1])
-        protos = net.with_label_prior(torch.stack([s[:2].mean(0), s[2]]), y, 2, classes)
+        protos = net.name_prior.mix(torch.stack([s[:2].mean(0), s[2]]), y, 2, net.name_prior.embeddings(net, classes))
         expected = torch.stack([(2 * s[:2].mean(0) + 2 * names[0]) / 4, (s[2] + 2 * names[1]) / 3])
         assert torch.allclose(protos, expected, atol=1e-5)
-        zero_shot = tiny_protonet(label_prior="add", label_weight=1e9)
+        zero_shot = tiny_protonet(prior={"weight": 1e9})
         q = torch.randn(5, 32)
         by_names = -torch.cdist(q, names) ** 2
-        assert torch.equal(zero_shot.predict_from_features(s, y, q, 2, classes=classes).argmax(-1), by_names.argmax(-1))
+        assert torch.equal(zero_shot.predict_from_features(s, y, q, 2, EpisodeContext(classes)).argmax(-1),
+                           by_names.argmax(-1))
 
 
 def test_k0_episodes_are_classified_by_the_names_alone():
     """An empty support set: the prototypes are the name embeddings; transductive steps start from
     them, each name weighing w pseudo-examples (one step against a hand computation); a learner
-    without a label prior refuses."""
+    without a name prior refuses."""
     from metarun.data.dataset import Example
     from metarun.errors import ConfigError
-    from metarun.learners.metric.protonet import name_text
 
-    net = tiny_protonet(label_prior="add", label_weight=2.0)
+    net = tiny_protonet(prior={"weight": 2.0})
     classes = ["card_arrival", "lost_or_stolen_card", "pin_blocked"]
     empty_s, empty_y = torch.zeros(0, 32), torch.zeros(0, dtype=torch.long)
     with torch.no_grad():
         names = net.encoder(net.encoder.tokenize([Example(name_text(c, "{name}"), c) for c in classes]))
         q = names[[0, 1, 2, 2]] + 0.1 * torch.randn(4, 32)
-        logits = net.predict_from_features(empty_s, empty_y, q, 3, classes=classes)
+        logits = net.predict_from_features(empty_s, empty_y, q, 3, EpisodeContext(classes))
         assert logits.shape == (4, 3)
         assert torch.allclose(logits, -torch.cdist(q, names) ** 2, atol=1e-3)
-        stepped = net.predict_from_features(empty_s, empty_y, q, 3, transductive_steps=1, classes=classes)
+        stepped = net.predict_from_features(empty_s, empty_y, q, 3, EpisodeContext(classes, SoftKMeans(1)))
         w = (-torch.cdist(q, names) ** 2).softmax(-1)  # (4, 3): each query's share of each class
         protos = (2.0 * names + w.T @ q) / (2.0 + w.sum(0)).unsqueeze(-1)
         assert torch.allclose(stepped, -torch.cdist(q, protos) ** 2, rtol=1e-4, atol=1e-3)
-        rectified = net.predict_from_features(empty_s, empty_y, q, 3, rectify=True, classes=classes)
+        rectified = net.predict_from_features(empty_s, empty_y, q, 3, EpisodeContext(classes, Rectify()))
         assert rectified.shape == (4, 3) and torch.isfinite(rectified).all()
-    assert tiny_protonet(label_prior="learned").zero_shot and not tiny_protonet().zero_shot
-    assert not tiny_protonet(label_prior="add", label_weight=0.0).zero_shot
-    with pytest.raises(ConfigError, match="K = 0 episodes .* needs learner.label_prior=add or learned"):
-        tiny_protonet(label_prior="add", label_weight=0.0).predict_from_features(empty_s, empty_y, q, 3,
-                                                                                 classes=classes)
+    assert tiny_protonet(prior={"learned": True}).zero_shot and not tiny_protonet().zero_shot
+    assert not tiny_protonet(prior={"weight": 0.0}).zero_shot
+    with pytest.raises(ConfigError, match="K = 0 episodes .* needs refiner=name_prior with refiner.name_prior.weight"):
+        tiny_protonet(prior={"weight": 0.0}).predict_from_features(empty_s, empty_y, q, 3, EpisodeContext(classes))
 
 
 def test_bad_label_prior_options_name_the_choices():
     from metarun.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="learner.label_prior='names' is not valid; choose one of: none, add, "
-                                          "learned"):
-        ProtoNet(nn.Identity(), label_prior="names")
+    with pytest.raises(ConfigError, match="refiner.name_prior.weight=-1.0 is not valid"):
+        NamePrior(weight=-1.0)
     with pytest.raises(ConfigError, match=r"must contain \{name\}"):
-        ProtoNet(nn.Identity(), label_prior="add", label_template="about")
+        NamePrior(template="about")
+    with pytest.raises(ConfigError, match="refiner=name_prior refines class prototypes, which learner=matching"):
+        from metarun.learners.metric.matching import MatchingNet
+
+        net = MatchingNet(nn.Identity())
+        net.name = "matching"
+        net.attach(refiners=[NamePrior()])
 
 
 # -- contrastive episode losses (ContrastNet) -------------------------------------------------------
@@ -182,74 +187,40 @@ def test_contrastive_terms_add_to_the_loss():
     torch.manual_seed(0)
     plain = tiny_protonet().train()
     torch.manual_seed(0)
-    both = tiny_protonet(contrastive_weight=0.5, instance_weight=0.5).train()
+    both = tiny_protonet().train()
+    attached(both, SupervisedContrastive(0.5), InstanceContrastive(0.5))
     episode = EpisodeDataset(EpisodeSampler(data.train, 3, 2, 2, seed=0), plain.encoder.tokenize, 1)[0]
     torch.manual_seed(1)
     base = plain.training_loss(episode)
     torch.manual_seed(1)
-    out = both.training_loss(episode)
+    out = both.training_step([episode])
     assert {"supcon", "instance"} <= set(out.metrics)
     expected = base.loss + 0.5 * out.metrics["supcon"] + 0.5 * out.metrics["instance"]
     assert float(out.loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-4)
     assert out.metrics["instance"] > 0  # two dropout views of a sentence differ, but not by much
     out.loss.backward()
     assert all(p.grad is not None for p in both.encoder.parameters() if p.requires_grad)
-    assert not both.feature_train  # the dropout view needs the text
-
-
-# -- support-set tuning at test time ---------------------------------------------------------------
-
-
-def test_leave_one_out_and_pair_losses_equal_hand_computations():
-    from metarun.learners.metric.support_tuning import leave_one_out_loss, pair_loss
-
-    torch.manual_seed(0)
-    f, y = torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2])
-    logits = []
-    for i in range(6):
-        protos = [f[[j for j in range(6) if y[j] == c and j != i]].mean(0) for c in range(3)]
-        logits.append(torch.stack([-(f[i] - p).pow(2).sum() for p in protos]))
-    expected = torch.nn.functional.cross_entropy(torch.stack(logits), y)
-    assert torch.allclose(leave_one_out_loss(f, y, 3), expected, atol=1e-5)
-    z = torch.nn.functional.normalize(f, dim=-1)
-    pairs = [((z[i] @ z[j]) - float(y[i] == y[j])) ** 2 for i in range(6) for j in range(i + 1, 6)]
-    assert torch.allclose(pair_loss(f, y), torch.stack(pairs).mean(), atol=1e-6)
-
-
-@pytest.mark.parametrize("loss,shots", [("proto", 2), ("proto", 1), ("pairs", 2)])
-def test_support_tuning_leaves_meta_parameters(loss, shots):
-    """Support tuning changes predictions but never the meta parameters."""
-    from conftest import compose_cfg
-    from metarun.config import build
-    from metarun.data.collate import EpisodeDataset
-    from metarun.data.sampler import EpisodeSampler
-
-    data = build(compose_cfg(["debug=fast"]).data, "data")
-    net = tiny_protonet(support_tuning_steps=3, support_tuning_lr=1e-2, support_tuning_loss=loss)
-    assert not net.feature_eval  # each episode gets its own encoder
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    episode = EpisodeDataset(EpisodeSampler(data.test, 3, shots, 2, seed=0), net.encoder.tokenize, 1)[0]
-    tuned = net.predict(episode)
-    net.tuning["steps"] = 0
-    plain = net.predict(episode)
-    assert not torch.allclose(tuned, plain)
-    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
-    assert all(p.grad is None for p in net.parameters())
+    assert both.trains_on_text and not plain.trains_on_text  # the dropout view needs the text
 
 
 def test_checkpoints_from_before_and_after_the_label_prior_load():
-    """The fixed label weight comes from the config: a run trained before `label_prior` existed (no
-    `_label_weight` in its state) and one that saved it both load, and the config's weight wins."""
+    """The fixed name weight comes from the config: a run trained before the prior existed (no
+    `_label_weight` in its state) and one that saved it both load, and the config's weight wins; a
+    learned weight is saved, and one saved before refiners (ProtoNet's `label_weight_raw`) loads."""
     state = ProtoNet(nn.Linear(3, 3)).trained_state()
     assert "_label_weight" not in state
-    p = ProtoNet(nn.Linear(3, 3), label_prior="add", label_weight=2.0)
+    p = ProtoNet(nn.Linear(3, 3)).attach(refiners=[NamePrior(weight=2.0)])
     p.load_trained_state(state)
     p.load_trained_state({**state, "_label_weight": torch.tensor(1.0)})
-    assert p.label_weight.item() == 2.0
-    learned = ProtoNet(nn.Linear(3, 3), label_prior="learned").trained_state()
-    assert "label_weight_raw" in learned  # a learned weight is trained, so it is saved
+    assert p.name_prior.weight.item() == 2.0
+    learned = ProtoNet(nn.Linear(3, 3)).attach(refiners=[NamePrior(learned=True)]).trained_state()
+    assert "refiners.0.weight_raw" in learned  # a learned weight is trained, so it is saved
     with pytest.raises(Exception, match="does not fit"):
         ProtoNet(nn.Linear(3, 3)).load_trained_state(learned)
+    old = {**state, "label_weight_raw": torch.tensor(0.25)}  # a checkpoint of learner.label_prior=learned
+    fresh = ProtoNet(nn.Linear(3, 3)).attach(refiners=[NamePrior(learned=True)])
+    fresh.load_trained_state(old)
+    assert fresh.name_prior.weight_raw.item() == 0.25
 
 
 def test_transductive_steps_move_prototypes_to_queries():
@@ -258,31 +229,21 @@ def test_transductive_steps_move_prototypes_to_queries():
     s, y = torch.tensor([[0.0, 0.0], [4.0, 0.0]]), torch.tensor([0, 1])
     q = torch.tensor([[2.3, 0.0], [8.0, 0.0], [8.0, 0.0], [8.0, 0.0]])  # one query just past the midpoint
     assert net.predict_from_features(s, y, q, 2).argmax(-1).tolist() == [1, 1, 1, 1]
-    assert net.predict_from_features(s, y, q, 2, transductive_steps=3).argmax(-1).tolist() == [0, 1, 1, 1]
+    assert net.predict_from_features(s, y, q, 2, EpisodeContext(refiner=SoftKMeans(3))).argmax(-1).tolist() == [
+        0, 1, 1, 1]
 
 
 def test_a_learned_label_weight_has_its_own_rate_and_grads():
-    net = tiny_protonet(label_prior="learned", label_weight=1.5)
-    assert float(net.label_weight.detach()) == pytest.approx(1.5, rel=1e-5)
-    groups = net.param_groups(2e-5)
-    assert groups[-1]["params"] == [net.label_weight_raw] and groups[-1]["lr"] == 1e-2
+    net = tiny_protonet(prior={"learned": True, "weight": 1.5})
+    prior = net.name_prior
+    assert float(prior.weight.detach()) == pytest.approx(1.5, rel=1e-5)
+    groups = net.optimizer_groups(2e-5)
+    assert groups[-1]["params"] == [prior.weight_raw] and groups[-1]["lr"] == 1e-2
+    assert all(p is not prior.weight_raw for g in groups[:-1] for p in g["params"])
     net.train()
     s, y, q = torch.randn(4, 32), torch.tensor([0, 0, 1, 1]), torch.randn(2, 32)
-    net.predict_from_features(s, y, q, 2, classes=["a_b", "c"]).sum().backward()
-    assert net.label_weight_raw.grad is not None and net.label_weight_raw.grad.abs() > 0
-
-
-def test_bad_support_tuning_options_are_named():
-    from metarun.errors import ConfigError
-
-    with pytest.raises(
-        ConfigError, match="learner.support_tuning_loss='mse' is not valid; choose one of: proto, pairs"
-    ):
-        ProtoNet(nn.Identity(), support_tuning_loss="mse")
-    with pytest.raises(
-        ConfigError, match="learner.support_tuning_steps=-1 is not valid; it must be a whole number of at least 0"
-    ):
-        ProtoNet(nn.Identity(), support_tuning_steps=-1)
+    net.predict_from_features(s, y, q, 2, EpisodeContext(["a_b", "c"])).sum().backward()
+    assert prior.weight_raw.grad is not None and prior.weight_raw.grad.abs() > 0
 
 
 def test_rectified_prototypes_match_a_hand_computation():

@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from metarun.callbacks import Callback, EarlyStopping, default_callbacks
 from metarun.data.collate import Episode
 from metarun.errors import ConfigError, NonFiniteLossError
 from metarun.learners.base import Learner, StepOutput
@@ -39,10 +40,10 @@ def distance_to_optimum(learner):
     return {"val/x": {"acc": -abs(learner.w.item() - 3), "ci95": 0.0, "episodes": 1}}
 
 
-def fit(tmp_path, learner, val=distance_to_optimum, **kw):
+def fit(tmp_path, learner, val=distance_to_optimum, patience=None, **kw):
     trainer = Trainer(device="cpu", progress=False, warmup_steps=0, schedule="constant", grad_clip=None, **kw)
     return trainer.fit(learner, Episodes(), lambda learner, device, dtype: val(learner), Checkpointer(tmp_path),
-                       MetricsWriter(tmp_path, tensorboard=False))
+                       MetricsWriter(tmp_path, tensorboard=False), default_callbacks(patience))
 
 
 def test_trainer_optimises_and_keeps_best(tmp_path):
@@ -84,6 +85,25 @@ def test_early_stopping(tmp_path):
     flat = lambda lr: {"val/x": {"acc": 50.0, "ci95": 0.0, "episodes": 1}}  # noqa: E731
     state = fit(tmp_path, learner, val=flat, max_steps=100, lr=0.1, eval_every=1, patience=2)
     assert state.step == 3 and state.finished
+
+
+def test_without_callbacks_nothing_keeps_a_best_checkpoint(tmp_path):
+    """Best-checkpoint choice is a callback: a loop without it trains to the end and writes only last.pt."""
+    learner = Quadratic()
+    trainer = Trainer(device="cpu", progress=False, warmup_steps=0, schedule="constant", grad_clip=None, max_steps=6,
+                      lr=0.1, eval_every=2, checkpoint_every=2)
+    seen = []
+
+    class Record(Callback):
+        def on_validation(self, trainer, learner, state, scores, ckpt):
+            seen.append((state.step, scores["val/x"]["acc"]))
+
+    state = trainer.fit(learner, Episodes(), lambda learner, device, dtype: distance_to_optimum(learner),
+                        Checkpointer(tmp_path), MetricsWriter(tmp_path, tensorboard=False), [Record()])
+    assert state.step == 6 and state.best_step == -1 and [s for s, _ in seen] == [2, 4, 6]
+    assert (tmp_path / "checkpoints" / "last.pt").is_file() and not (tmp_path / "checkpoints" / "best.pt").exists()
+    with pytest.raises(ConfigError, match="callbacks.early_stopping.patience=0 is not valid"):
+        EarlyStopping(0)
 
 
 @pytest.mark.parametrize("kw,match", [({"lr": 0}, "trainer.lr"), ({"precision": "fp8"}, "fp32, bf16"),

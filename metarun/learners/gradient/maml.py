@@ -305,7 +305,7 @@ class MAML(Learner):
                 first_order=True,
             ).detach()
 
-    def predict_from_features(self, support, support_labels, query, n_way):
+    def predict_from_features(self, support, support_labels, query, n_way, context=None):
         with torch.inference_mode(False), torch.enable_grad():
             s, q = support.clone(), query.clone()  # leave inference mode: the head adapts with autograd
             return self._adapt_and_predict(

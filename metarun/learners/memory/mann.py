@@ -67,7 +67,7 @@ def cosine_read_weights(keys: torch.Tensor, memory: torch.Tensor, strength: torc
 
 class MANN(FeatureLearner):
 
-    trains_on_classes = True  # `memory: persistent` keeps one entry per meta-training class
+
 
     def __init__(self, encoder: nn.Module, train_classes: list[str], hidden: int = 200, slots: int = 128,
                  slot_width: int = 40, read_heads: int = 4, gamma: float = 0.95, max_way: int = 10,
@@ -176,7 +176,7 @@ class MANN(FeatureLearner):
         _, query_logits = self.step(state, query, prev.expand(m, -1))
         return torch.cat(support_logits)[:, slots].float(), query_logits[:, slots].float()
 
-    def predict_from_features(self, support, support_labels, query, n_way):
+    def predict_from_features(self, support, support_labels, query, n_way, context=None):
         order = interleaved_order(support_labels, n_way)
         slots = torch.arange(n_way, device=support_labels.device)
         return self.run_episode(support[order], support_labels[order], query, slots)[1]

@@ -129,7 +129,7 @@ class SNAIL(FeatureLearner):
             s, q = block(s, q)
         return self.out(q)[:, slots].float()
 
-    def predict_from_features(self, support, support_labels, query, n_way):
+    def predict_from_features(self, support, support_labels, query, n_way, context=None):
         self._check(n_way, len(support_labels))
         order = interleaved_order(support_labels, n_way)  # episodes list the support set by class
         slots = torch.arange(n_way, device=support_labels.device)

@@ -80,7 +80,7 @@ class InductionNet(FeatureLearner):
                              torch.einsum("md,dhr->mhr", query, self.v))
         return torch.sigmoid(self.score(F.relu(v)).squeeze(-1))
 
-    def predict_from_features(self, support, support_labels, query, n_way):
+    def predict_from_features(self, support, support_labels, query, n_way, context=None):
         dtype = self.transform.weight.dtype
         return self.relation(self.class_vectors(support.to(dtype), support_labels, n_way), query.to(dtype)).float()
 

@@ -31,7 +31,7 @@ class MatchingNet(FeatureLearner):
         log_scale = torch.tensor(float(scale)).log()
         self.log_scale = nn.Parameter(log_scale, requires_grad=learn_scale)
 
-    def predict_from_features(self, support, support_labels, query, n_way):
+    def predict_from_features(self, support, support_labels, query, n_way, context=None):
         """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) log-probabilities (N+1 logits with `nota`)."""
         attention = torch.softmax(self.log_scale.exp() * cosine_similarity(query.float(), support.float()), dim=-1)
         probs = attention @ F.one_hot(support_labels, n_way).to(attention.dtype)  # (N*Q, N*K) @ (N*K, N)
@@ -39,6 +39,7 @@ class MatchingNet(FeatureLearner):
         return torch.log_softmax(with_nota(log_probs, self.nota_offset), -1) if self.nota else log_probs
 
     def training_loss(self, episode: Episode) -> StepOutput:
-        log_probs = self.predict(episode)
+        support, query = self.embed_episode(episode)
+        log_probs = self.predict_from_features(support, episode.support_labels, query, episode.n_way)
         loss = F.nll_loss(log_probs, episode.query_labels)
-        return StepOutput(loss, {"acc": accuracy(log_probs.detach(), episode.query_labels)})
+        return StepOutput(loss, {"acc": accuracy(log_probs.detach(), episode.query_labels)}, (support, query))

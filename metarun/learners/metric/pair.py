@@ -23,17 +23,20 @@ def pair_batch(support: dict[str, torch.Tensor], query: dict[str, torch.Tensor])
     """Tokenised support (S, Ls) and query (M, Lq) sentences -> (M*S, L) pairs, query-major:
     row m*S + s is [CLS] support_s [SEP] query_m [SEP] (the query's own [CLS] dropped), padded right."""
     s_len, q_len = support["attention_mask"].sum(1).tolist(), query["attention_mask"].sum(1).tolist()
-    rows, types = [], []
+    device = support["input_ids"].device
+    rows, firsts = [], []  # each pair's tokens, and how many of them are the support sentence's (type 0)
     for m, lq in enumerate(q_len):
         q_ids = query["input_ids"][m, 1:lq]
         for s, ls in enumerate(s_len):
             rows.append(torch.cat([support["input_ids"][s, :ls], q_ids]))
-            types.append(torch.cat([torch.zeros(ls, dtype=torch.long), torch.ones(lq - 1, dtype=torch.long)]))
+            firsts.append(ls)
     length = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), length, dtype=torch.long, device=support["input_ids"].device)
-    token_types, mask = torch.zeros_like(ids), torch.zeros_like(ids)
-    for i, (r, t) in enumerate(zip(rows, types)):
-        ids[i, : len(r)], token_types[i, : len(r)], mask[i, : len(r)] = r, t.to(ids.device), 1
+    ids = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = r, 1
+    # type 1 from the query's first token on, within the real tokens; built on the device in one step
+    token_types = (torch.arange(length, device=device) >= torch.tensor(firsts, device=device)[:, None]).long() * mask
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": token_types}
 
 

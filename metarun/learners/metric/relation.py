@@ -33,7 +33,7 @@ class RelationNet(FeatureLearner):
     def param_groups(self, lr: float) -> list[dict]:
         return encoder_and_rest(self, lr, self.head_lr or lr)
 
-    def predict_from_features(self, support, support_labels, query, n_way):
+    def predict_from_features(self, support, support_labels, query, n_way, context=None):
         """(N*K, D), (N*K,), (N*Q, D) -> (N*Q, N) relation scores in (0, 1) (and a NOTA score with `nota`)."""
         classes = prototypes(support.float(), support_labels, n_way)  # (N, D)
         q, c = query.float().unsqueeze(1), classes.unsqueeze(0)  # (M, 1, D), (1, N, D)

@@ -51,7 +51,7 @@ class Siamese(FeatureLearner):
         masked = pairs.unsqueeze(-1).masked_fill(one_hot.unsqueeze(0) == 0, float("-inf"))  # (M, N*K, N)
         return masked.amax(1)
 
-    def predict_from_features(self, support, support_labels, query, n_way):
+    def predict_from_features(self, support, support_labels, query, n_way, context=None):
         scores = self.class_scores(self.pair_logits(query, support), support_labels, n_way)
         if self.nota:
             scores = torch.cat([scores, self.nota_offset.expand(len(scores), 1)], -1)

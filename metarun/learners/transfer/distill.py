@@ -138,7 +138,7 @@ def _hf_teacher(path: str, encoder: nn.Module, train_classes: Sequence[str]) -> 
 
 
 class Distill(ProbedLearner):
-    trains_on_classes, reports = True, True
+
 
     def __init__(
         self,

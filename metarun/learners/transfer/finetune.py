@@ -59,7 +59,7 @@ class ProbedLearner(FeatureLearner):
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in {id(q) for q in slow}]
         return [{"params": slow, "lr": lr}, {"params": rest, "lr": self.head_lr or lr}]
 
-    def predict_from_features(self, support, support_labels, query, n_way):
+    def predict_from_features(self, support, support_labels, query, n_way, context=None):
         if self.test_head == "logreg":
             w, b = fit_logistic_regression(support, support_labels, n_way, C=self.C)
             return query.float() @ w.T + b
@@ -70,7 +70,7 @@ class ProbedLearner(FeatureLearner):
 
 
 class FineTune(ProbedLearner):
-    trains_on_classes = True
+
 
     def __init__(
         self,

@@ -35,7 +35,7 @@ SHARINGS = ("hard", "cross_stitch")
 
 
 class MultiTask(ProbedLearner):
-    trains_on_classes, task_heads = True, True
+    task_heads = True
 
     def __init__(self, encoder: nn.Module, train_classes: Sequence[str], weighting: str = "ew",
                  dwa_temperature: float = 2.0, dwa_window: int = 20, gradnorm_alpha: float = 1.5,

@@ -32,7 +32,7 @@ class Checkpointer:
         self.config = config or {}
 
     def save(self, path: Path, state: dict, die_midway: bool = False) -> None:
-        """Write `state` atomically. `die_midway` (crash tests, `trainer.debug_kill_during_save`): the
+        """Write `state` atomically. `die_midway` (crash tests: tests/kill_callback.py): the
         process is killed after half of the file is written."""
         state = {"format_version": FORMAT_VERSION, **state, "config": self.config}
 

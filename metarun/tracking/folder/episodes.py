@@ -36,16 +36,15 @@ def file_name(setting: str) -> str:
     return setting.replace("/", "_") + ".jsonl"
 
 
-def write(run_dir: str | Path, evaluators) -> None:
-    """The last records of each evaluator (`Evaluator.records`: {setting: [episode records]}, built by
-    evaluate/common.py:episode_record) -> one file per setting under `run_dir/episodes/`."""
-    records = {k: v for evaluator in evaluators for k, v in evaluator.records.items()}
-    for setting, lines in records.items():
+def write(run_dir: str | Path, scores) -> None:
+    """The records of a test's Scores (`Scores.records`: {setting: [episode records]}, built by
+    evaluate/common.py:episode_record) -> one file per setting under `run_dir/episodes/`, and its
+    mistakes beside them."""
+    for setting, lines in scores.records.items():
         text = "".join(json.dumps(strict(r), separators=(",", ":"), allow_nan=False) + "\n" for r in lines)
         atomic_write(Path(run_dir) / FOLDER / file_name(setting), lambda f, t=text: f.write(t.encode()))
-    for evaluator in evaluators:
-        for setting, examples in getattr(evaluator, "mistakes", {}).items():
-            write_json(Path(run_dir) / FOLDER / mistakes_name(setting), examples)
+    for setting, examples in scores.mistakes.items():
+        write_json(Path(run_dir) / FOLDER / mistakes_name(setting), examples)
 
 
 def mistakes_name(setting: str) -> str:

@@ -49,10 +49,10 @@ class Claim(str, Enum):
 LAST = "checkpoints/last.pt"
 # Keys that cannot change what a run computes: a relaunch may differ in them.
 IGNORED = ("skip_done", "retries", "token_cache", "trainer.progress", "trainer.num_workers", "trainer.keep_optimizer",
-           "trainer.validate_at_start",
-           "trainer.debug_kill_at_step", "trainer.debug_kill_during_save")
+           "trainer.validate_at_start", "trainer.debug_kill_at_step", "trainer.debug_kill_during_save")
 # where results are mirrored (trackers, TensorBoard) and whether features come from disk are not what a run computes
-IGNORED_PREFIXES = ("logger.", "feature_cache.")
+# (and the test suite's kill hook, tests/kill_callback.py, is how a test kills a run it then resumes)
+IGNORED_PREFIXES = ("logger.", "feature_cache.", "callbacks.kill.")
 CONTINUABLE = ("trainer.max_steps",)  # a larger value continues a run of the smaller one
 # Keys added after runs were made, with the value that reproduces what those runs did: a saved config
 # without the key counts as having this value, so older run folders still resume and are still skipped.
@@ -61,11 +61,7 @@ ADDED_LATER = {"data.dedupe": False, "data.encoding": "utf-8", "data.quoting": "
                "learner.lora_rank": 4, "learner.lora_targets": ["attention.self.query", "attention.self.key",
                                                                 "attention.self.value", "attention.output.dense",
                                                                 "intermediate.dense", "output.dense"],
-               "learner.mlm_weight": 0.0, "learner.mlm_probability": 0.15, "eval.test.rectify": False,
-               "data.class_descriptions": None, "learner.consistency_weight": 0.0, "learner.consistency_views": 2,
-               "learner.consistency_sentences": 10, "learner.consistency_strength": 0.1,
-               "learner.consistency_augment": ["delete", "swap", "insert", "replace", "cutoff"],
-               "learner.name_contrastive_weight": 0.0}
+               "eval.test.rectify": False, "data.class_descriptions": None, "train_on_features": True}
 # Modules that moved after runs were made: a saved `_target_` under the old path names the new one.
 MOVED = {f"metarun.learners.{module}.": f"metarun.learners.{family}.{module}."
          for family, modules in {"gradient": ("maml", "lstm_meta", "hypernet"),
@@ -75,12 +71,79 @@ MOVED = {f"metarun.learners.{module}.": f"metarun.learners.{family}.{module}."
 
 
 def renamed(config: object) -> object:
-    """`config` with every `_target_` under a MOVED module path pointing at its new path."""
+    """`config` with every `_target_` under a MOVED module path pointing at its new path, and the
+    options that moved out of learners and the trainer in their new places (`respelled`)."""
+    if isinstance(config, dict) and isinstance(config.get("learner"), dict):
+        config = respelled(config)
+    return _renamed(config)
+
+
+def _renamed(config: object) -> object:
     if isinstance(config, dict):
-        return {k: _new_path(v) if k == "_target_" else renamed(v) for k, v in config.items()}
+        return {k: _new_path(v) if k == "_target_" else _renamed(v) for k, v in config.items()}
     if isinstance(config, list):
-        return [renamed(v) for v in config]
+        return [_renamed(v) for v in config]
     return config
+
+
+# ProtoNet's options before objectives and refiners (issue 37): option -> (objective, its key there)
+OLD_OBJECTIVES = {
+    "contrastive_weight": ("supcon", "SupervisedContrastive", {"temperature": "temperature"}),
+    "instance_weight": ("instance", "InstanceContrastive", {"temperature": "temperature"}),
+    "name_contrastive_weight": ("names", "NameContrastive", {"temperature": "temperature",
+                                                             "template": "label_template"}),
+    "mlm_weight": ("mlm", "MaskedLM", {"probability": "mlm_probability"}),
+    "consistency_weight": ("consistency", "Consistency", {"views": "consistency_views",
+                                                          "sentences": "consistency_sentences",
+                                                          "strength": "consistency_strength",
+                                                          "augment": "consistency_augment"}),
+}
+OLD_LEARNER_KEYS = ("label_prior", "label_weight", "label_template", "temperature", "mlm_probability",
+                    "consistency_views", "consistency_sentences", "consistency_strength", "consistency_augment",
+                    "support_tuning_lr", "support_tuning_layers", "support_tuning_loss", *OLD_OBJECTIVES)
+
+
+def respelled(config: dict) -> dict:
+    """A config saved before the third redesign in today's spelling: ProtoNet's training terms as
+    `objective.<name>`, its class-name prior as `refiner.name_prior`, `trainer.train_on_features` as
+    the top-level `train_on_features`, `trainer.patience` as the callbacks' early stopping, the
+    test-only kill hooks dropped. A config already in today's
+    spelling comes back as it is. `learner.support_tuning_steps` > 0 stays, so that building the learner
+    refuses it with what to do (support tuning was removed)."""
+    learner, trainer = dict(config["learner"]), dict(config.get("trainer") or {})
+    if not any(k in learner for k in OLD_LEARNER_KEYS) and not any(k in trainer for k in OLD_TRAINER_KEYS):
+        return config
+    config = dict(config)
+    objectives = dict(config.get("objective") or {})
+    for option, (name, cls, keys) in OLD_OBJECTIVES.items():
+        if learner.get(option):
+            objectives[name] = {"_target_": f"{OBJECTIVES_MODULE}.{cls}", "weight": learner[option],
+                                **{new: learner[old] for new, old in keys.items() if old in learner}}
+    refiners = dict(config.get("refiner") or {})
+    if learner.get("label_prior", "none") not in ("none", None):
+        refiners["name_prior"] = {"_target_": "metarun.learners.refiners.NamePrior",
+                                  "weight": learner.get("label_weight", 1.0),
+                                  "learned": learner["label_prior"] == "learned",
+                                  "template": learner.get("label_template", "{name}"), "lr": 0.01}
+    config["learner"] = {k: v for k, v in learner.items() if k not in OLD_LEARNER_KEYS
+                         and not (k == "support_tuning_steps" and not v)}
+    if objectives:
+        config["objective"] = objectives
+    if refiners:
+        config["refiner"] = refiners
+    if "train_on_features" in trainer:
+        config.setdefault("train_on_features", trainer["train_on_features"])
+    if "patience" in trainer:  # early stopping is a callback
+        config["callbacks"] = {"best_checkpoint": {"_target_": "metarun.callbacks.BestCheckpoint"},
+                               "early_stopping": {"_target_": "metarun.callbacks.EarlyStopping",
+                                                  "patience": trainer["patience"]}}
+    if "trainer" in config:
+        config["trainer"] = {k: v for k, v in trainer.items() if k not in OLD_TRAINER_KEYS}
+    return config
+
+
+OLD_TRAINER_KEYS = ("train_on_features", "patience", "debug_kill_at_step", "debug_kill_during_save")
+OBJECTIVES_MODULE = "metarun.learners.objectives"
 
 
 def _new_path(target: object) -> object:
@@ -92,11 +155,11 @@ def _new_path(target: object) -> object:
 
 
 def flatten(config: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists are values."""
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists are values; an empty mapping is no value (as if absent)."""
     out = {}
     for k, v in config.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
+        if isinstance(v, dict):
             out.update(flatten(v, f"{key}."))
         else:
             out[key] = v

@@ -25,8 +25,8 @@ def results_record(cfg, learner, data, test, train_inputs: str, state, scores: d
                    wall_time_s: float, run_dir: Path) -> dict:
     """results.json of a run: what ran (`cfg`, the Learner, the DataSplits `data`, the first test
     evaluator `test`), its information regime, its TrainState `state`, every score, the learner's report."""
-    names = bool(learner.reads_class_names)
-    test_unlabelled = bool(test.transductive_steps or test.rectify)
+    names = bool(learner.uses_class_names)  # declared by its objectives and refiners
+    test_unlabelled = test.refiner is not None  # the protocol's query refiner reads the test queries
     return {
         "learner": learner.name,
         "data": data.name,
@@ -68,13 +68,16 @@ def format_results(scores: dict) -> str:
 
 def load_runs(paths: Sequence[str | Path]) -> list[dict]:
     """Every results.json under `paths` (files or folders), with its run's saved config."""
+    from metarun.tracking.folder.run_dir import renamed
+
     runs = []
     for path in map(Path, paths):
         files = [path] if path.is_file() else sorted(path.rglob("results.json"))
         for file in files:
             record = json.loads(file.read_text())
             saved = file.parent / ".hydra" / "config.yaml"
-            record["config"] = OmegaConf.to_container(OmegaConf.load(saved)) if saved.is_file() else {}
+            # in today's spelling, so old and new runs of one experiment share a cell
+            record["config"] = renamed(OmegaConf.to_container(OmegaConf.load(saved))) if saved.is_file() else {}
             record["folder"] = str(file.parent)
             runs.append(record)
     return runs
@@ -82,14 +85,16 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict]:
 
 def run_regime(run: dict) -> str:
     """A loaded run's regime: from its results.json, or for a run written before results.json recorded
-    it, from its saved config (class names: `learner.label_prior`; test utterances:
-    `eval.test.transductive_steps` / `rectify`)."""
+    it, from its saved config (class names: `learner.label_prior`, today `refiner.name_prior`; test
+    utterances: `eval.test.transductive_steps` / `rectify`)."""
     if "regime" in run:
         return run["regime"]
-    learner, test = (run["config"].get(k) or {} for k in ("learner", "eval"))
-    test = test.get("test") or {}
-    return regime_label(learner.get("label_prior", "none") not in ("none", None),
-                        bool(test.get("transductive_steps") or test.get("rectify")))
+    from metarun.tracking.folder.run_dir import renamed
+
+    config = renamed(run["config"]) if run["config"] else {}
+    test = (config.get("eval") or {}).get("test") or {}
+    names = "name_prior" in (config.get("refiner") or {}) or "names" in (config.get("objective") or {})
+    return regime_label(names, bool(test.get("transductive_steps") or test.get("rectify")))
 
 
 def _lookup(run: dict, key: str, setting: str):

@@ -78,6 +78,7 @@ def split_rows(runs: list[dict], rows: list[str], cols: list[str], pool: Sequenc
             configs = [ADDED_LATER | flatten(r["config"]) for r in group if r["config"]]
             keys = {k for c in configs for k in c} - {KEY_OF.get(x, x) for x in (*rows, *cols)}
             differing |= {k for k in keys if not _pooled(k, pooled) and len({repr(c.get(k)) for c in configs}) > 1}
+        differing -= set(rows)  # a key already in the rows splits its cells (no second pass over it)
         if not differing:
             return rows
         log.info("runs that would share a cell differ in %s: those keys become part of the rows",

@@ -1,4 +1,4 @@
-"""Unsupervised consistency on unlabelled utterances (`learner.consistency_weight`), ProtAugment's
+"""Unsupervised consistency on unlabelled utterances (`objective=consistency`), ProtAugment's
 unsupervised episodes (Dopierre et al. 2021) with offline augmentations in place of its paraphraser:
 `sentences` utterances of the training episode, read without their labels, each its own class;
 `views` augmented copies of each (data/augment.py) form its prototype, and the originals, as
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from metarun.data.augment import AUGMENTATIONS, TokenNeighbours, augment
 from metarun.errors import ConfigError
+from metarun.learners.objectives import Objective, episode_features, text_batches
 
 
 class AugmentedViews:
@@ -25,19 +26,19 @@ class AugmentedViews:
     def __init__(self, encoder, augmentations: Sequence[str], views: int, sentences: int, strength: float):
         bad = [a for a in augmentations if a not in AUGMENTATIONS]
         if not augmentations or bad:
-            raise ConfigError(f"learner.consistency_augment={list(augmentations)}: give a non-empty list of "
+            raise ConfigError(f"objective.consistency.augment={list(augmentations)}: give a non-empty list of "
                               f"{', '.join(AUGMENTATIONS)}{f' ({bad[0]!r} is none of them)' if bad else ''}.")
         if views < 1 or sentences < 2 or not 0 < strength < 1:
-            raise ConfigError(f"learner.consistency_views must be >= 1, learner.consistency_sentences >= 2 and "
-                              f"learner.consistency_strength in (0, 1); got {views}, {sentences}, {strength}.")
+            raise ConfigError(f"objective.consistency.views must be >= 1, objective.consistency.sentences >= 2 "
+                              f"and objective.consistency.strength in (0, 1); got {views}, {sentences}, {strength}.")
         tok = getattr(encoder, "hf_tokenizer", None)
         if tok is None or tok.cls_token_id is None:
-            raise ConfigError(f"learner.consistency_weight augments token ids, which needs a BERT-style transformer "
+            raise ConfigError(f"objective=consistency augments token ids, which needs a BERT-style transformer "
                               f"encoder (encoder=minilm or tiny), not encoder="
                               f"{getattr(encoder, 'name', type(encoder).__name__)}.")
         if not any(p.requires_grad for p in encoder.parameters()):
-            raise ConfigError("learner.consistency_weight trains the encoder on augmented views, but the encoder is "
-                              "frozen (encoder.freeze=true); unfreeze it or set learner.consistency_weight=0.")
+            raise ConfigError("objective=consistency trains the encoder on augmented views, but the encoder is "
+                              "frozen (encoder.freeze=true); unfreeze it or leave objective=consistency out.")
         self.augmentations, self.views, self.sentences, self.strength = list(augmentations), views, sentences, strength
         self.cls, self.sep, self.pad = tok.cls_token_id, tok.sep_token_id, tok.pad_token_id
         self.max_length = getattr(encoder, "max_length", 512)
@@ -79,3 +80,29 @@ class AugmentedViews:
         protos = views.view(len(pick), self.views, -1).mean(1)
         logits = score(originals[torch.as_tensor(pick, device=device)].float(), protos)
         return F.cross_entropy(logits, torch.arange(len(pick), device=device))
+
+
+class Consistency(Objective):
+    """ProtAugment's unsupervised episodes with offline augmentations: `views` augmented copies
+    (`augment`, at `strength`) of `sentences` of the episode's utterances form one prototype each, and
+    the originals, scored as the learner scores queries against prototypes (`Learner.logits`), must be
+    classified to their own."""
+
+    name = "consistency"
+    reads = frozenset({"features", "text"})
+
+    def __init__(self, weight: float, views: int = 2, sentences: int = 10, strength: float = 0.1,
+                 augment: Sequence[str] = AUGMENTATIONS):
+        super().__init__(weight)
+        self.settings = (list(augment), views, sentences, strength)
+        self.views = None
+
+    def bind(self, learner) -> None:
+        self.views = AugmentedViews(learner.encoder, *self.settings)  # refuses encoders it cannot augment for
+        super().bind(learner)
+
+    def loss(self, episode, features, learner):
+        support, query = episode_features(episode, features, learner)
+        originals = support if query is None else torch.cat([support, query])
+        value = self.views.loss(text_batches(episode), originals, learner.embed, learner.logits)
+        return value, {self.name: value.item()}
