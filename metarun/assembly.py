@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from metarun.config import build, import_target, without
 from metarun.data.collate import EpisodeDataset, FeatureEpisodeDataset
-from metarun.data.dataset import DataSplits
+from metarun.data.dataset import DataSplits, FewShotDataset
+from metarun.data.unlabelled import UnlabelledText
 from metarun.distributed import Dist
 from metarun.errors import ConfigError
 from metarun.evaluate import Evaluator, HeldOutTasks, build_evaluator
@@ -99,6 +100,7 @@ class Components:
     callbacks: list[Callback] = field(default_factory=default_callbacks)  # best checkpoint, early stopping
     feature_cache: FeatureCache | None = None  # features on disk, when the encoder's weights do not train
     on_features: bool = False  # the training episodes are cached features of the frozen encoder
+    unlabelled: UnlabelledText | None = None  # target-domain text the objectives read
 
 
 def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist) -> Components:
@@ -124,18 +126,40 @@ def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist
         tests.append(HeldOutTasks(data.heldout, cfg.eval.batch_size, trainer.progress, cache))
     for evaluator in (val, *tests):
         evaluator.check(learner)
+    unlabelled = build_unlabelled(cfg.get("unlabelled"), data, (val, *tests), learner)
+    for objective in learner.objectives:
+        objective.use_run(unlabelled, trainer.max_steps * trainer.meta_batch)
     learner.class_text = {**data.class_names, **{k: v for e in (val, *tests) for k, v in e.class_names.items()}}
     episodes = EpisodeDataset(sampler, encoder.tokenize, trainer.max_steps * trainer.meta_batch)
     named = (" (named after its file; data.name=... names it otherwise)"
              if str(OmegaConf.to_container(cfg.data, resolve=False).get("name", "")).startswith("${stem:") else "")
+    # the classes the test episodes come from: another dataset's in a cross-dataset run
+    test = tests[0].data if isinstance(getattr(tests[0], "data", None), FewShotDataset) else data.test
     log.info("data %s%s: %d train / %d val / %d test classes (%d / %d / %d examples)", data.name, named,
-             len(data.train.classes), len(data.val.classes), len(data.test.classes), len(data.train), len(data.val),
-             len(data.test))
+             len(data.train.classes), len(data.val.classes), len(test.classes), len(data.train), len(data.val),
+             len(test))
     # training inputs: cached features where the encoder is frozen and nothing reads the text
     on_features = (cfg.get("train_on_features", True) and not learner.trains_on_text and encoder.frozen
                    and trainer.max_steps > 0)
     return Components(config, trainer, dist, data, encoder, learner, episodes, val, tests,
-                      build_callbacks(cfg.get("callbacks")), cache, on_features)
+                      build_callbacks(cfg.get("callbacks")), cache, on_features, unlabelled)
+
+
+def build_unlabelled(node, data: DataSplits, evaluators, learner: Learner) -> UnlabelledText | None:
+    """The run's unlabelled target text (`unlabelled=...`) without any validation or test sentence of
+    the run or its evaluators' data, when an objective reads it; None otherwise (with a warning when
+    one was given that nothing reads)."""
+    if not node:
+        return None
+    if not any("unlabelled" in o.reads for o in learner.objectives):
+        log.warning("unlabelled=... is given but no objective reads it (objective=adversarial, or mlm / consistency "
+                    "with source=unlabelled); it is not loaded.")
+        return None
+    extra = {"data": build(node.data, "unlabelled.data")} if "data" in node else {}
+    stream = build(without(node, "data"), "unlabelled", **extra)
+    held = [e for part in (data.val, data.test) for e in part.examples]
+    held += [e for ev in evaluators for e in getattr(getattr(ev, "data", None), "examples", ())]
+    return stream.without(e.text for e in held)
 
 
 def open_feature_cache(cfg: DictConfig, encoder: Encoder, trainer: Trainer) -> FeatureCache | None:

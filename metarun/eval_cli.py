@@ -136,7 +136,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str], out_dir: str | Path 
             scores = trainer.test(c.learner, c.tests)
             episodes.write(out, scores)
             results = results_record(cfg, c.learner, c.data, c.tests[0], train_inputs(c, state), state, scores,
-                                     None, time.time() - started, out)
+                                     None, time.time() - started, out, c.unlabelled)
             results["source_run"] = str(run_dir)
             folder.finish(results, config)
             log.info("results of %s's checkpoint (%s):\n%s", run_dir, out, format_results(scores))

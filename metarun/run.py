@@ -60,7 +60,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[str]
                 close_trackers(trackers, lambda t: t.fail())
                 raise
             results = results_record(cfg, c.learner, c.data, c.tests[0], train_inputs(c, state), state, scores,
-                                     report, time.time() - started, folder.path)
+                                     report, time.time() - started, folder.path, c.unlabelled)
             if dist.main:
                 folder.write_results(results, config)
                 close_trackers(trackers, lambda t: t.finish(results, folder.path))

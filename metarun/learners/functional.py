@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -174,3 +176,27 @@ def adapt(loss_fn, params: dict[str, torch.Tensor], names: list[str], steps: int
             grads, loss = {n: g.detach() for n, g in grads.items()}, loss.detach()
         params = update(step, params, grads, loss)
     return params
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.scale * grad, None
+
+
+def reverse_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """The gradient-reversal layer (Ganin & Lempitsky, ICML 2015): the identity forward; backward, the
+    gradient times -`scale`, so what follows learns to minimise a loss that what precedes maximises."""
+    return _ReverseGradient.apply(x, scale)
+
+
+def dann_lambda(progress: float, gamma: float = 10.0) -> float:
+    """DANN's schedule of the reversal's weight: 2 / (1 + exp(-gamma p)) - 1, from 0 at the start of
+    training (p = 0) towards 1 at its end (p = 1), so the discriminator's noisy first signals barely move
+    the encoder."""
+    return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0

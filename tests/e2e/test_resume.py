@@ -69,6 +69,8 @@ def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
     (["learner=maml", "learner.adapt=lora", "learner.top_k=1"], "lora.down."),  # meta-learned down-projections
     (["objective=[mlm]"], "objectives.0.head."),  # masked-LM steps: their masks come from the restored RNG
     (["objective=[consistency]"], "encoder."),  # augmented views: drawn from the restored RNG
+    # domain-adversarial: the target sentences are drawn from the restored RNG; the discriminator is saved
+    (["objective=[adversarial]", "unlabelled=data", "+data@unlabelled.data=hwu64"], "objectives.0.discriminator."),
 ])
 def test_meta_learned_learners_resume_exactly_after_sigkill(tmp_path, learner, own):
     """The meta-learner's own parameters (LSTM, generator, inner rates, memory, low-rank down-projections,

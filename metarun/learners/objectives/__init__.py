@@ -33,13 +33,33 @@ class Objective(nn.Module):
     """A weighted training term (see the module docstring)."""
 
     name = "objective"
-    reads: frozenset[str] = frozenset({"features"})
+    reads: frozenset[str] = frozenset({"features"})  # and "text", "class_names", "unlabelled"
     lr: float | None = None  # learning rate of its own parameters, if any (None: the trainer's)
 
     def __init__(self, weight: float):
         super().__init__()
         check_number(f"objective.{self.name}.weight", weight, 0, low_open=True)
         self.weight = float(weight)
+        self.stream = None  # the run's unlabelled target text (UnlabelledText), for objectives that read it
+        self.total_episodes = 1  # training episodes of the run: an episode's index / this is training's progress
+
+    def use_run(self, stream, total_episodes: int) -> None:
+        """Called once the run's parts are built: its unlabelled stream (None without `unlabelled=...`)
+        and how many training episodes it has."""
+        if "unlabelled" in self.reads and stream is None:
+            raise ConfigError(f"objective={self.name} reads unlabelled target-domain text, and this run has none; give "
+                              f"unlabelled=file unlabelled.path=FILE (or unlabelled=data +data@unlabelled.data=NAME).")
+        self.stream, self.total_episodes = stream, max(1, int(total_episodes))
+
+    def progress(self, episode: Episode) -> float:
+        """How far training is at this episode, in [0, 1]."""
+        return min(1.0, float(episode.meta.get("index", 0)) / self.total_episodes)
+
+    def target_batch(self, learner: nn.Module, n: int) -> dict[str, torch.Tensor]:
+        """`n` sentences of the unlabelled stream, tokenised by the learner's encoder, on its device."""
+        batch = learner.encoder.tokenize(self.stream.draw(n))
+        device = next(learner.encoder.parameters()).device
+        return {k: v.to(device) for k, v in batch.items()}
 
     def bind(self, learner: nn.Module) -> None:
         """Called once when the run attaches it: check that the learner's encoder trains and build
@@ -56,6 +76,9 @@ class Objective(nn.Module):
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}"
+
+
+SOURCES = ("episode", "unlabelled", "both")  # what an objective that reads text reads it from
 
 
 def episode_features(episode: Episode, features: Features | None, learner: nn.Module) -> Features:
@@ -100,6 +123,7 @@ def build_objectives(nodes, learner: nn.Module) -> list[Objective]:
 
 
 # the objectives, importable from the package (configs name their modules)
+from metarun.learners.objectives.adversarial import Adversarial  # noqa: E402
 from metarun.learners.objectives.consistency import Consistency  # noqa: E402
 from metarun.learners.objectives.contrastive import (  # noqa: E402
     InstanceContrastive,
@@ -108,5 +132,5 @@ from metarun.learners.objectives.contrastive import (  # noqa: E402
 )
 from metarun.learners.objectives.masked_lm import MaskedLM  # noqa: E402
 
-__all__ = ["Consistency", "InstanceContrastive", "MaskedLM", "NameContrastive", "Objective", "SupervisedContrastive",
-           "build_objectives"]
+__all__ = ["Adversarial", "Consistency", "InstanceContrastive", "MaskedLM", "NameContrastive", "Objective",
+           "SupervisedContrastive", "build_objectives"]

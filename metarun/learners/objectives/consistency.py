@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from metarun.data.augment import AUGMENTATIONS, TokenNeighbours, augment
-from metarun.errors import ConfigError
-from metarun.learners.objectives import Objective, episode_features, text_batches
+from metarun.errors import ConfigError, check_choice
+from metarun.learners.objectives import SOURCES, Objective, episode_features, text_batches
 
 
 class AugmentedViews:
@@ -86,15 +86,18 @@ class Consistency(Objective):
     """ProtAugment's unsupervised episodes with offline augmentations: `views` augmented copies
     (`augment`, at `strength`) of `sentences` of the episode's utterances form one prototype each, and
     the originals, scored as the learner scores queries against prototypes (`Learner.logits`), must be
-    classified to their own."""
+    classified to their own. `source: unlabelled` builds them from the run's unlabelled target text
+    instead (the data-augmentation route to domain adaptation); `both` from the two together."""
 
     name = "consistency"
     reads = frozenset({"features", "text"})
 
     def __init__(self, weight: float, views: int = 2, sentences: int = 10, strength: float = 0.1,
-                 augment: Sequence[str] = AUGMENTATIONS):
+                 augment: Sequence[str] = AUGMENTATIONS, source: str = "episode"):
         super().__init__(weight)
-        self.settings = (list(augment), views, sentences, strength)
+        check_choice("objective.consistency.source", source, SOURCES)
+        self.settings, self.source = (list(augment), views, sentences, strength), source
+        self.reads = frozenset({"features", "text"} | ({"unlabelled"} if source != "episode" else set()))
         self.views = None
 
     def bind(self, learner) -> None:
@@ -102,7 +105,12 @@ class Consistency(Objective):
         super().bind(learner)
 
     def loss(self, episode, features, learner):
-        support, query = episode_features(episode, features, learner)
-        originals = support if query is None else torch.cat([support, query])
-        value = self.views.loss(text_batches(episode), originals, learner.embed, learner.logits)
+        batches, feats = [], []
+        if self.source != "unlabelled":
+            support, query = episode_features(episode, features, learner)
+            batches, feats = text_batches(episode), [support] + ([] if query is None else [query])
+        if self.source != "episode":
+            target = self.target_batch(learner, self.views.sentences)
+            batches, feats = batches + [target], feats + [learner.embed(target)]
+        value = self.views.loss(batches, torch.cat(feats), learner.embed, learner.logits)
         return value, {self.name: value.item()}

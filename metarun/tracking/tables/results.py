@@ -22,11 +22,13 @@ def regime_label(uses_class_names: bool, reads_test_unlabelled: bool) -> str:
 
 
 def results_record(cfg, learner, data, test, train_inputs: str, state, scores: dict, report: dict | None,
-                   wall_time_s: float, run_dir: Path) -> dict:
+                   wall_time_s: float, run_dir: Path, unlabelled=None) -> dict:
     """results.json of a run: what ran (`cfg`, the Learner, the DataSplits `data`, the first test
-    evaluator `test`), its information regime, its TrainState `state`, every score, the learner's report."""
+    evaluator `test`, the UnlabelledText its objectives read), its information regime, its TrainState
+    `state`, every score, the learner's report."""
     names = bool(learner.uses_class_names)  # declared by its objectives and refiners
-    test_unlabelled = test.refiner is not None  # the protocol's query refiner reads the test queries
+    # the protocol's query refiner reads the test queries; an unlabelled stream may keep test sentences
+    test_unlabelled = test.refiner is not None or bool(unlabelled is not None and unlabelled.allow_eval_text)
     return {
         "learner": learner.name,
         "data": data.name,
@@ -40,6 +42,7 @@ def results_record(cfg, learner, data, test, train_inputs: str, state, scores: d
         "best_step": state.best_step,
         "steps": state.step,
         "train_inputs": train_inputs,
+        **({"unlabelled": unlabelled.record()} if unlabelled is not None else {}),
         **({"report": report} if report else {}),
         **({"test_classes": test_classes} if (test_classes := named_test_classes(data, test)) else {}),
         "wall_time_s": round(wall_time_s, 1),
@@ -49,9 +52,13 @@ def results_record(cfg, learner, data, test, train_inputs: str, state, scores: d
 
 def named_test_classes(data, test) -> dict[str, str] | None:
     """The classes the test episodes came from (another dataset's in a cross-domain run), with their
-    readable names, when the data has names (FewRel relations)."""
-    names = test.class_names or (data.class_names if set(test.classes) <= set(data.test.classes) else {})
-    return {k: names.get(k, k) for k in test.classes} if names else None
+    readable names where the data has them (FewRel relations; else the id). None for a protocol
+    without classes of its own."""
+    classes = list(getattr(test, "classes", []) or [])
+    if not classes:
+        return None
+    names = test.class_names or (data.class_names if set(classes) <= set(data.test.classes) else {})
+    return {k: names.get(k, k) for k in classes}
 
 
 def format_results(scores: dict) -> str:
