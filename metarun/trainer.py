@@ -134,7 +134,8 @@ class Trainer:
             # a run continued to a larger max_steps goes on, unless a callback had stopped it (early stopping)
             state.finished = any(cb.stopped(state) for cb in callbacks)
             tqdm.write(f"resuming from {ckpt.last} at step {state.step}")
-        log.resume_at(state.step)  # metrics logged after the checkpoint (or by a start that never saved) go
+        # metrics logged after the checkpoint go; a start that never saved leaves nothing (its step-0 line too)
+        log.resume_at(state.step if state.step > 0 else -1)
         if state.step == 0 and self.max_steps > 0 and self.validate_at_start:
             scores = self.evaluate(validate, learner)  # what training starts from: the first point of the curves
             log.write_scores(0, scores)

@@ -2,7 +2,8 @@
 # Reproduce a published table: run its preset (a sweep) and print our numbers beside the published ones.
 #
 #   scripts/reproduce.sh NAME [extra overrides...]     NAME: protaugment_protonet | fsic_nonames | fsic_best |
-#                                                       fsic_frozen | intentbert_protocol | mteb_banking77
+#                                                       fsic_frozen | intentbert_protocol | mteb_banking77 |
+#                                                       fewrel2_da (needs METARUN_DATA_DIR=../shared/data)
 #   scripts/reproduce.sh protaugment_protonet trainer=gpu       # e.g. the GPU schedule
 #
 # Runs land in outputs/reproduce/NAME (METARUN_REPRO_DIR to change). A relaunch after a crash skips
@@ -12,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-names="protaugment_protonet fsic_nonames fsic_best fsic_frozen intentbert_protocol mteb_banking77"
+names="protaugment_protonet fsic_nonames fsic_best fsic_frozen intentbert_protocol mteb_banking77 fewrel2_da"
 name=${1:-}
 if [[ -z "$name" || " $names " != *" $name "* ]]; then
   echo "usage: scripts/reproduce.sh NAME [overrides...]; NAME is one of: ${names// /, }" >&2
@@ -30,7 +31,11 @@ case $name in
     sweep=(trainer.max_steps=0,300 data@eval.test.data=banking77,hwu64) ;;
   mteb_banking77)        # 1 run
     sweep=() ;;
+  fewrel2_da)            # 2 runs: without adaptation, then with objective=adversarial (two sweep folders)
+    metarun -m "experiment=$name" "hydra.sweep.dir=$out/none" "$@"
+    sweep=(objective=adversarial)
+    out_sweep=$out/adversarial ;;
 esac
 
-metarun -m "experiment=$name" "${sweep[@]}" "hydra.sweep.dir=$out" "$@"
+metarun -m "experiment=$name" "${sweep[@]}" "hydra.sweep.dir=${out_sweep:-$out}" "$@"
 metarun-table "$out" --out "$out" --published "scripts/published/$name.yaml"

@@ -146,3 +146,58 @@ def test_training_profiles_stay_separate_rows(two_seeds, tmp_path):
     rows = two_sweeps(two_seeds, tmp_path, "data.train_per_class=10")
     assert {r["split"] for r in rows} >= {"banking77, split 1", "banking77, split 1, 10 per class"}
     assert all(r["runs"] in ("1/1", "2/2") for r in rows)  # never the two profiles averaged together
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda r: r | {"pred": ["xyz"] * len(r["pred"])}, "pred must be 25 labels from 0 to 5"),
+    (lambda r: r | {"pred": [99] * len(r["pred"])}, "pred must be 25 labels from 0 to 5"),
+    (lambda r: r | {"conf": ["high"] * len(r["conf"])}, "conf must be 25 finite numbers"),
+    (lambda r: r | {"classes": 5}, "classes must be a list of class names"),
+    (lambda r: r | {"pred": r["gold"]}, "its episodes' accuracy is .* results.json says"),
+])
+def test_compare_and_report_refuse_damaged_records(two_seeds, tmp_path, capsys, edit, words):
+    """A record changed after the run is refused by metarun-compare and metarun-report, naming the file
+    (and the line, where one record is malformed), never read into a different number."""
+    from metarun.tracking.tables import report
+
+    run_a, run_b, _, _ = two_seeds
+    damaged = tmp_path / "a"
+    shutil.copytree(run_a, damaged)
+    path = damaged / "episodes" / "test_5way_1shot.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    wrong = next(i for i, r in enumerate(lines) if r["gold"] != r["pred"])  # an episode with a mistake
+    lines[wrong] = edit(lines[wrong])
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert main([str(damaged), str(run_b)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and pytest.importorskip("re").search(words, err), err
+    assert "Traceback" not in err
+    assert report.main([str(damaged)]) != 0
+    assert str(path) in capsys.readouterr().err
+
+
+def test_a_truncated_record_file_is_named_with_its_line(two_seeds, tmp_path, capsys):
+    run_a, run_b, _, _ = two_seeds
+    damaged = tmp_path / "a"
+    shutil.copytree(run_a, damaged)
+    path = damaged / "episodes" / "test_5way_5shot.jsonl"
+    text = path.read_text()
+    path.write_text(text[: len(text) - 40])  # a write cut short: the last line ends mid-record
+    assert main([str(damaged), str(run_b)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}, line 20: not a JSON record" in err and "Traceback" not in err
+
+
+def test_sweep_jobs_that_are_not_repeats_are_never_averaged(two_seeds, tmp_path, capsys):
+    """A sweep over sampler.k_shot against one run: its jobs are different experiments, so each is a row
+    of its own (labelled with the key) and pairs with the run of the same value; the unmatched job is named."""
+    run_a, _, _, _ = two_seeds
+    sweep = tmp_path / "sweep"
+    run_in_process([*ARGS, "seed=1", "sampler.k_shot=2"], sweep / "0")
+    shutil.copytree(run_a, sweep / "1")  # seed 1, sampler.k_shot=5
+    b = tmp_path / "b"
+    run_in_process([*ARGS, "seed=3"], b)
+    rows = compare(load(sweep), load(b), resamples=200)
+    assert {r["split"] for r in rows} == {"banking77, split 1, sampler.k_shot=5"}
+    assert all(r["runs"] == "1/1" for r in rows)
+    assert "no partner on the other side for A: banking77, split 1, sampler.k_shot=2" in capsys.readouterr().err

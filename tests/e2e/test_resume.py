@@ -39,6 +39,17 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted, kill_
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+def test_a_kill_before_the_first_checkpoint_leaves_every_line_once(tmp_path, uninterrupted):
+    """Killed after the step-0 validation and one step, before any last.pt: the restarted run's
+    metrics.jsonl holds each line once (the step-0 line was written twice before)."""
+    run_dir = tmp_path / "run"
+    killed = run_cli([*ARGS, f"hydra.run.dir={run_dir}", *kill_after(1)], cwd=tmp_path)
+    assert killed.returncode == -9 and not (run_dir / "checkpoints" / "last.pt").exists()
+    assert [m["step"] for m in metrics(run_dir)] == [0, 1]
+    run_in_process(ARGS, run_dir)
+    assert metrics(run_dir) == metrics(uninterrupted)
+
+
 def test_rerunning_a_finished_run_reproduces_its_results(tmp_path, uninterrupted):
     res = run_cli([*ARGS, f"hydra.run.dir={uninterrupted}"], cwd=tmp_path)
     assert res.returncode == 0

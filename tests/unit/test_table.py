@@ -92,15 +92,15 @@ def test_every_reproduce_preset_has_published_numbers():
     script = root / "scripts" / "reproduce.sh"
     names = script.read_text().split('names="')[1].split('"')[0].split()
     assert names == ["protaugment_protonet", "fsic_nonames", "fsic_best", "fsic_frozen", "intentbert_protocol",
-                     "mteb_banking77"]
+                     "mteb_banking77", "fewrel2_da"]
     for name in names:
         assert (config_dir() / "experiment" / f"{name}.yaml").is_file()
         assert load_published(root / "scripts" / "published" / f"{name}.yaml")["values"]
     bad = subprocess.run(["bash", str(script), "nope"], capture_output=True, text=True)
     assert (
         bad.returncode == 2
-        and "one of: protaugment_protonet, fsic_nonames, fsic_best, fsic_frozen, intentbert_protocol, mteb_banking77"
-        in bad.stderr
+        and "one of: protaugment_protonet, fsic_nonames, fsic_best, fsic_frozen, intentbert_protocol, mteb_banking77, "
+            "fewrel2_da" in bad.stderr
     )
 
 

@@ -27,6 +27,7 @@ import io
 import itertools
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,16 @@ import yaml
 
 from metarun.errors import MetarunError
 from metarun.tracking.folder import episodes
-from metarun.tracking.folder.run_dir import CONFIG, RESULTS, config_diff, describe
+from metarun.tracking.folder.run_dir import (
+    ADDED_LATER,
+    CONFIG,
+    RESULTS,
+    config_diff,
+    describe,
+    flatten,
+    ignored,
+    renamed,
+)
 from metarun.tracking.tables.results import run_regime
 
 
@@ -77,14 +87,28 @@ class Run:
     records: dict[str, list[dict]]
     regime: str = ""  # the information regime results.json records (class names, test utterances read)
 
-    def label(self) -> str:
+    def label(self, keys: Sequence[str] = ()) -> str:
+        """The row label: the data, its class split and profile, and the values of `keys` (settings in
+        which the runs of one side differ other than their seed: sweep jobs that are not repeats)."""
         data = self.config.get("data", {})
         parts = [str(data.get("name", "?"))]
         if data.get("split") is not None:
             parts.append(f"split {data['split']}")
         if data.get("train_per_class") is not None:
             parts.append(f"{data['train_per_class']} per class")
-        return ", ".join(parts)
+        flat = flatten(renamed(self.config))
+        return ", ".join(parts + [f"{k}={flat.get(k)}" for k in keys])
+
+
+LABELLED = ("seed", "data.name", "data.split", "data.train_per_class")  # seeds pool; the others are in every label
+
+
+def varying(runs: list[Run]) -> list[str]:
+    """Config keys in which the runs of one side differ, other than the seed and what every label shows:
+    a sweep over `sampler.k_shot` holds different experiments, not repeats of one."""
+    flat = [ADDED_LATER | flatten(renamed(r.config)) for r in runs]
+    keys = {k for f in flat for k in f}
+    return sorted(k for k in keys if not ignored(k) and k not in LABELLED and len({repr(f.get(k)) for f in flat}) > 1)
 
 
 @dataclass
@@ -114,7 +138,9 @@ def load(path: str | Path) -> list[Run]:
                                f"wrote them. Test it again with `metarun-eval {folder}` and compare the new folder.")
         saved = folder / CONFIG
         config = yaml.safe_load(saved.read_text()) or {} if saved.is_file() else {}
-        regime = run_regime(json.loads(file.read_text()) | {"config": config})
+        results = json.loads(file.read_text())
+        episodes.check_against_results(folder, records, results.get("results", {}))
+        regime = run_regime(results | {"config": config})
         runs.append(Run(folder, config, records, regime))
     return runs
 
@@ -124,6 +150,7 @@ def pair(runs_a: list[Run], runs_b: list[Run]) -> list[Group]:
     shared = sorted({s for r in runs_a for s in r.records} & {s for r in runs_b for s in r.records})
     if not shared:
         raise CompareError(f"the runs share no test setting: A has {_settings(runs_a)}, B has {_settings(runs_b)}.")
+    keys = sorted(set(varying(runs_a)) | set(varying(runs_b)))  # jobs that differ in these never pool
     groups: dict[tuple[str, str], Group] = {}
     for side, runs in (("a", runs_a), ("b", runs_b)):
         for run in runs:
@@ -133,10 +160,13 @@ def pair(runs_a: list[Run], runs_b: list[Run]) -> list[Group]:
                 lines = run.records[setting]
                 # one group per set of episodes and training profile: runs of one split with 10 or all
                 # training examples per class answer the same episodes but are different rows
-                key = (setting, run.label(), episodes.fingerprint(lines))
-                group = groups.setdefault(key, Group(setting, run.label()))
+                key = (setting, run.label(keys), episodes.fingerprint(lines))
+                group = groups.setdefault(key, Group(setting, run.label(keys)))
                 getattr(group, side).append(episodes.accuracies(lines))
     both = [g for g in groups.values() if g.a and g.b]
+    alone = sorted({f"{'A' if g.a else 'B'}: {g.label}" for g in groups.values() if not (g.a and g.b)})
+    if both and alone:
+        print(f"metarun-compare: no partner on the other side for {'; '.join(alone)}", file=sys.stderr)
     if not both:
         raise CompareError(f"A and B were not tested on the same episodes, so they cannot be compared episode by "
                            f"episode: {_what_differs(runs_a[0], runs_b[0])}. Test one of them again with the other's "

@@ -82,6 +82,7 @@ def build(run_dir: str | Path) -> str:
         raise ValueError(f"{run_dir} has no per-episode records (episodes/*.jsonl): it was made before runs wrote "
                          f"them. Test it again with `metarun-eval {run_dir}` and report on the new folder.")
     results = json.loads((run_dir / RESULTS).read_text()) if (run_dir / RESULTS).is_file() else {}
+    episodes.check_against_results(run_dir, records, results.get("results", {}))
     names = results.get("test_classes") or {}
     show = lambda c: f"{c} ({names[c]})" if names.get(c) and names[c] != c else c  # noqa: E731
     out_dir = run_dir / "report"
