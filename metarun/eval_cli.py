@@ -78,8 +78,11 @@ def compose_eval_config(run_dir: Path, overrides: list[str]) -> dict:
         try:
             OmegaConf.update(cfg, key, yaml.safe_load(override.split("=", 1)[1]), force_add=override.startswith("+"))
         except (ConfigKeyError, ConfigAttributeError):  # struct mode raises either, by how the key is missing
-            raise ConfigError(f"{key} is not a key of the run's config (a run saved before the option existed has "
-                              f"none); `+{key}=...` adds one.") from None
+            composed_here = [o for o, k in zip(overrides, keys) if o in groups
+                             and key.startswith((k.split("@", 1)[1] if "@" in k else k) + ".")]
+            why = (f"{composed_here[0]} composes that part without it" if composed_here
+                   else "a run saved before the option existed has none")
+            raise ConfigError(f"{key} is not a key of the run's config ({why}); `+{key}=...` adds one.") from None
     config = resolved(cfg)
     changed = [k for k in config_diff(saved, config) if not any(k == c or k.startswith(c + ".") for c in CHANGEABLE)]
     if changed:  # a guard: only eval and the listed trainer keys can differ by construction

@@ -31,6 +31,7 @@ def test_the_stream_never_yields_a_validation_or_test_sentence(tmp_path, monkeyp
     record = results["unlabelled"]
     assert record["source"] == str(path) and record["examples"] == 80 and record["eval_text_dropped"] == 80
     assert results["reads_test_unlabelled"] is False
+    assert (results["split"], results["split_file"]) == (1, "banking77")  # the class split, beside the data
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     trained = [m for m in metrics if "train/adversarial_acc" in m]
     assert len(trained) == 4 and all(0 <= m["train/adversarial_acc"] <= 1 for m in trained)

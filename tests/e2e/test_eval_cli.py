@@ -128,3 +128,19 @@ def test_a_run_saved_before_objectives_and_refiners_is_evaluated(tmp_path):
     again = evaluate_run(run, [], tmp_path / "eval")
     assert again["results"]["test/5way_1shot"] == new["results"]["test/5way_1shot"]
     assert again["regime"] == "names, inductive"
+
+
+def test_the_readme_tour_command_tests_a_run_on_every_class_of_another_dataset(finished_run, tmp_path):
+    """README's `metarun-eval RUN +data@eval.test.data=hwu64 eval.test.data.test_all_classes=true`, as
+    written (shrunk to a few episodes), and the message for a key the composed target lacks."""
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    assert "metarun-eval outputs/<date>/<run folder> +data@eval.test.data=hwu64 eval.test.data.test_all_classes=true" \
+        in readme
+    results = evaluate_run(finished_run, ["+data@eval.test.data=hwu64", "eval.test.data.test_all_classes=true",
+                                          "eval.test.episodes=3"], tmp_path / "tour")
+    assert results["test_data"] == "hwu64" and len(results["test_classes"]) == 64
+    with pytest.raises(ConfigError, match=r"eval.test.data.nonesuch is not a key of the run's config "
+                                          r"\(\+data@eval.test.data=hwu64 composes that part without it\)"):
+        evaluate_run(finished_run, ["+data@eval.test.data=hwu64", "eval.test.data.nonesuch=1"], tmp_path / "bad")

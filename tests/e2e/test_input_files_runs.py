@@ -45,3 +45,4 @@ def test_a_table_run_says_it_is_named_after_its_file(tmp_path, caplog):
         )
     assert results["data"] == "my_intents" and "data my_intents (named after its file" in caplog.text
     assert results["train_inputs"] == "none"  # no training step ran
+    assert results["split"] == "classes listed in data.classes"  # which classes: the saved config lists them

@@ -4,7 +4,7 @@ from torch import nn
 
 from metarun.callbacks import Callback, EarlyStopping, default_callbacks
 from metarun.data.collate import Episode
-from metarun.errors import ConfigError, NonFiniteLossError
+from metarun.errors import CheckpointError, ConfigError, NonFiniteLossError
 from metarun.learners.base import Learner, StepOutput
 from metarun.tracking.folder.checkpoint import Checkpointer
 from metarun.tracking.writers.metrics import MetricsWriter
@@ -111,3 +111,34 @@ def test_without_callbacks_nothing_keeps_a_best_checkpoint(tmp_path):
 def test_bad_trainer_options(kw, match):
     with pytest.raises(ConfigError, match=match):
         Trainer(device="cpu", **kw)
+
+
+def test_threads_default_to_the_cpus_this_process_may_use():
+    import os
+
+    before = torch.get_num_threads()
+    try:
+        assert Trainer(device="cpu").threads == len(os.sched_getaffinity(0)) == torch.get_num_threads()
+        assert Trainer(device="cpu", threads=1).threads == 1 == torch.get_num_threads()
+        with pytest.raises(ConfigError, match="trainer.threads=0 is not valid"):
+            Trainer(device="cpu", threads=0)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),
+                                     RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 8640 vs 8532")])
+def test_a_full_disk_during_a_checkpoint_is_named_and_keeps_the_previous_file(tmp_path, monkeypatch, failure):
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save(ckpt.last, {"model": {"w": torch.zeros(3)}, "step": 1})
+    before = ckpt.last.read_bytes()
+
+    def full(state, f):
+        f.write(b"partial")
+        raise failure
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointError, match=r"cannot write .*last.pt: the disk holding it is full \(.* MiB free, "
+                                              r"about 0.0 MiB needed\). The previous last.pt is kept"):
+        ckpt.save(ckpt.last, {"model": {"w": torch.ones(3)}, "step": 2})
+    assert ckpt.last.read_bytes() == before and [p.name for p in ckpt.dir.iterdir()] == ["last.pt"]

@@ -8,8 +8,10 @@ whose config differs in a section that shapes the model or the episode stream (`
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -45,7 +47,18 @@ class Checkpointer:
             f.flush()
             os.kill(os.getpid(), signal.SIGKILL)
 
-        atomic_write(path, write)
+        try:
+            atomic_write(path, write)
+        except (OSError, RuntimeError) as e:
+            if not disk_full(e, path):
+                raise
+            needed = sum(t.numel() * t.element_size() for t in _tensors(state))
+            free = shutil.disk_usage(path.parent).free
+            raise CheckpointError(
+                f"cannot write {path}: the disk holding it is full ({free / 2**20:.1f} MiB free, about "
+                f"{needed / 2**20:.1f} MiB needed). The previous {path.name} is kept; free some space and start "
+                f"the run again: it resumes from its last checkpoint."
+            ) from None
 
     def resume_state(self) -> dict | None:
         """`last.pt` when there is one and this run's config may continue it, else None."""
@@ -77,3 +90,22 @@ class Checkpointer:
                 f"kept; move it away to start from scratch, or use a new hydra.run.dir."
             )
         return state
+
+
+def disk_full(error: BaseException, path: Path) -> bool:
+    """Whether a failed write ran out of space: ENOSPC, or torch's serializer failing on a short write
+    ("unexpected pos ...") where the disk has less free than a checkpoint's worth."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    return "unexpected pos" in str(error) or shutil.disk_usage(path.parent).free < 2**20
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)

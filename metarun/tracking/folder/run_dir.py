@@ -49,7 +49,8 @@ class Claim(str, Enum):
 LAST = "checkpoints/last.pt"
 # Keys that cannot change what a run computes: a relaunch may differ in them.
 IGNORED = ("skip_done", "retries", "token_cache", "trainer.progress", "trainer.num_workers", "trainer.keep_optimizer",
-           "trainer.validate_at_start", "trainer.debug_kill_at_step", "trainer.debug_kill_during_save")
+           "trainer.validate_at_start", "trainer.threads", "trainer.debug_kill_at_step",
+           "trainer.debug_kill_during_save")
 # where results are mirrored (trackers, TensorBoard) and whether features come from disk are not what a run computes
 # (and the test suite's kill hook, tests/kill_callback.py, is how a test kills a run it then resumes)
 IGNORED_PREFIXES = ("logger.", "feature_cache.", "callbacks.kill.")
@@ -61,7 +62,8 @@ ADDED_LATER = {"data.dedupe": False, "data.encoding": "utf-8", "data.quoting": "
                "learner.lora_rank": 4, "learner.lora_targets": ["attention.self.query", "attention.self.key",
                                                                 "attention.self.value", "attention.output.dense",
                                                                 "intermediate.dense", "output.dense"],
-               "eval.test.rectify": False, "data.class_descriptions": None, "train_on_features": True}
+               "eval.test.rectify": False, "data.class_descriptions": None, "train_on_features": True,
+               "data.test_all_classes": False, "eval.test.data.test_all_classes": False}
 # Modules that moved after runs were made: a saved `_target_` under the old path names the new one.
 MOVED = {f"metarun.learners.{module}.": f"metarun.learners.{family}.{module}."
          for family, modules in {"gradient": ("maml", "lstm_meta", "hypernet"),

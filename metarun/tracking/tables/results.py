@@ -33,6 +33,7 @@ def results_record(cfg, learner, data, test, train_inputs: str, state, scores: d
         "learner": learner.name,
         "data": data.name,
         "test_data": (cfg.eval.test.get("data") or {}).get("name", data.name),
+        **data_split(cfg.data),
         "encoder": cfg.encoder.name,
         "seed": cfg.seed,
         "uses_class_names": names,
@@ -48,6 +49,19 @@ def results_record(cfg, learner, data, test, train_inputs: str, state, scores: d
         "wall_time_s": round(wall_time_s, 1),
         "run_dir": str(run_dir),
     }
+
+
+def data_split(node) -> dict:
+    """Which class split of the data a run used: `split` (a number, with the class-split file it
+    indexes) or the classes listed in the config, so that two splits of one file are told apart."""
+    out = {}
+    if node.get("split_file") is not None or node.get("classes") is None and node.get("split") is not None:
+        out["split"] = node.get("split")
+        if node.get("split_file") is not None:
+            out["split_file"] = str(node.get("split_file"))
+    elif node.get("classes") is not None:
+        out["split"] = "classes listed in data.classes"
+    return out
 
 
 def named_test_classes(data, test) -> dict[str, str] | None:
