@@ -126,8 +126,10 @@ def test_threads_default_to_the_cpus_this_process_may_use():
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),
-                                     RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 8640 vs 8532")])
+@pytest.mark.parametrize("failure", [
+    OSError(28, "No space left on device"),
+    RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 8640 vs 8532"),
+])
 def test_a_full_disk_during_a_checkpoint_is_named_and_keeps_the_previous_file(tmp_path, monkeypatch, failure):
     ckpt = Checkpointer(tmp_path)
     ckpt.save(ckpt.last, {"model": {"w": torch.zeros(3)}, "step": 1})
