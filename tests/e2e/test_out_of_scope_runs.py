@@ -55,3 +55,7 @@ def test_clinc_oos_runs_episodes_and_the_per_intent_protocol(clinc_oos_file, tmp
                                  "eval.test.draws=2", "trainer.max_steps=0"], tmp_path / "per_intent")
     scores = per_intent["results"]["test/clinc_oos_2per_class"]
     assert scores["draws"] == 2 and "oos_recall" in scores and "in_scope_acc" in scores
+    assert scores["threshold_rule"] == "accuracy" and scores["threshold_chosen_on"].startswith("validation set: ")
+    balanced = run_in_process([*FAST, *data, "eval=clinc_oos_per_class", "eval.test.shots=[2]", "eval.test.draws=2",
+                               "trainer.max_steps=0", "eval.test.threshold_rule=balanced"], tmp_path / "balanced")
+    assert balanced["results"]["test/clinc_oos_2per_class"]["threshold_rule"] == "balanced"

@@ -50,12 +50,25 @@ def test_the_sampler_draws_distinct_out_of_scope_queries(tmp_path):
 
 def test_decide_rejects_below_the_threshold():
     logits = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25], [0.5, 0.5, 0.0]]))
-    decided, score = decide(logits, 3, 0.5)
+    decided, score, conf = decide(logits, 3, 0.5)
     assert decided.argmax(-1).tolist() == [0, 3, 0]  # 0.5 is not below 0.5: kept
     assert torch.allclose(score, torch.tensor([0.3, 0.6, 0.5]))
+    # each decision's probability: the class's 0.7 and 0.5, the rejection's 1 - 0.4 (not ~0.5 for all)
+    assert torch.allclose(conf, torch.tensor([0.7, 0.6, 0.5]))
     nota = torch.tensor([[2.0, 0.0, 0.0, 1.0]])
-    decided, score = decide(nota, 3, None)
+    decided, score, conf = decide(nota, 3, None)
     assert torch.equal(decided, nota) and torch.allclose(score, nota.softmax(-1)[:, 3])
+    assert torch.allclose(conf, nota.softmax(-1)[:, 0])
+
+
+def test_threshold_records_store_each_decisions_probability():
+    """A threshold run's records: conf is the kept class's probability or the rejection's (1 - p)."""
+    from metarun.evaluate.common import episode_record
+
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]]))
+    decided, _, conf = decide(logits, 3, 0.5)
+    record = episode_record(0, ["a", "b", "c"], [0, 1], [0, 3], decided, conf)
+    assert record["pred"] == [0, 3] and record["conf"] == [0.7, 0.6]
 
 
 def record(conf, gold, pred, oos=None, n_way=2):
@@ -111,3 +124,17 @@ def test_per_class_scores_out_of_scope_queries_by_threshold(clinc_oos_file):
     plain = PerClassEvaluator(target.__class__(target.name, target.pool, target.test), [2], draws=2, seed=0,
                               progress=False)
     assert "oos_recall" not in plain(tiny_protonet(), CPU)["test/clinc_oos_2per_class"]
+
+
+def test_the_balanced_rule_does_not_follow_the_share_of_out_of_scope_queries():
+    """Validation with 1 out-of-scope query in 6, more confident than two right in-scope answers:
+    accuracy keeps every query (rejecting it would cost two right answers to win one); the balanced
+    rule (in-scope accuracy + out-of-scope recall, each over its own queries) rejects below 0.8: recall
+    1 and in-scope accuracy 3/5 (1.6 against 1.0)."""
+    from metarun.evaluate.out_of_scope import choose_threshold
+
+    conf = [0.95, 0.9, 0.8, 0.6, 0.55, 0.5]
+    gold, pred = [0, 1, 0, 2, 1, 0], [0, 1, 0, 0, 1, 0]  # the 0.6 query is out of scope (label 2)
+    records = [record(conf, gold, pred)]
+    assert choose_threshold(records) == 0.5
+    assert choose_threshold(records, "balanced") == 0.8
