@@ -172,7 +172,8 @@ def test_unlike_runs_never_share_a_cell(tmp_path, monkeypatch):
     md = (tmp_path / "table.md").read_text()  # the current folder, not a run folder
     assert md.splitlines()[0].startswith("| regime | learner / eval.test.data.path / trainer.max_steps |")
     assert "| protonet / pubmed.json / 0 | 41.00 ± 0.71 (n=2) |" in md  # two seeds pool
-    assert "| protonet / pubmed.json / 300 | 60.00 ± 1.00 |" in md and "| protonet / semeval.json / 0 | 30.00" in md
+    # a one-run cell in a table with a two-run cell says so (n=1)
+    assert "| protonet / pubmed.json / 300 | 60.00 ± 1.00 (n=1) |" in md and "| protonet / semeval.json / 0 | 30.00" in md
     assert not (sweep / "table.md").exists()
     assert main([str(sweep), "--pool", "trainer.max_steps,eval.test.data.path"]) == 0
     assert "| protonet | 43.00 ± 0.50 (n=4) |" in (tmp_path / "table.md").read_text()
@@ -224,3 +225,21 @@ def test_keys_added_later_count_as_their_defaults(tmp_path):
         "sampler:\n  k_shot: 1\nseed: 1\nlearner:\n  consistency_weight: 0.0\n  mlm_weight: 0.0\n")
     assert main([str(sweep), "--cols", "setting", "--out", str(tmp_path)]) == 0
     assert "| no names, inductive | protonet | 81.00 ± 0.71 (n=2) |" in (tmp_path / "table.md").read_text()
+
+
+def test_unfinished_jobs_are_named_and_uneven_cells_show_their_n(tmp_path, capsys):
+    """A sweep with a killed job: the table warns with the folder it leaves out, and when cells pool
+    different numbers of runs every cell shows its n."""
+    sweep = tmp_path / "sweep"
+    fake_run(sweep, "0", "protonet", 1, 0, 80.0)
+    fake_run(sweep, "1", "protonet", 1, 1, 82.0)
+    fake_run(sweep, "2", "protonet", 5, 0, 90.0)
+    killed = sweep / "3"
+    (killed / ".hydra").mkdir(parents=True)
+    (killed / ".hydra" / "config.yaml").write_text("sampler:\n  k_shot: 5\nseed: 1\n")
+    assert main([str(sweep), "--cols", "setting", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "1 run folder(s) have no results.json (unfinished or failed jobs)" in captured.err
+    assert str(killed) in captured.err
+    table = (tmp_path / "table.md").read_text()
+    assert "81.00 ± 0.71 (n=2)" in table and "90.00 ± 1.00 (n=1)" in table

@@ -116,10 +116,12 @@ def render(rows: list[str], cols: list[str], table, fmt: str, how: str = "ci") -
     head = row_head(rows)
     header = head + [" / ".join(c) for c in col_labels]
 
+    uneven = len({v[2] for v in cells.values()}) > 1  # cells pool different numbers of runs: show every n
+
     def cell(r, c, plus: str) -> str:
         if (r, c) not in cells:
             return ""
-        return cell_text(*cells[r, c], plus=plus, how=how)
+        return cell_text(*cells[r, c], plus=plus, how=how, show_n=uneven)
 
     if fmt == "csv":
         out = io.StringIO()
@@ -149,10 +151,22 @@ LEGEND = {"ci": "\n± is the 95% CI: a run's own, or pooled over a cell's n runs
           "std": "\n± is the standard deviation over a cell's n runs; a cell of one run shows its own 95% CI (CI).\n"}
 
 
-def cell_text(mean: float, spread: float | None, n: int, plus: str = "±", how: str = "ci") -> str:
-    """`81.00 ± 1.41 (n=2)`; with how=std a one-run cell says that its spread is a CI: `95.00 ± 1.00 (CI)`."""
+def unfinished_jobs(paths) -> list[Path]:
+    """Run folders (a saved config) under `paths` without results.json: jobs the table cannot show."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += [c.parent.parent for c in sorted(path.rglob(".hydra/config.yaml"))
+                      if not (c.parent.parent / "results.json").is_file()]
+    return found
+
+
+def cell_text(mean: float, spread: float | None, n: int, plus: str = "±", how: str = "ci",
+              show_n: bool = False) -> str:
+    """`81.00 ± 1.41 (n=2)`; with how=std a one-run cell says that its spread is a CI: `95.00 ± 1.00 (CI)`;
+    `show_n` (a table whose cells pool different numbers of runs): `(n=1)` too."""
     spread_text = "n/a" if spread is None else f"{spread:.2f}"
-    note = f" (n={n})" if n > 1 else (" (CI)" if how == "std" else "")
+    note = f" (n={n})" if n > 1 else (" (CI)" if how == "std" else " (n=1)" if show_n else "")  # (CI): one run
     return f"{mean:.2f} {plus} {spread_text}{note}"
 
 
@@ -266,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     cols = keys(args.cols, ",".join(spec.get("cols", ["test_data", "setting"])))
     how = args.agg or spec.get("agg", "ci")
     runs = load_runs(args.paths)
+    unfinished = unfinished_jobs(args.paths)
+    if unfinished:
+        print(f"metarun-table: warning: {len(unfinished)} run folder(s) have no results.json (unfinished or failed "
+              f"jobs), so the table leaves them out: {', '.join(map(str, unfinished[:5]))}"
+              f"{' ...' if len(unfinished) > 5 else ''}. Relaunch the sweep to finish them.", file=sys.stderr)
     rows = split_rows(runs, rows, cols, keys(args.pool, ""), args.metric)
     md = write_tables(runs, out, rows, cols, how, args.metric)
     if md is None:
