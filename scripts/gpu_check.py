@@ -50,8 +50,10 @@ def rows() -> dict[str, list[str]]:
     out["query_refiner_rectify"] = ["eval.test.rectify=true"]
     out["k0_names_alone"] = ["refiner=[name_prior]", "eval.test.shots=[0,1]"]
     out["nota_training"] = ["learner.nota=true", "sampler.na_rate=1", "eval.test.na_rate=1"]
-    out["out_of_scope_threshold"] = ["data=clinc150", "data.oos_label=oos", "eval.test.oos_rate=1",
-                                     "eval.test.reject=threshold", "eval.test.threshold_episodes=10"]
+    out["out_of_scope_threshold"] = [  # a small table with an out-of-scope label, written beside the runs
+        "data=table", "data.path={folder}/oos.csv", "data.oos_label=oos",
+        "data.classes={train: [a, b, c], val: [d, e, f], test: [g, h, i]}", "sampler.n_way=3", "eval.val.n_way=3",
+        "eval.test.n_way=3", "eval.test.oos_rate=1", "eval.test.reject=threshold", "eval.test.threshold_episodes=10"]
     out["cross_dataset"] = ["+data@eval.test.data=hwu64"]
     out["maml_vmap_tasks"] = ["learner=maml", "learner.vmap_tasks=true"]
     out["anil_lora"] = ["learner=maml", "learner.adapt=lora", "learner.top_k=1"]
@@ -76,7 +78,7 @@ def check(name: str, overrides: list[str], device: str, folder: Path) -> dict:
     try:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose("run", overrides=[*SHRUNK_GPU, *extra, *overrides])
+            cfg = compose("run", overrides=[*SHRUNK_GPU, *extra, *(o.replace("{folder}", str(folder)) for o in overrides)])
         results = run(cfg, folder / name)
         scores = {k: v["acc"] for k, v in results["results"].items() if k.startswith("test/")}
         row |= {"status": "ok", "test": scores}
@@ -113,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gpu_check: {len(chosen)} rows on {where}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.dir or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        rows_text = "".join(f"a sentence about topic {c} number {i},{c}\n" for c in "abcdefghi" for i in range(12))
+        (folder / "oos.csv").write_text("text,label\n" + rows_text
+                                        + "".join(f"nothing we do {i},oos\n" for i in range(40)))
         results = []
         for name in chosen:
             row = check(name, matrix[name], device, folder)
