@@ -85,8 +85,10 @@ def _main(cfg: DictConfig) -> float | None:
             last = run_dir / "checkpoints" / "last.pt"
             where = (f"the last checkpoint is {last}" if last.is_file() else "no checkpoint was written yet")
             how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-            print(f"metarun: {how}; {where}. Run the same command (with hydra.run.dir={run_dir}) to resume.",
-                  file=sys.stderr)
+            again = (f"relaunch the sweep with the same command and hydra.sweep.dir={hc.sweep.dir} (finished jobs "
+                     f"are skipped, this one resumes)" if sweep else
+                     f"run the same command (with hydra.run.dir={run_dir}) to resume")
+            print(f"metarun: {how}; {where}. To go on, {again}.", file=sys.stderr)
             sys.exit(EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED)
         except Exception:
             if not sweep:

@@ -78,7 +78,8 @@ def check(name: str, overrides: list[str], device: str, folder: Path) -> dict:
     try:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose("run", overrides=[*SHRUNK_GPU, *extra, *(o.replace("{folder}", str(folder)) for o in overrides)])
+            given = [o.replace("{folder}", str(folder)) for o in overrides]  # rows that read a file written there
+            cfg = compose("run", overrides=[*SHRUNK_GPU, *extra, *given])
         results = run(cfg, folder / name)
         scores = {k: v["acc"] for k, v in results["results"].items() if k.startswith("test/")}
         row |= {"status": "ok", "test": scores}

@@ -6,7 +6,8 @@
 #                                                       fewrel2_da (needs METARUN_DATA_DIR=../shared/data)
 #   scripts/reproduce.sh protaugment_protonet trainer=gpu       # e.g. the GPU schedule
 #
-# Runs land in outputs/reproduce/NAME (METARUN_REPRO_DIR to change). A relaunch after a crash skips
+# It first says how many runs it starts and about how long they take. Runs land in outputs/reproduce/NAME
+# (METARUN_REPRO_DIR to change), with table.md / .csv / .tex and table_vs_published.md. A relaunch after a crash skips
 # finished jobs and resumes the others, so the script can simply be started again. The comparison is
 # printed and written to outputs/reproduce/NAME/table_vs_published.md (published numbers:
 # scripts/published/NAME.yaml; the presets: configs/experiment/NAME.yaml).
@@ -22,20 +23,29 @@ fi
 shift
 out=${METARUN_REPRO_DIR:-outputs/reproduce}/$name
 
+# runs and an estimate of their time on an idle 2-core CPU (measured: docs/benchmarks.md, docs/fewrel.md)
 case $name in
-  protaugment_protonet|fsic_nonames|fsic_best)  # 30 runs: 5 class splits x 3 datasets x 2 data profiles
+  protaugment_protonet|fsic_nonames|fsic_best)
+    runs="30 runs (5 class splits x 3 datasets x 2 data profiles), about 2 hours"
     sweep=(data.split=1,2,3,4,5 data=banking77,hwu64,clinc150 data.train_per_class=10,null) ;;
-  fsic_frozen)           # 15 runs: 5 class splits x 3 datasets (no training: one data profile)
+  fsic_frozen)
+    runs="15 runs (5 class splits x 3 datasets; no training), about 15 minutes"
     sweep=(data.split=1,2,3,4,5 data=banking77,hwu64,clinc150) ;;
-  intentbert_protocol)   # 4 runs: frozen and pre-trained encoder x 2 targets
+  intentbert_protocol)
+    runs="4 runs (frozen and pre-trained encoder x 2 targets), about 15 minutes"
     sweep=(trainer.max_steps=0,300 data@eval.test.data=banking77,hwu64) ;;
-  mteb_banking77)        # 1 run
+  mteb_banking77)
+    runs="1 run, about 2 minutes"
     sweep=() ;;
-  fewrel2_da)            # 2 runs: without adaptation, then with objective=adversarial (two sweep folders)
+  fewrel2_da)            # without adaptation, then with objective=adversarial (two sweep folders)
+    runs="2 runs (without and with objective=adversarial), about 30 minutes"
+    echo "reproduce.sh $name: $runs on a 2-core CPU; results in $out (table.md, table_vs_published.md)" >&2
     metarun -m "experiment=$name" "hydra.sweep.dir=$out/none" "$@"
     sweep=(objective=adversarial)
     out_sweep=$out/adversarial ;;
 esac
 
+[[ $name == fewrel2_da ]] || echo "reproduce.sh $name: $runs on a 2-core CPU; results in $out (table.md, \
+table_vs_published.md)" >&2
 metarun -m "experiment=$name" "${sweep[@]}" "hydra.sweep.dir=${out_sweep:-$out}" "$@"
 metarun-table "$out" --out "$out" --published "scripts/published/$name.yaml"

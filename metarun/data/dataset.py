@@ -49,8 +49,9 @@ def drop_duplicates(examples: Sequence[Example], where: str, drop: bool) -> tupl
         log.info("%s: dropped %d exact duplicates (data.dedupe=true)", where, len(repeats))
         skip = set(repeats)
         return tuple(e for i, e in enumerate(examples) if i not in skip)
-    log.warning("%s: %d examples repeat an earlier example of their class word for word, so a query can be its own "
-                "support example; data.dedupe=true drops the repeats", where, len(repeats))
+    log.warning("%s: %d %s an earlier example of their class word for word, so a query can be its own "
+                "support example; data.dedupe=true drops the repeats", where, len(repeats),
+                "example repeats" if len(repeats) == 1 else "examples repeat")
     return tuple(examples)
 
 

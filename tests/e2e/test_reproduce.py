@@ -32,3 +32,5 @@ def test_reproduce_script_prints_a_preset_beside_its_paper(tmp_path):
     assert float(tiny[2].split(" ± ")[0]) > 1.3  # 77-way: above chance, far below MiniLM
     assert published[1] == "all-MiniLM-L6-v2 frozen + logistic regression" and published[3] == "80.04 |"
     assert "| tiny |" in res.stdout
+    assert "reproduce.sh mteb_banking77: 1 run, about 2 minutes on a 2-core CPU; results in" in res.stderr
+    assert "table_vs_published.md" in res.stderr
