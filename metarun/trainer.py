@@ -35,6 +35,15 @@ class TrainState:
     finished: bool = False
 
 
+def default_threads() -> int:
+    """OMP_NUM_THREADS where the environment sets it, else the CPUs this process may use (a scheduler's
+    allocation included: os.sched_getaffinity)."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -82,8 +91,7 @@ class Trainer:
         self.validate_at_start = validate_at_start  # the untrained model's score at step 0 (logged, not a candidate)
         # CPU threads of torch's kernels: by default the CPUs this process may use (a scheduler's allocation
         # included); fewer when other jobs share the cores (two jobs of 2 threads on 2 cores ran 6x slower)
-        allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        self.threads = threads or allowed
+        self.threads = threads or default_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
         self.device = resolve_device(device)

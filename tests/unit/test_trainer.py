@@ -113,12 +113,15 @@ def test_bad_trainer_options(kw, match):
         Trainer(device="cpu", **kw)
 
 
-def test_threads_default_to_the_cpus_this_process_may_use():
+def test_threads_default_to_the_cpus_this_process_may_use(monkeypatch):
     import os
 
     before = torch.get_num_threads()
     try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         assert Trainer(device="cpu").threads == len(os.sched_getaffinity(0)) == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the environment's choice is kept
+        assert Trainer(device="cpu").threads == 1
         assert Trainer(device="cpu", threads=1).threads == 1 == torch.get_num_threads()
         with pytest.raises(ConfigError, match="trainer.threads=0 is not valid"):
             Trainer(device="cpu", threads=0)
