@@ -4,8 +4,10 @@ objects it takes of: the run's split of that role (`data`), the prefix, seed, ba
 flag, process group, feature cache, and the built `target` if the config names one. A new protocol
 is one module here, one YAML file and its class in PROTOCOLS.
 
-An evaluator is called as `evaluator(learner, device, autocast_dtype) -> {key: {acc, ci95, ...}}`
-(`Trainer.evaluate` supplies device and precision), accuracies in percent with a 95% interval.
+An evaluator is called as `evaluator(learner, device, autocast_dtype) -> Scores` ({key: {acc, ci95,
+...}} with the per-episode records behind them; `Trainer.evaluate` supplies device and precision),
+accuracies in percent with a 95% interval. `evaluator.check(learner)` refuses, before training, a
+learner the protocol cannot evaluate; a key of another protocol is refused by `build_evaluator`.
 """
 
 from __future__ import annotations
