@@ -152,8 +152,9 @@ def build_unlabelled(node, data: DataSplits, evaluators, learner: Learner) -> Un
     if not node:
         return None
     if not any("unlabelled" in o.reads for o in learner.objectives):
-        log.warning("unlabelled=... is given but no objective reads it (objective=adversarial, or mlm / consistency "
-                    "with source=unlabelled); it is not loaded.")
+        # info, not a warning: presets name their target text for the objectives a user may add
+        log.info("unlabelled text is configured but no objective reads it (objective=adversarial, or mlm / "
+                 "consistency with source=unlabelled); it is not loaded.")
         return None
     extra = {"data": build(node.data, "unlabelled.data")} if "data" in node else {}
     stream = build(without(node, "data"), "unlabelled", **extra)
