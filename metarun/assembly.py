@@ -19,7 +19,7 @@ from metarun.data.collate import EpisodeDataset, FeatureEpisodeDataset
 from metarun.data.dataset import DataSplits, FewShotDataset
 from metarun.data.unlabelled import UnlabelledText
 from metarun.distributed import Dist
-from metarun.errors import ConfigError
+from metarun.errors import ConfigError, check_int
 from metarun.evaluate import Evaluator, HeldOutTasks, build_evaluator
 from metarun.evaluate.common import encode_examples, evaluating
 from metarun.evaluate.feature_cache import FeatureCache
@@ -69,6 +69,8 @@ def check_nota(cfg: DictConfig, learner: Learner) -> None:
     """None-of-the-above queries need a learner that predicts NOTA as class N."""
     rates = {"sampler.na_rate": cfg.sampler.get("na_rate", 0), "eval.val.na_rate": cfg.eval.val.get("na_rate", 0),
              "eval.test.na_rate": cfg.eval.test.get("na_rate", 0)}
+    for key, value in [*rates.items(), ("eval.test.oos_rate", cfg.eval.test.get("oos_rate", 0))]:
+        check_int(key, value, 0)  # a bad value is named as such before what it would ask of the learner
     asked = [f"{k}={v}" for k, v in rates.items() if v]
     if asked and not learner.nota:
         raise ConfigError(f"{', '.join(asked)} adds none-of-the-above queries, but this learner does not predict "

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import errno
 import logging
 import signal
 import sys
@@ -27,13 +26,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from metarun.errors import MetarunError
+from metarun.errors import USER_OS_ERRORS, MetarunError, write_error_message
 from metarun.paths import config_dir
 
 log = logging.getLogger("metarun")
 
 EXIT_USER_ERROR, EXIT_SWEEP_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 130, 143
-USER_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class Terminated(KeyboardInterrupt):
@@ -59,6 +57,8 @@ def _main(cfg: DictConfig) -> float | None:
 
     global _task_started
     _task_started = True
+    if isinstance(sys.stderr, HeldStderr):
+        sys.stderr.release()
     hc = HydraConfig.get()
     run_dir, sweep = Path(hc.runtime.output_dir), hc.mode == RunMode.MULTIRUN
     attempts = 1 + (int(cfg.get("retries", 0)) if sweep else 0)
@@ -110,10 +110,7 @@ def _message(e: Exception) -> str:
         return (f"the config value {e.full_key} is required but not set; give it on the command line, "
                 f"e.g. `metarun {e.full_key}=...`.")
     if isinstance(e, OSError):
-        what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-                errno.EROFS: "the file system is read-only"}.get(e.errno, "permission was denied")
-        return (f"cannot write {e.filename or 'the run folder'}: {what} ({e.strerror}). Free space or choose a "
-                f"folder you can write (hydra.run.dir=...); finished files were left as they were.")
+        return write_error_message(e)
     return str(e)
 
 
@@ -168,17 +165,46 @@ def suggest_keys(args: list[str]) -> list[str]:
     return lines
 
 
+class HeldStderr:
+    """sys.stderr until Hydra hands the composed config over: what Hydra writes is held, so that when it
+    cannot compose the config metarun shows its own one paragraph (the key and the keys close to it)
+    instead of Hydra's block and then its own. Once the run starts, writes pass straight through."""
+
+    def __init__(self, stream):
+        self.stream, self.held = stream, []
+
+    def write(self, text: str) -> int:
+        if self.held is None:
+            return self.stream.write(text)
+        self.held.append(text)
+        return len(text)
+
+    def release(self, show: bool = True) -> None:
+        held, self.held = self.held, None
+        if show and held:
+            self.stream.write("".join(held))
+
+    def __getattr__(self, name):  # flush, isatty, fileno, encoding ...
+        return getattr(self.stream, name)
+
+
 def main() -> None:
     from metarun.tracking.tables import callbacks
 
     signal.signal(signal.SIGTERM, _on_sigterm)
+    stderr = sys.stderr = HeldStderr(sys.stderr)
     try:
         _main()
     except SystemExit as e:
-        if e.code == 1 and not _task_started:  # Hydra could not compose the config; its message is out
-            for line in suggest_keys(sys.argv[1:]):
+        if e.code == 1 and not _task_started:  # Hydra could not compose the config
+            lines = suggest_keys(sys.argv[1:])
+            stderr.release(show=not lines)  # a key metarun can name replaces Hydra's block
+            for line in lines:
                 print(line, file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         raise
+    finally:
+        stderr.release()
+        sys.stderr = stderr.stream
     if callbacks.failed_jobs:
         sys.exit(EXIT_SWEEP_FAILED)

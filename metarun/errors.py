@@ -1,5 +1,12 @@
 """User-facing errors: the CLI prints their message and exits non-zero, without a traceback."""
 
+import errno
+import sys
+from collections.abc import Callable
+
+# OSErrors the user can fix (a full disk, a folder they may not write): one paragraph and exit 2
+USER_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR)
+
 
 class MetarunError(Exception):
     """A problem the user can fix (bad config, missing file, bad data). The message says how."""
@@ -23,6 +30,31 @@ class NonFiniteLossError(MetarunError):
 
 class RunDirError(MetarunError):
     """The run folder holds work this run may not touch, or another process is using it."""
+
+
+def write_error_message(e: OSError, what: str = "the run folder", hint: str = "hydra.run.dir=...") -> str:
+    """`cannot write PATH: the disk is full (...)` for an OSError the user can fix."""
+    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+           errno.EROFS: "the file system is read-only", errno.ENOTDIR: "a part of the path is a file, not a folder",
+           }.get(e.errno, "permission was denied")
+    return (f"cannot write {e.filename or what}: {why} ({e.strerror}). Free space or choose a folder you can "
+            f"write ({hint}); finished files were left as they were.")
+
+
+def tool_main(prog: str, body: Callable[[], object], hint: str = "--out") -> int:
+    """Runs a command-line tool's `body` -> its exit status: the int it returns, else 0; a MetarunError
+    or a fixable OSError (a read-only or full output folder) becomes `PROG: error: ...` on stderr and 2,
+    never a traceback."""
+    try:
+        status = body()
+        return status if isinstance(status, int) else 0
+    except MetarunError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+    except OSError as e:
+        if e.errno not in USER_OS_ERRORS:
+            raise
+        print(f"{prog}: error: {write_error_message(e, 'the output', hint)}", file=sys.stderr)
+    return 2
 
 
 def check_choice(option: str, value: object, choices) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
-from metarun.errors import ConfigError, MetarunError, RunDirError
+from metarun.errors import ConfigError, RunDirError, tool_main
 from metarun.paths import config_dir
 
 log = logging.getLogger("metarun")
@@ -153,12 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="folder for the results (default: beside the run, <run>_eval_<time>)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    try:
-        evaluate_run(args.run_dir, args.overrides, args.out)
-    except MetarunError as e:
-        print(f"metarun-eval: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return tool_main("metarun-eval", lambda: evaluate_run(args.run_dir, args.overrides, args.out))
 
 
 if __name__ == "__main__":

@@ -34,9 +34,12 @@ def load_class_descriptions(spec: str, classes: Collection[str], data_name: str)
         raise ConfigError(f"data.class_descriptions={spec}: no such file; give a JSON path, auto, or one of "
                           f"{', '.join(available()) or '(none shipped)'}.")
     try:
-        names = json.loads(path.read_text(encoding="utf-8"))["names"]
+        names = json.loads(path.read_bytes())["names"]  # bytes: UTF-8, or UTF-16/32 by their byte-order mark
         if not isinstance(names, dict) or not all(isinstance(v, str) and v.strip() for v in names.values()):
             raise TypeError("`names` must map class ids to non-empty texts")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 (or UTF-16 / 32 with a byte-order mark) text ({e.reason} at byte "
+                        f"{e.start}); save it as UTF-8.") from None
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise DataError(f"{path} is not a class-descriptions file ({e}); expected "
                         f'{{"names": {{"<class id>": "<text>", ...}}}}.') from None

@@ -137,15 +137,14 @@ def _explain(e: Exception, builder: str, files: list[str], encoding: str, delimi
                 f"{names} holds no rows (a header line only?); every file needs rows of text and label after its "
                 f"header."
             )
-        if (
-            isinstance(cause, OSError)
-            and cause.filename
-            and str(cause.filename).startswith(str(Path(_datasets_cache()).expanduser()))
-        ):
-            return (
-                f"the datasets cache {_datasets_cache()} (HF_DATASETS_CACHE) cannot be used: {cause.strerror} "
-                f"({cause.filename}). Point HF_DATASETS_CACHE at a folder you can write."
-            )
+        if isinstance(cause, OSError) and cause.filename:
+            cache, failed = Path(_datasets_cache()).expanduser(), Path(str(cause.filename)).expanduser()
+            if cache.is_relative_to(failed) or failed.is_relative_to(cache):  # the cache, or a folder above it
+                return (
+                    f"the datasets cache {cache} (HF_DATASETS_CACHE, by default under HOME) cannot be made or "
+                    f"written: {cause.strerror} ({cause.filename}). Point HF_DATASETS_CACHE (or HF_HOME) at a "
+                    f"folder you can write, e.g. HF_DATASETS_CACHE=/tmp/hf_datasets."
+                )
     return (
         f"datasets.load_dataset({builder!r}, data_files={names!r}) failed: {type(chain[-1]).__name__}: "
         f"{str(chain[-1]).splitlines()[0][:300] if str(chain[-1]) else ''}. Check the files are {builder} files "

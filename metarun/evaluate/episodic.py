@@ -97,6 +97,9 @@ class EpisodicEvaluator(Evaluator):
                 raise ConfigError(f"eval.{prefix}.{key}={values!r} is not valid; give whole numbers of at least "
                                   f"{low}, e.g. eval.{prefix}.{key}=[1,5]"
                                   + (" (0: class names alone, for learners that read them)." if low == 0 else "."))
+            if len(set(values)) < len(values):
+                raise ConfigError(f"eval.{prefix}.{key}={list(values)} names a value twice; give each once "
+                                  f"(eval.{prefix}.{key}=[{','.join(map(str, sorted(set(values))))}]).")
         if target is not None:  # that dataset's split of this role (val / test), or all it has (a FewRel file)
             split = getattr(target, prefix, None)
             data = split if split is not None and split.classes else target.test

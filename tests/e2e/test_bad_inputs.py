@@ -35,6 +35,7 @@ def files(tmp_path_factory) -> Path:
     (d / "json_fewrel").mkdir()
     (d / "json_fewrel" / "val_wiki.json").write_text('{"P1": [')
     (d / "teacher.pt").write_bytes(b"not a checkpoint")
+    (d / "names_bad.json").write_bytes(b"\xff\xfe\x00\xd8{")  # a UTF-16 mark, then a lone surrogate
     return d
 
 
@@ -68,6 +69,9 @@ CASES = {
     "test shots zero": (["eval.test.shots=[0]"], MetarunError, ["eval.test.shots"]),
     "test queries zero": (["eval.test.n_query=0"], MetarunError, ["eval.test.n_query=0"]),
     "val max_per_class zero": (["eval.val.max_per_class=0"], MetarunError, ["eval.val.max_per_class=0"]),
+    "oos_rate negative": (["eval.test.oos_rate=-1"], MetarunError, ["eval.test.oos_rate=-1 is not valid", "whole number"]),
+    "oos_rate not a number": (["eval.test.oos_rate=abc"], MetarunError, ["eval.test.oos_rate='abc' is not valid"]),
+    "shots repeated": (["eval.test.shots=[1,1]"], MetarunError, ["names a value twice", "eval.test.shots=[1]"]),
     "per_class draws zero": (["eval=per_class", "eval.test.draws=0"], MetarunError, ["eval.test.draws"]),
     "per_class on a table": (
         [*TABLE[:-1], "data.path={files}/good.jsonl", "eval=per_class"],
@@ -92,6 +96,16 @@ CASES = {
         MetarunError,
         ["learner.adapt='some'", "all, head, top_k"],
     ),
+    "top_k zero": (["learner=maml", "learner.adapt=top_k", "learner.top_k=0"], MetarunError,
+                   ["learner.top_k=0 is not valid", "learner.adapt=head"]),
+    "top_k above the layers": (["learner=maml", "learner.adapt=top_k", "learner.top_k=9"], MetarunError,
+                               ["has 2 transformer layers, so give 1 to 2"]),
+    "lora rank above the layers": (["learner=maml", "learner.adapt=lora", "learner.lora_rank=100000"], MetarunError,
+                                   ["learner.lora_rank=100000", "give at most 32"]),
+    "lstm_meta with lora": (["learner=lstm_meta", "learner.adapt=lora"], MetarunError,
+                            ["learner.adapt='lora'", "head, top_k, all"]),
+    "class descriptions not text": (["data.class_descriptions={files}/names_bad.json"], MetarunError,
+                                    ["names_bad.json is not UTF-8", "save it as UTF-8"]),
     "step size unknown": (["learner=maml", "learner.step_size=adam"], MetarunError, ["scalar, per_step, per_param"]),
     "test head unknown": (["learner=finetune", "learner.test_head=svm"], MetarunError, ["learner.test_head='svm'"]),
     "distill without a teacher": (["learner=distill"], MetarunError, ["learner.teacher="]),
@@ -211,6 +225,7 @@ def test_a_corrupt_checkpoint_of_an_unfinished_run_is_kept(finished_run, tmp_pat
     [
         (["learner=protonett"], ["Could not find 'learner/protonett'", "protonet"]),
         (["trainer.max_stepz=5"], ["trainer.max_stepz is not a config key", "did you mean trainer.max_steps"]),
+        (["hydra.run.dir={file}/run"], ["cannot make the run folder", "is a file, not a folder", "hydra.run.dir="]),
         (["seed=-1"], ["seed=-1"]),
         (["data@eval.test.data=hwu64"], ["+data@eval.test.data=hwu64"]),
         (["learner=matching"], ["finished run of another config", "left as it is"]),
@@ -220,9 +235,32 @@ def test_the_cli_exits_2_with_one_paragraph(args, texts, finished_run, tmp_path)
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
     before = snapshot(run_dir)
+    (tmp_path / "file").write_text("")
+    args = [a.replace("{file}", str(tmp_path / "file")) for a in args]
     res = run_cli([*FAST, f"hydra.run.dir={run_dir}", *args], cwd=tmp_path)
     assert res.returncode == 2, res.stderr[-2000:]
     assert "Traceback" not in res.stderr + res.stdout
+    assert "HYDRA_FULL_ERROR" not in res.stderr or "Could not find" in res.stderr  # one paragraph, not Hydra's too
     for text in texts:
         assert text in res.stderr, res.stderr[-2000:]
     assert snapshot(run_dir) == before
+
+
+def test_a_run_folder_with_dot_dot_makes_no_folder_on_the_way(tmp_path):
+    """hydra.run.dir=a/../b/run is b/run: no empty `a` is left (Hydra's mkdir made it)."""
+    res = run_cli([*FAST, "trainer.max_steps=0", "eval.test.episodes=2", "eval.test.shots=[1]",
+                   f"hydra.run.dir={tmp_path}/a/../b/run"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "b" / "run" / "results.json").is_file() and not (tmp_path / "a").exists()
+
+
+def test_a_damaged_saved_config_is_named_as_damaged_not_missing(finished_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    (run_dir / ".hydra" / "config.yaml").write_text("learner: [unclosed\n")
+    with pytest.raises(RunDirError, match=r"config.yaml is not valid YAML .*damaged"):
+        run_in_process(FAST, run_dir)
+    from metarun.eval_cli import evaluate_run
+
+    with pytest.raises(RunDirError, match=r"config.yaml is not valid YAML"):
+        evaluate_run(run_dir, [], tmp_path / "eval")

@@ -201,3 +201,11 @@ def test_sweep_jobs_that_are_not_repeats_are_never_averaged(two_seeds, tmp_path,
     assert {r["split"] for r in rows} == {"banking77, split 1, sampler.k_shot=5"}
     assert all(r["runs"] == "1/1" for r in rows)
     assert "no partner on the other side for A: banking77, split 1, sampler.k_shot=2" in capsys.readouterr().err
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_message(two_seeds, tmp_path, capsys):
+    run_a, run_b, _, _ = two_seeds
+    (tmp_path / "file").write_text("")
+    assert main([str(run_a), str(run_b), "--resamples", "200", "--out", str(tmp_path / "file" / "cmp")]) == 2
+    err = capsys.readouterr().err
+    assert "metarun-compare: error: cannot write" in err and "a part of the path is a file" in err

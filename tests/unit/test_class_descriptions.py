@@ -77,3 +77,13 @@ def test_a_run_gives_its_learner_the_descriptions():
     assert learner("data.class_descriptions=auto").class_text["iot_wemo_off"] == "turn off the smart plug socket"
     assert learner().class_text == {}
     assert learner("data=banking77", "data.class_descriptions=auto").class_text == {}  # no file shipped: the ids
+
+
+def test_a_utf16_file_is_read_and_undecodable_bytes_are_named(tmp_path):
+    utf16 = tmp_path / "names16.json"
+    utf16.write_bytes(json.dumps({"names": {"a": "alpha"}}).encode("utf-16"))  # with its byte-order mark
+    assert load_class_descriptions(str(utf16), ["a"], "x") == {"a": "alpha"}
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b"\xff\xfe\x00\xd8{")
+    with pytest.raises(DataError, match=r"bad.json is not UTF-8 .*save it as UTF-8"):
+        load_class_descriptions(str(bad), ["a"], "x")

@@ -244,3 +244,22 @@ def test_unfinished_jobs_are_named_and_uneven_cells_show_their_n(tmp_path, capsy
     assert str(killed) in captured.err
     table = (tmp_path / "table.md").read_text()
     assert "81.00 ± 0.71 (n=2)" in table and "90.00 ± 1.00 (n=1)" in table
+
+
+def test_a_file_that_is_not_a_results_file_is_one_message(tmp_path, capsys):
+    (tmp_path / "some.csv").write_text("a,b\n1,2\n")
+    assert main([str(tmp_path / "some.csv")]) == 2
+    assert "some.csv is a file, not a run folder" in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text('{"results": {')
+    assert main([str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "results.json is not a results file metarun wrote (not valid JSON" in err and "Traceback" not in err
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_message(tmp_path, capsys):
+    fake_run(tmp_path / "runs", "a", "protonet", 1, 0, 80.0)
+    (tmp_path / "file").write_text("")
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "file" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "metarun-table: error: cannot write" in err and "--out" in err

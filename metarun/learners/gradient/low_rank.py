@@ -36,6 +36,15 @@ def block_linears(encoder: Encoder, targets: Sequence[str]) -> None:
                           f"encoder={encoder.name}'s blocks have: {', '.join(sorted(linear))}.")
 
 
+def check_top_k(encoder: Encoder, top_k: int, adapt: str) -> None:
+    """learner.top_k must name 1 .. (the encoder's transformer layers) layers."""
+    layers = len(encoder.transformer_layers())
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= layers:
+        raise ConfigError(f"learner.top_k={top_k!r} is not valid with learner.adapt={adapt}: encoder={encoder.name} "
+                          f"has {layers} transformer layers, so give 1 to {layers}"
+                          + (" (for the head alone, learner.adapt=head)." if top_k == 0 else "."))
+
+
 class LowRankDeltas(nn.Module):
     """Rank-`rank` deltas of the `targets` linear layers in the top `n_top` transformer blocks.
 
@@ -50,10 +59,12 @@ class LowRankDeltas(nn.Module):
         check_int("learner.lora_rank", rank)
         block_linears(encoder, targets)
         layers = list(encoder.transformer_layers())
-        check_int("learner.top_k", n_top)
-        if n_top > len(layers):
-            raise ConfigError(f"learner.top_k={n_top}: encoder={encoder.name} has {len(layers)} transformer layers; "
-                              f"give at most {len(layers)} (all of them).")
+        check_top_k(encoder, n_top, "lora")
+        smallest = min(min(layers[-1].get_submodule(t).weight.shape) for t in targets)
+        if rank > smallest:  # a delta of full rank is no longer low rank, and memory grows with the rank
+            raise ConfigError(f"learner.lora_rank={rank} is larger than the adapted layers allow: the smallest of "
+                              f"learner.lora_targets has {smallest} inputs or outputs, so give at most {smallest} "
+                              f"(low-rank deltas use 4 to 64).")
         self.down = nn.ParameterDict()
         self.shapes: dict[str, torch.Size] = {}  # adapted name -> (out, rank)
         self._up: dict[str, torch.Tensor] = {}  # key -> the B in place while `applied`

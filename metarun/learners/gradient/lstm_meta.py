@@ -29,7 +29,7 @@ import math
 import torch
 from torch import nn
 
-from metarun.errors import ConfigError, check_int, check_number
+from metarun.errors import ConfigError, check_choice, check_int, check_number
 from metarun.learners.base import encoder_and_rest
 from metarun.learners.gradient.maml import MAML
 from metarun.models.base import Encoder
@@ -100,6 +100,9 @@ class LSTMOptimizer(nn.Module):
         return update
 
 
+ADAPT = ("head", "top_k", "all")
+
+
 class LSTMMeta(MAML):
     """MAML's inner loop (what adapts: `adapt`, `top_k`; the Proto-MAML head) with the LSTM meta-learner
     as its update rule. The meta-learner trains in the outer loop at `meta_lr`; it is part of the
@@ -109,6 +112,7 @@ class LSTMMeta(MAML):
                  inner_lr: float = 0.1, first_order: bool = True, adapt: str = "head", top_k: int = 1,
                  head_init: str = "proto", freeze_encoder: bool = False, hidden_size: int = 20,
                  forget_bias: float = 5.0, tensor_embedding: int = 0, meta_lr: float = 1e-3):
+        check_choice("learner.adapt", adapt, ADAPT)  # not maml's lora: the LSTM updates tensors, not deltas
         super().__init__(encoder, inner_steps=inner_steps, test_inner_steps=test_inner_steps, inner_lr=inner_lr,
                          first_order=first_order, adapt=adapt, top_k=top_k, head_init=head_init,
                          freeze_encoder=freeze_encoder)

@@ -35,7 +35,7 @@ from metarun.data.collate import Episode
 from metarun.errors import ConfigError, check_choice, check_int, check_number
 from metarun.learners.base import Learner, StepOutput, accuracy
 from metarun.learners.functional import adapt, linear_head, proto_head, sgd
-from metarun.learners.gradient.low_rank import BERT_TARGETS, LowRankDeltas
+from metarun.learners.gradient.low_rank import BERT_TARGETS, LowRankDeltas, check_top_k
 from metarun.models.base import Encoder
 
 ADAPT = ("all", "head", "top_k", "lora")
@@ -55,7 +55,8 @@ def adapted_encoder_names(encoder: Encoder, mode: str, top_k: int) -> list[str]:
     if not encoder.transformer:
         raise ConfigError(f"learner.adapt=top_k adapts the top transformer layers, but encoder={encoder.name} has "
                           f"none; use learner.adapt=all or head.")
-    top = {id(p) for layer in list(encoder.transformer_layers())[-top_k:] if top_k > 0 for p in layer.parameters()}
+    check_top_k(encoder, top_k, "top_k")
+    top = {id(p) for layer in list(encoder.transformer_layers())[-top_k:] for p in layer.parameters()}
     return [n for n, p in encoder.named_parameters() if p.requires_grad and id(p) in top]
 
 

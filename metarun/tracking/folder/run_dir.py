@@ -217,8 +217,10 @@ class RunDir:
             return None
         try:
             saved = yaml.safe_load(file.read_text())
-        except yaml.YAMLError:
-            return None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise RunDirError(f"{file} is not valid YAML ({str(e).splitlines()[0]}): the run's saved config is "
+                              f"damaged. Restore it (the checkpoints hold the same config as 'config') or choose "
+                              f"another folder.") from None
         return renamed(saved) if isinstance(saved, dict) else None
 
     def finished(self) -> bool:

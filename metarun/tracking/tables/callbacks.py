@@ -1,13 +1,15 @@
-"""Hydra callbacks: at the end of every sweep, tables and an accuracy-against-K plot of its results,
-and a list of failed jobs."""
+"""Hydra callbacks: before a run or sweep, a check that its folder can be made; at the end of every
+sweep, tables and an accuracy-against-K plot of its results, and a list of failed jobs."""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from metarun.tracking.tables.plots import plot_sweep
 from metarun.tracking.tables.results import BUILTIN, load_runs
@@ -33,6 +35,37 @@ def swept_keys(task_overrides) -> list[str]:
         elif o.package is None and ("." in o.key_or_group or o.key_or_group in BUILTIN):
             keys.append(o.key_or_group)
     return keys
+
+
+class OutputFolder(Callback):
+    """Before Hydra makes the run (or sweep) folder: `a/../b` is read as `b` (Hydra would make an empty
+    `a` first), and a folder that cannot be made (a read-only place, a parent that is a file) stops the
+    run with one paragraph and exit status 2 instead of Hydra's mkdir traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        check_output_folder(config, "run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        check_output_folder(config, "sweep")
+
+
+def check_output_folder(config: DictConfig, mode: str) -> None:
+    key = f"hydra.{mode}.dir"
+    given = str(config.hydra[mode].dir)
+    folder = os.path.normpath(given)
+    if folder != given:
+        with open_dict(config):
+            config.hydra[mode].dir = folder
+    existing = Path(folder).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    problem = ("is a file, not a folder" if not existing.is_dir() else
+               "cannot be written (a read-only file system or no permission)" if not os.access(existing, os.W_OK)
+               else None)
+    if problem:
+        print(f"metarun: error: cannot make the {mode} folder {folder}: {existing} {problem}. Choose a folder you can "
+              f"write ({key}=...).", file=sys.stderr)
+        sys.exit(2)
 
 
 class SweepSummary(Callback):

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from metarun.errors import MetarunError
+from metarun.errors import MetarunError, tool_main
 from metarun.tracking.folder import episodes
 from metarun.tracking.folder.run_dir import (
     ADDED_LATER,
@@ -137,7 +137,11 @@ def load(path: str | Path) -> list[Run]:
             raise CompareError(f"{folder} has no per-episode records (episodes/*.jsonl): it was made before runs "
                                f"wrote them. Test it again with `metarun-eval {folder}` and compare the new folder.")
         saved = folder / CONFIG
-        config = yaml.safe_load(saved.read_text()) or {} if saved.is_file() else {}
+        try:
+            config = yaml.safe_load(saved.read_text()) or {} if saved.is_file() else {}
+        except yaml.YAMLError as e:
+            raise CompareError(f"{saved} is not valid YAML ({str(e).splitlines()[0]}): the run's saved config is "
+                               f"damaged.") from None
         results = json.loads(file.read_text())
         episodes.check_against_results(folder, records, results.get("results", {}))
         regime = run_regime(results | {"config": config})
@@ -265,14 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and permutation draws (default 0)")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap and permutation draws (10000)")
     args = parser.parse_args(argv)
-    try:
-        if args.resamples < 100:
-            raise CompareError(f"--resamples={args.resamples} is too few for a 95% interval; use at least 100.")
-        runs_a, runs_b = load(args.run_a), load(args.run_b)
-        rows = compare(runs_a, runs_b, args.seed, args.resamples)
-    except MetarunError as e:
-        print(f"metarun-compare: error: {e}", file=sys.stderr)
-        return 2
+    return tool_main("metarun-compare", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.resamples < 100:
+        raise CompareError(f"--resamples={args.resamples} is too few for a 95% interval; use at least 100.")
+    runs_a, runs_b = load(args.run_a), load(args.run_b)
+    rows = compare(runs_a, runs_b, args.seed, args.resamples)
     md = render(rows, "md")
     print(f"A: {args.run_a} ({regimes(runs_a)})\nB: {args.run_b} ({regimes(runs_b)})\n\n{md}")
     if args.out:
@@ -280,8 +284,6 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         for fmt, name in (("md", "compare.md"), ("csv", "compare.csv"), ("tex", "compare.tex")):
             (out / name).write_text(render(rows, fmt))
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from metarun.errors import MetarunError, tool_main
 from metarun.tracking.folder import episodes
 from metarun.tracking.folder.episodes import NOTA
 from metarun.tracking.tables.plots import pyplot
@@ -79,8 +80,8 @@ def build(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     records = episodes.read(run_dir)
     if not records:
-        raise ValueError(f"{run_dir} has no per-episode records (episodes/*.jsonl): it was made before runs wrote "
-                         f"them. Test it again with `metarun-eval {run_dir}` and report on the new folder.")
+        raise MetarunError(f"{run_dir} has no per-episode records (episodes/*.jsonl): it was made before runs wrote "
+                           f"them. Test it again with `metarun-eval {run_dir}` and report on the new folder.")
     results = json.loads((run_dir / RESULTS).read_text()) if (run_dir / RESULTS).is_file() else {}
     episodes.check_against_results(run_dir, records, results.get("results", {}))
     names = results.get("test_classes") or {}
@@ -166,13 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metarun-report: error: {args.run_dir} holds no results.json: give a finished run folder.",
               file=sys.stderr)
         return 2
-    try:
-        build(args.run_dir)
-    except ValueError as e:
-        print(f"metarun-report: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {Path(args.run_dir) / 'report' / 'report.md'}")
-    return 0
+    status = tool_main("metarun-report", lambda: build(args.run_dir), hint="a copy of the run folder")
+    if status == 0:
+        print(f"wrote {Path(args.run_dir) / 'report' / 'report.md'}")
+    return status
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
+
+from metarun.errors import ConfigError
 
 BUILTIN = ("regime", "learner", "data", "test_data", "encoder", "seed")
 
@@ -93,12 +96,24 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict]:
 
     runs = []
     for path in map(Path, paths):
+        if path.is_file() and path.suffix != ".json":
+            raise ConfigError(f"{path} is a file, not a run folder, a sweep folder or a results.json: give the folder "
+                              f"that holds it.")
         files = [path] if path.is_file() else sorted(path.rglob("results.json"))
         for file in files:
-            record = json.loads(file.read_text())
+            try:
+                record = json.loads(file.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ConfigError(f"{file} is not a results file metarun wrote (not valid JSON: {e}).") from None
+            if not isinstance(record, dict) or not isinstance(record.get("results"), dict):
+                raise ConfigError(f"{file} is not a results file metarun wrote (it has no \"results\" object).")
             saved = file.parent / ".hydra" / "config.yaml"
             # in today's spelling, so old and new runs of one experiment share a cell
-            record["config"] = renamed(OmegaConf.to_container(OmegaConf.load(saved))) if saved.is_file() else {}
+            try:
+                record["config"] = renamed(OmegaConf.to_container(OmegaConf.load(saved))) if saved.is_file() else {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{saved} is not valid YAML ({str(e).splitlines()[0]}): the run's saved config is "
+                                  f"damaged.") from None
             record["folder"] = str(file.parent)
             runs.append(record)
     return runs

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from metarun.errors import ConfigError
+from metarun.errors import ConfigError, tool_main
 from metarun.tracking.tables.plots import plot_sweep
 from metarun.tracking.tables.results import aggregate, labels, load_runs, regime_label
 from metarun.tracking.folder.run_dir import ADDED_LATER, flatten, ignored
@@ -263,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--plot", action="store_true", help="also write accuracy_vs_k.png (test accuracy against K)")
     args = parser.parse_args(argv)
+    return tool_main("metarun-table", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         print(f"metarun-table: error: {', '.join(missing)} does not exist.", file=sys.stderr)
