@@ -47,8 +47,8 @@ class TextTokenizer:
             truncation=True, max_length=self.max_length, return_tensors="pt",
         ))
         ids = batch["input_ids"]
-        batch["head_pos"] = _first_position(ids, self.marker_ids[0])
-        batch["tail_pos"] = _first_position(ids, self.marker_ids[2])
+        batch["head_pos"] = first_position(ids, self.marker_ids[0])
+        batch["tail_pos"] = first_position(ids, self.marker_ids[2])
         return batch
 
     @staticmethod
@@ -66,7 +66,7 @@ class TextTokenizer:
         return out
 
 
-def _first_position(ids: torch.Tensor, token_id: int) -> torch.Tensor:
+def first_position(ids: torch.Tensor, token_id: int) -> torch.Tensor:
     """(B, L) -> (B,) position of the first `token_id`, or 0 ([CLS]) when truncation removed it."""
     hit = ids == token_id
     return torch.where(hit.any(1), hit.float().argmax(1), torch.zeros(len(ids), dtype=torch.long))

@@ -78,8 +78,23 @@ def views_for_tests(views=2, sentences=2) -> AugmentedViews:
     aug = AugmentedViews.__new__(AugmentedViews)  # no encoder: the parts the loss reads, set by hand
     aug.augmentations, aug.views, aug.sentences, aug.strength = ["swap"], views, sentences, 0.5
     aug.cls, aug.sep, aug.pad, aug.max_length = 101, 102, 0, 8
-    aug.neighbours = NEAR
+    aug.neighbours, aug.markers = NEAR, None
     return aug
+
+
+def test_views_of_relation_instances_keep_their_markers_and_positions():
+    """Entity-start pooling reads [E1] and [E2]: every view keeps all four markers (an augmentation that
+    cut one is drawn again, three times, then the original is used) and carries head_pos / tail_pos."""
+    aug = views_for_tests(views=20)
+    aug.augmentations, aug.max_length, aug.markers = ["delete", "swap", "cutoff"], 64, [201, 202, 203, 204]
+    aug.strength = 0.1
+    row = [201, 5, 202, *range(10, 30), 203, 8, 204, 9]  # [E1] 5 [/E1] 10 .. 29 [E2] 8 [/E2] 9
+    batch = aug.views_of([row], np.random.default_rng(0))
+    ids = batch["input_ids"]
+    for view, head, tail in zip(ids, batch["head_pos"], batch["tail_pos"]):
+        assert all((view == m).sum() == 1 for m in aug.markers)
+        assert view[head] == 201 and view[tail] == 203
+    assert any(len(v[v != 0]) < len(row) + 2 for v in ids)  # some views did lose tokens
 
 
 def test_views_are_framed_and_padded():

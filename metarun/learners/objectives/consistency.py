@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from metarun.data.augment import AUGMENTATIONS, TokenNeighbours, augment
+from metarun.data.tokenize import MARKERS, first_position
 from metarun.errors import ConfigError, check_choice
 from metarun.learners.objectives import SOURCES, Objective, episode_features, text_batches
 
@@ -45,6 +46,10 @@ class AugmentedViews:
         vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
         excluded = set(tok.all_special_ids) | {i for i, t in enumerate(vocab) if t.startswith("[")}
         self.neighbours = TokenNeighbours(encoder.model.get_input_embeddings().weight, sorted(excluded))
+        # relation instances pooled at their entity markers: a view keeps every marker (replacement never
+        # picks one: they are excluded above), and carries their positions as the tokenizer's batches do
+        marked = getattr(encoder, "pooling", None) == "entity_start"
+        self.markers = tok.convert_tokens_to_ids(list(MARKERS)) if marked else None
 
     @staticmethod
     def content(batches: Sequence[dict[str, torch.Tensor]]) -> list[list[int]]:
@@ -58,13 +63,22 @@ class AugmentedViews:
         seqs = []
         for tokens in rows:
             for _ in range(self.views):
-                kind = self.augmentations[int(rng.integers(len(self.augmentations)))]
-                new = augment(tokens, kind, rng, self.strength, self.neighbours)[: self.max_length - 2]
+                for _attempt in range(3 if self.markers else 1):
+                    kind = self.augmentations[int(rng.integers(len(self.augmentations)))]
+                    new = augment(tokens, kind, rng, self.strength, self.neighbours)[: self.max_length - 2]
+                    if not self.markers or all(new.count(m) == tokens.count(m) for m in self.markers):
+                        break
+                else:  # three augmentations in a row cut a marker: this view is the original
+                    new = tokens[: self.max_length - 2]
                 seqs.append([self.cls, *new, self.sep])
         width = max(len(s) for s in seqs)
         ids = torch.tensor([s + [self.pad] * (width - len(s)) for s in seqs])
         mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
-        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+        batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+        if self.markers:
+            batch["head_pos"] = first_position(ids, self.markers[0])  # [E1]
+            batch["tail_pos"] = first_position(ids, self.markers[2])  # [E2]
+        return batch
 
     def loss(self, batches: Sequence[dict[str, torch.Tensor]], originals: torch.Tensor,
              embed: Callable[[dict], torch.Tensor], score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
