@@ -3,7 +3,7 @@
 #
 #   scripts/reproduce.sh NAME [extra overrides...]     NAME: protaugment_protonet | fsic_nonames | fsic_best |
 #                                                       fsic_frozen | intentbert_protocol | mteb_banking77 |
-#                                                       fewrel2_da (needs METARUN_DATA_DIR=../shared/data)
+#                                                       fewrel2_da, clinc_oos (need METARUN_DATA_DIR=../shared/data)
 #   scripts/reproduce.sh protaugment_protonet trainer=gpu       # e.g. the GPU schedule
 #
 # It first says how many runs it starts and about how long they take. Runs land in outputs/reproduce/NAME
@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-names="protaugment_protonet fsic_nonames fsic_best fsic_frozen intentbert_protocol mteb_banking77 fewrel2_da"
+names="protaugment_protonet fsic_nonames fsic_best fsic_frozen intentbert_protocol mteb_banking77 fewrel2_da clinc_oos"
 name=${1:-}
 if [[ -z "$name" || " $names " != *" $name "* ]]; then
   echo "usage: scripts/reproduce.sh NAME [overrides...]; NAME is one of: ${names// /, }" >&2
@@ -43,6 +43,19 @@ case $name in
     metarun -m "experiment=$name" "hydra.sweep.dir=$out/none" "$@"
     sweep=(objective=adversarial)
     out_sweep=$out/adversarial ;;
+  clinc_oos)             # every score and rule at 5 / 10 per intent, oos_train as a class, and the full data
+    echo "reproduce.sh $name: 16 runs (5 scores x 2 rules and oos_train as a class at 5 and 10 per intent; 4 \
+threshold runs and oos_train at 100 per intent) on a 2-core CPU, about 25 minutes (frozen MiniLM, features cached \
+after the first); results in $out (table_vs_published.md)" >&2
+    metarun -m "experiment=$name" eval.test.oos_score=maxprob,energy,margin,mahalanobis,knn \
+      eval.test.threshold_rule=accuracy,balanced "hydra.sweep.dir=$out/scores" "$@"
+    metarun -m "experiment=$name" eval.test.reject=oos_class "hydra.sweep.dir=$out/oos_class" "$@"
+    metarun -m "experiment=$name" 'eval.test.shots=[100]' eval.test.draws=1 eval.test.oos_score=maxprob,mahalanobis \
+      eval.test.threshold_rule=accuracy,balanced "hydra.sweep.dir=$out/full" "$@"
+    metarun -m "experiment=$name" 'eval.test.shots=[100]' eval.test.draws=1 eval.test.reject=oos_class \
+      "hydra.sweep.dir=$out/full_oos_class" "$@"
+    python scripts/oos_table.py "$out" --published scripts/published/clinc_oos.yaml --out "$out/table_vs_published.md"
+    exit 0 ;;
 esac
 
 [[ $name == fewrel2_da ]] || echo "reproduce.sh $name: $runs on a 2-core CPU; results in $out (table.md, \

@@ -1,6 +1,8 @@
 """CLINC150's out-of-scope evaluation file (`data=clinc_oos`): `data_full.json` of Larson et al.,
 "An Evaluation Dataset for Intent Classification and Out-of-Scope Prediction" (EMNLP 2019; CC BY 3.0,
-https://github.com/clinc/oos-eval, data/data_full.json). metarun ships no copy: point data.path at it.
+https://github.com/clinc/oos-eval, data/data_full.json). metarun ships no copy: point data.root at the
+folder holding the files (data.condition picks one of Larson et al.'s four data conditions: full,
+small, imbalanced, oos_plus -> data_<condition>.json) or data.path at one file.
 
 The file holds {"train", "val", "test"}: [text, intent] rows of the 150 in-scope intents (100 / 20 / 30
 per intent) and {"oos_train", "oos_val", "oos_test"}: 100 / 100 / 1,000 out-of-scope utterances.
@@ -20,6 +22,15 @@ from metarun.errors import DataError
 
 SOURCE = "https://github.com/clinc/oos-eval (data/data_full.json)"
 PARTS = ("train", "val", "test")
+# Larson et al.'s data conditions (Table 1): in-scope training rows per intent, oos_train rows
+CONDITIONS = {"full": "100 per intent, 100 oos_train", "small": "50 per intent, 100 oos_train",
+              "imbalanced": "25, 50, 75 or 100 per intent, 100 oos_train", "oos_plus": "100 per intent, 250 oos_train"}
+
+
+def check_condition(condition: str) -> None:
+    if condition not in CONDITIONS:
+        raise DataError(f"data.condition={condition!r} is not valid; choose one of Larson et al.'s data conditions: "
+                        + ", ".join(f"{c} ({what})" for c, what in CONDITIONS.items()) + ".")
 
 
 def read_clinc_oos(path: str | Path) -> dict[str, list[Example]]:
@@ -27,8 +38,9 @@ def read_clinc_oos(path: str | Path) -> dict[str, list[Example]]:
     named with what it lacks."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"data.path={str(path)!r}: no such file. data=clinc_oos reads CLINC150's data_full.json "
-                        f"from {SOURCE}; download it and set data.path to it.")
+        raise DataError(f"data.path={str(path)!r}: no such file. data=clinc_oos reads CLINC150's data_<condition>.json "
+                        f"files from {SOURCE}; download them and set data.root to their folder (or data.path to "
+                        f"one file).")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -58,8 +70,12 @@ def load_clinc_oos(
     train_per_class: int | None = None,
     subsample_seed: int = 0,
     dedupe: bool = False,
+    root: str | None = None,
+    condition: str = "full",
 ) -> DataSplits:
-    """In-scope rows split by class; out-of-scope pools: oos_train, oos_val and oos_test."""
+    """In-scope rows split by class; out-of-scope pools: oos_train, oos_val and oos_test. `root` and
+    `condition` name the file (`path`, data_<condition>.json in root, unless given on its own)."""
+    check_condition(condition)
     parts = read_clinc_oos(path)
     source = f"{Path(path).expanduser()}"
     rows = [e for p in PARTS for e in parts[p]]
@@ -71,10 +87,11 @@ def load_clinc_oos(
 
 
 def load_clinc_oos_labelled(name: str, path: str) -> LabelledSplits:
-    """All 150 intents: the file's train rows as the labelled pool, its val rows (with oos_val) for
-    choosing a rejection threshold, its test rows (with oos_test) scored: Larson et al.'s protocol."""
+    """All 150 intents: the file's train rows as the labelled pool (and oos_train, for a classifier
+    with out-of-scope as a class), its val rows (with oos_val) for choosing a rejection threshold, its
+    test rows (with oos_test) scored: Larson et al.'s protocol."""
     parts = read_clinc_oos(path)
     source = f"{Path(path).expanduser()}"
     sets = {p: FewShotDataset(tuple(parts[p]), f"{source} [{p}]") for p in PARTS}
-    oos = {p: FewShotDataset(tuple(parts[f"oos_{p}"]), f"{source} [oos_{p}]") for p in ("val", "test")}
+    oos = {p: FewShotDataset(tuple(parts[f"oos_{p}"]), f"{source} [oos_{p}]") for p in PARTS}
     return LabelledSplits(name, sets["train"], sets["test"], val=sets["val"], oos=oos)

@@ -22,6 +22,7 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from metarun.data.dataset import FewShotDataset
 
@@ -53,31 +54,103 @@ def decide(logits: torch.Tensor, n_way: int, threshold: float | None
     return decided, 1 - top, torch.where(rejected, 1 - top, top)
 
 
-THRESHOLD_RULES = ("accuracy", "balanced")
+def decide_by_score(logits: torch.Tensor, n_way: int, score: torch.Tensor, cut: float
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores whose argmax is the decision, the confidence of each decision) for (Q, N) logits and an
+    in-scope `score` per query: a query goes to N (rejected) exactly when its score is below `cut`;
+    confidence as `decide`'s (the largest probability p for a class, 1 - p for a rejection)."""
+    logp = logits.detach().float()[:, :n_way].log_softmax(-1)
+    rejected = score.to(logp.device) < cut
+    column = torch.where(rejected, 1.0, -float("inf"))[:, None]  # log-probabilities never exceed 0
+    top = logp.exp().amax(-1)
+    return torch.cat([logp, column], -1), torch.where(rejected, 1 - top, top)
 
 
-def choose_threshold(records: list[dict], rule: str = "accuracy") -> float:
+THRESHOLD_RULES = ("accuracy", "balanced", "recall")
+
+
+def choose_threshold(records: list[dict], rule: str = "accuracy", target: float = 0.9) -> float:
     """The threshold on the largest class probability over `records` of N-way predictions (`conf` is
-    that probability) with the best `rule`: `accuracy` (out-of-scope as a class: it follows the
-    validation set's share of out-of-scope queries, Larson et al.'s choice) or `balanced` (in-scope
-    accuracy + out-of-scope recall, each over its own queries: the same threshold whatever that share);
-    the smallest among equals. 2.0 rejects everything (probabilities never exceed 1)."""
+    that probability) by `rule` (choose_cut). 2.0 rejects everything (probabilities never exceed 1)."""
     conf = np.concatenate([r["conf"] for r in records]).astype(np.float64)
     gold = np.concatenate([r["gold"] for r in records])
     pred = np.concatenate([r["pred"] for r in records])
     n_way = np.concatenate([[len(r["classes"])] * len(r["gold"]) for r in records])
-    oos, right = gold == n_way, (pred == gold) & (gold != n_way)
-    values, inverse = np.unique(conf, return_inverse=True)
-    oos_at = np.bincount(inverse, oos, len(values))  # per distinct probability
+    cut = choose_cut(conf, gold == n_way, (pred == gold) & (gold != n_way), rule, target)
+    return 2.0 if cut == float("inf") else cut
+
+
+def choose_cut(score: np.ndarray, oos: np.ndarray, right: np.ndarray, rule: str = "accuracy",
+               target: float = 0.9) -> float:
+    """The cut on an in-scope score (higher: more in-scope) below which queries are rejected, chosen on
+    validation queries (`oos`: which are out-of-scope; `right`: which in-scope ones the classifier gets
+    right) by `rule`: `accuracy` (out-of-scope counted as a class: it follows the validation set's share
+    of out-of-scope queries, Larson et al.'s choice), `balanced` (in-scope accuracy + out-of-scope
+    recall, each over its own queries: the same cut whatever that share) or `recall` (the best in-scope
+    accuracy whose out-of-scope recall reaches `target`); the smallest among equals; inf rejects all."""
+    values, inverse = np.unique(np.asarray(score, dtype=np.float64), return_inverse=True)
+    oos_at = np.bincount(inverse, oos, len(values))  # per distinct score
     right_at = np.bincount(inverse, right, len(values))
-    # threshold values[j]: the queries below it (distinct values 0..j-1) are rejected
+    # cut values[j]: the queries below it (distinct values 0..j-1) are rejected; index len(values): all
     oos_below = np.concatenate([[0.0], np.cumsum(oos_at)])
     right_from = right_at.sum() - np.concatenate([[0.0], np.cumsum(right_at)])
-    correct = oos_below + right_from  # index len(values): reject every query
-    if rule == "balanced":
-        correct = oos_below / max(1.0, oos.sum()) + right_from / max(1.0, (~oos).sum())
+    n_oos, n_in = max(1.0, float(np.sum(oos))), max(1.0, float(np.sum(~np.asarray(oos, dtype=bool))))
+    if rule == "accuracy":
+        correct = oos_below + right_from
+    elif rule == "balanced":
+        correct = oos_below / n_oos + right_from / n_in
+    else:  # recall: in-scope accuracy among the cuts that reject `target` of the out-of-scope queries
+        correct = np.where(oos_below / n_oos >= target - 1e-12, right_from / n_in, -1.0)
     best = int(np.argmax(correct))
-    return float(values[best]) if best < len(values) else 2.0
+    return float(values[best]) if best < len(values) else float("inf")
+
+
+OOS_SCORES = ("maxprob", "energy", "margin", "mahalanobis", "knn")
+FEATURE_SCORES = ("mahalanobis", "knn")  # read the classifier's input features, not only its logits
+
+
+def logit_score(kind: str, logits: torch.Tensor) -> torch.Tensor:
+    """(Q, C) logits -> (Q,) in-scope scores (higher: more in-scope): `maxprob`, the largest softmax
+    probability (Hendrycks & Gimpel 2017); `energy`, logsumexp of the logits, the negative free energy
+    (Liu et al. 2020); `margin`, the largest logit minus the second."""
+    logits = logits.detach().float()
+    if kind == "maxprob":
+        return logits.softmax(-1).amax(-1)
+    if kind == "energy":
+        return logits.logsumexp(-1)
+    top = logits.topk(min(2, logits.shape[-1]), dim=-1).values
+    return top[:, 0] - top[:, -1]
+
+
+class FeatureScore:
+    """In-scope scores from the features of the examples a classifier was fitted on (x: (M, D), y:
+    their classes 0..C-1). `mahalanobis`: minus the smallest Mahalanobis distance to a class mean under
+    one shared covariance (Lee et al. 2018; for text, Podolskiy et al. 2021 on CLINC150), the covariance
+    shrunk towards its mean variance (weight `shrinkage`) so that K x C examples in D dimensions give
+    an invertible one; `knn`: the cosine similarity to the nearest fitted example (Sun et al. 2022,
+    k = 1: a few examples per class)."""
+
+    def __init__(self, kind: str, x: torch.Tensor, y: torch.Tensor, n_classes: int, shrinkage: float = 0.1):
+        self.kind = kind
+        x = x.detach().double()
+        if kind == "knn":
+            self.bank = F.normalize(x, dim=-1)
+            return
+        self.means = torch.stack([x[y == c].mean(0) for c in range(n_classes)])  # (C, D)
+        centred = x - self.means[y]
+        cov = centred.T @ centred / len(x)
+        d = cov.shape[0]
+        cov = (1 - shrinkage) * cov + shrinkage * (cov.trace() / d) * torch.eye(d, dtype=cov.dtype, device=cov.device)
+        self.precision = torch.linalg.inv(cov)
+
+    def __call__(self, feats: torch.Tensor) -> torch.Tensor:
+        feats = feats.detach().double()
+        if self.kind == "knn":
+            return (F.normalize(feats, dim=-1) @ self.bank.T).amax(-1).float()
+        # (f - m)' P (f - m) = f'Pf - 2 f'Pm + m'Pm, for every query f and class mean m at once
+        fp, mp = feats @ self.precision, self.means @ self.precision
+        dist = (fp * feats).sum(-1, keepdim=True) - 2 * fp @ self.means.T + (mp * self.means).sum(-1)
+        return (-dist.amin(-1)).float()
 
 
 def oos_metrics(records: list[dict]) -> dict:

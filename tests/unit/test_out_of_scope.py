@@ -107,9 +107,11 @@ def test_clinc_oos_file_keeps_its_own_out_of_scope_splits(clinc_oos_file, tmp_pa
     assert {r: len(d.oos[r]) for r in d.oos} == {"train": 6, "val": 12, "test": 20}
     labelled = load_clinc_oos_labelled("clinc_oos", str(clinc_oos_file))
     assert (len(labelled.pool), len(labelled.val), len(labelled.test)) == (72, 27, 36)
-    assert {r: len(labelled.oos[r]) for r in labelled.oos} == {"val": 12, "test": 20}
-    with pytest.raises(DataError, match="no such file. data=clinc_oos reads CLINC150's data_full.json"):
+    assert {r: len(labelled.oos[r]) for r in labelled.oos} == {"train": 6, "val": 12, "test": 20}
+    with pytest.raises(DataError, match="no such file. data=clinc_oos reads CLINC150's data_<condition>.json"):
         load_clinc_oos("c", str(tmp_path / "nope.json"))
+    with pytest.raises(DataError, match=r"data.condition='tiny' is not valid; .*full \(100 per intent"):
+        load_clinc_oos("c", str(clinc_oos_file), condition="tiny")
     (tmp_path / "other.json").write_text(json.dumps({"train": []}))
     with pytest.raises(DataError, match=r"lacks \['val', 'test', 'oos_train'"):
         load_clinc_oos("c", str(tmp_path / "other.json"))
