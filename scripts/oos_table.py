@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def rows_of(folder: Path) -> list[dict]:
         for key, value in results["results"].items():
             if not key.startswith("test/") or "in_scope_acc" not in value:
                 continue
-            k = key.rsplit("_", 1)[-1].removesuffix("per_class")
+            k = re.search(r"_(\d+)per_class$", key).group(1)
             how = ("oos_train as a class" if value.get("reject") == "oos_class" else
                    f"threshold on {value.get('oos_score', 'maxprob')}, rule {value.get('threshold_rule')}"
                    + (f" {value['reject_target']}" if value.get("threshold_rule") == "recall" else ""))
@@ -39,7 +40,7 @@ def render(rows: list[dict], published: dict | None) -> str:
     fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
     lines = ["| data, K per intent | method | in-scope | OOS recall | precision | F1 | AUROC | regime |",
              "|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["condition"], int(r["K"]) if r["K"].isdigit() else 0, r["method"])):
+    for r in sorted(rows, key=lambda r: (r["condition"], int(r["K"]), r["method"])):
         lines.append(f"| {r['condition']}, {r['K']} | MiniLM frozen + logistic regression, {r['method']} "
                      f"({r['draws']} draws) | " + " | ".join(fmt(r[m]) for m in METRICS) + f" | {r['regime']} |")
     for row in (published or {}).get("rows", []):

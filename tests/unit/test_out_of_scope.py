@@ -140,3 +140,75 @@ def test_the_balanced_rule_does_not_follow_the_share_of_out_of_scope_queries():
     records = [record(conf, gold, pred)]
     assert choose_threshold(records) == 0.5
     assert choose_threshold(records, "balanced") == 0.8
+
+
+def test_the_recall_rule_keeps_the_most_in_scope_answers_that_reach_the_target():
+    """Same validation: recall 1 of the one out-of-scope query needs a cut above 0.6; the smallest such
+    cut (0.8, rejecting 0.6 / 0.55 / 0.5) keeps the most in-scope answers; a target of 0 keeps all."""
+    from metarun.evaluate.out_of_scope import choose_cut
+
+    score = np.array([0.95, 0.9, 0.8, 0.6, 0.55, 0.5])
+    oos = np.array([False, False, False, True, False, False])
+    right = np.array([True, True, True, False, True, True])
+    assert choose_cut(score, oos, right, "recall", 1.0) == 0.8
+    assert choose_cut(score, oos, right, "recall", 1e-9) == 0.8  # any recall > 0 needs the 0.6 query rejected
+    assert choose_cut(score, oos, right, "accuracy") == 0.5
+    assert choose_cut(score, oos, np.zeros(6, bool), "accuracy") == 0.8  # nothing right: reject all that help
+
+
+def test_logit_scores_match_hand_computation():
+    from metarun.evaluate.out_of_scope import logit_score
+
+    logits = torch.tensor([[2.0, 0.0, 0.0], [1.0, 1.0, -1.0]])
+    p = torch.exp(torch.tensor(2.0)) / (torch.exp(torch.tensor(2.0)) + 2)
+    assert torch.allclose(logit_score("maxprob", logits), torch.stack([p, torch.tensor(float(1 / (2 + np.exp(-2))))]))
+    assert torch.allclose(logit_score("energy", logits),
+                          torch.tensor([np.log(np.exp(2) + 2), np.log(2 * np.e + np.exp(-1))], dtype=torch.float))
+    assert logit_score("margin", logits).tolist() == [2.0, 0.0]
+
+
+def test_mahalanobis_and_knn_scores_match_hand_computation():
+    """Two classes in 2-D: class means (0, 0) and (4, 0); shared covariance of the centred examples
+    diag(1, 4) before shrinkage; shrinkage 0.5 towards its mean variance 2.5 gives diag(1.75, 3.25)."""
+    from metarun.evaluate.out_of_scope import FeatureScore
+
+    x = torch.tensor([[-1.0, -2.0], [1.0, 2.0], [3.0, 2.0], [5.0, -2.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    maha = FeatureScore("mahalanobis", x, y, 2, shrinkage=0.5)
+    q = torch.tensor([[1.0, 1.0], [4.0, 3.0]])
+    hand = torch.tensor([-(1 / 1.75 + 1 / 3.25), -(9 / 3.25)])  # nearest means (0, 0) and (4, 0)
+    assert torch.allclose(maha(q), hand, atol=1e-6)
+    knn = FeatureScore("knn", x, y, 2)
+    best = max(float(torch.nn.functional.cosine_similarity(q[1], r, dim=0)) for r in x)
+    assert knn(q)[1].item() == pytest.approx(best, abs=1e-6)
+
+
+def test_decide_by_score_rejects_below_the_cut_with_each_decisions_probability():
+    from metarun.evaluate.out_of_scope import decide_by_score
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    decided, conf = decide_by_score(logits, 2, torch.tensor([5.0, -1.0, 0.0]), cut=0.0)
+    assert decided.argmax(-1).tolist() == [0, 2, 0]  # the second is below the cut; the third on it is kept
+    p = logits.softmax(-1).amax(-1)
+    assert torch.allclose(conf, torch.stack([p[0], 1 - p[1], p[2]]))
+
+
+def test_per_class_feature_scores_and_the_out_of_scope_class(clinc_oos_file):
+    from metarun.errors import ConfigError
+
+    target = load_clinc_oos_labelled("clinc_oos", str(clinc_oos_file))
+    for score in ("energy", "margin", "mahalanobis", "knn"):
+        out = PerClassEvaluator(target, [2], draws=2, seed=0, progress=False, oos_score=score,
+                                threshold_rule="recall", reject_target=0.5)(tiny_protonet(), CPU)
+        scores = out["test/clinc_oos_2per_class"]
+        assert scores["oos_score"] == score and scores["threshold_rule"] == "recall" and scores["reject_target"] == 0.5
+        assert 0 <= scores["oos_auroc"] <= 100
+    cls = PerClassEvaluator(target, [2], draws=2, seed=0, progress=False, reject="oos_class")(tiny_protonet(), CPU)
+    scores = cls["test/clinc_oos_2per_class"]
+    assert scores["reject"] == "oos_class" and scores["oos_class_examples"] == 6 and "threshold" not in scores
+    with pytest.raises(ConfigError, match="oos_score=knn reads the frozen features"):
+        PerClassEvaluator(target, [2], draws=1, seed=0, head="finetune", oos_score="knn")
+    with pytest.raises(DataError, match="has no training out-of-scope examples"):
+        PerClassEvaluator(target.__class__(target.name, target.pool, target.test, target.val,
+                                           {r: target.oos[r] for r in ("val", "test")}), [2], draws=1, seed=0,
+                          reject="oos_class")
