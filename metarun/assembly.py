@@ -81,9 +81,6 @@ def check_nota(cfg: DictConfig, learner: Learner) -> None:
                           f"leaves to the learner, but this learner does not predict NOTA: set learner.nota=true "
                           f"(learner={nota_learners()}), or eval.test.reject=threshold (any "
                           f"learner: a threshold on its largest class probability, chosen on validation episodes).")
-    if test.get("oos_rate", 0) and test.get("reject") == "threshold" and learner.nota:
-        raise ConfigError("eval.test.reject=threshold ranks the N classes' probabilities; a learner that predicts "
-                          "NOTA itself takes eval.test.reject=nota (or set learner.nota=false).")
 
 
 @dataclass

@@ -184,7 +184,7 @@ class EpisodicEvaluator(Evaluator):
                 if proto.oos_rate and self.reject == "threshold":  # chosen on validation episodes, same protocol
                     calibrate = replace(proto, episodes=self.threshold_episodes)
                     rule = choose_threshold(self._run(learner, calibration, self.calibration_samplers[i], calibrate,
-                                                      device, amp, None), self.threshold_rule)
+                                                      device, amp, "calibrate"), self.threshold_rule)
                 elif proto.oos_rate:
                     rule = "nota"
                 records = self._run(learner, features, sampler, proto, device, amp, rule, mistakes=mistakes)
@@ -208,8 +208,12 @@ class EpisodicEvaluator(Evaluator):
     @staticmethod
     def _record(i: int, spec, gold, logits: torch.Tensor, rule: str | float | None) -> dict:
         """The episode's record; with a rejection `rule` ("nota" or a threshold, out_of_scope.decide), its
-        decisions and each query's rejection score (`oos`)."""
-        if rule is None:
+        decisions and each query's rejection score (`oos`); "calibrate": the N-way prediction with the
+        in-scope score a threshold is chosen on as `conf` (a NOTA learner's 1 - p(NOTA))."""
+        if rule == "calibrate" and logits.shape[-1] == spec.n_way + 1:  # a NOTA learner's in-scope score: 1 - p0
+            return episode_record(i, spec.classes, spec.query_idx, gold, logits[:, :spec.n_way],
+                                  1 - logits.float().softmax(-1)[:, spec.n_way])
+        if rule in (None, "calibrate"):
             return episode_record(i, spec.classes, spec.query_idx, gold, logits)
         decided, score, conf = decide(logits, spec.n_way, None if rule == "nota" else rule)
         return episode_record(i, spec.classes, spec.query_idx, gold, decided, conf) | {

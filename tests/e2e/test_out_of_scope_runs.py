@@ -18,15 +18,17 @@ def oos_args(path) -> list[str]:
             "eval.test.shots=[1]", "eval.test.n_query=2", "eval.test.oos_rate=1", "eval.test.episodes=6"]
 
 
-@pytest.mark.parametrize("rule", ["nota", "threshold"])
+@pytest.mark.parametrize("rule", ["nota", "threshold", "nota threshold"])
 def test_out_of_scope_runs_report_the_four_metrics(tmp_path, rule):
+    """nota: the learner's own class N; threshold: a cut on the largest class probability; nota
+    threshold: a cut on a NOTA learner's own 1 - p(NOTA), each record's conf the decision's probability."""
     rows = TABLE_ROWS + "".join(f"other text of b2 {i},b2\n" for i in range(4)) + OOS_ROWS
     path = csv_file(tmp_path, "text,label\n" + rows)
     threshold = ["eval.test.reject=threshold", "eval.test.threshold_episodes=5"]
-    extra = ["learner.nota=true"] if rule == "nota" else threshold
-    results = run_in_process([*oos_args(path), *extra], tmp_path / "run")["results"]
+    extra = {"nota": ["learner.nota=true"], "threshold": threshold, "nota threshold": ["learner.nota=true", *threshold]}
+    results = run_in_process([*oos_args(path), *extra[rule]], tmp_path / "run")["results"]
     scores = results["test/2way_1shot_oos1"]
-    assert ("threshold" in scores) == (rule == "threshold")
+    assert ("threshold" in scores) == ("threshold" in rule)
     lines = (tmp_path / "run" / "episodes" / "test_2way_1shot_oos1.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert len(records) == 6 and all(r["gold"].count(2) == 2 and len(r["oos"]) == 6 for r in records)
@@ -38,8 +40,6 @@ def test_out_of_scope_options_are_refused_with_what_to_do(tmp_path):
     with pytest.raises(ConfigError, match="this learner does not predict NOTA: set learner.nota=true .* or "
                                           "eval.test.reject=threshold"):
         run_in_process(oos_args(path), tmp_path / "a")
-    with pytest.raises(ConfigError, match="a learner that predicts NOTA itself takes eval.test.reject=nota"):
-        run_in_process([*oos_args(path), "learner.nota=true", "eval.test.reject=threshold"], tmp_path / "b")
     with pytest.raises(DataError, match="data 'banking77' has no test out-of-scope examples. Set data.oos_label"):
         run_in_process([*FAST, "learner.nota=true", "eval.test.oos_rate=1"], tmp_path / "c")
 

@@ -212,3 +212,15 @@ def test_per_class_feature_scores_and_the_out_of_scope_class(clinc_oos_file):
         PerClassEvaluator(target.__class__(target.name, target.pool, target.test, target.val,
                                            {r: target.oos[r] for r in ("val", "test")}), [2], draws=1, seed=0,
                           reject="oos_class")
+
+
+def test_a_nota_learners_own_probability_is_thresholded():
+    """(Q, N+1) logits with a threshold: reject when 1 - p(NOTA) is below it; a kept query takes the
+    best of the N classes (even where NOTA's own logit is the largest), conf the decision's probability."""
+    logits = torch.log(torch.tensor([[0.6, 0.1, 0.3], [0.2, 0.3, 0.5], [0.3, 0.25, 0.45]]))  # N = 2, p0 last
+    decided, rejection, conf = decide(logits, 2, threshold=0.6)
+    assert decided.argmax(-1).tolist() == [0, 2, 2]  # 1 - p0 = 0.7 kept; 0.5 and 0.55 rejected
+    assert torch.allclose(rejection, torch.tensor([0.3, 0.5, 0.45]))
+    assert torch.allclose(conf, torch.tensor([0.6, 0.5, 0.45]))
+    kept, _, conf = decide(logits, 2, threshold=0.5)
+    assert kept.argmax(-1).tolist() == [0, 1, 0] and torch.allclose(conf, torch.tensor([0.6, 0.3, 0.3]))
