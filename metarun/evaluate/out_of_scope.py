@@ -41,9 +41,9 @@ def decide(logits: torch.Tensor, n_way: int, threshold: float | None
     """(scores whose argmax is the decision, the rejection score of each query, the confidence of each
     decision): a NOTA learner's (Q, N+1) logits as they are (confidence: the decided class's
     probability), or with a threshold its own none-of-the-above probability p0 thresholded (rejected
-    when 1 - p0 < threshold; confidence: the class's probability, or p0), or (Q, N) logits with a last column log(threshold) beside their log probabilities,
-    so a query goes to N exactly when its largest probability p is below the threshold (confidence: p
-    for a class, 1 - p for a rejection)."""
+    when 1 - p0 < threshold; confidence: the class's probability, or p0), or (Q, N) logits with a last
+    column log(threshold) beside their log probabilities, so a query goes to N exactly when its largest
+    probability p is below the threshold (confidence: p for a class, 1 - p for a rejection)."""
     logits = logits.detach().float()
     if threshold is None:  # the learner predicts NOTA as class N
         probs = logits.softmax(-1)
