@@ -19,10 +19,11 @@ from metarun.data.collate import EpisodeDataset, FeatureEpisodeDataset
 from metarun.data.dataset import DataSplits, FewShotDataset
 from metarun.data.unlabelled import UnlabelledText
 from metarun.distributed import Dist
-from metarun.errors import ConfigError, check_int
+from metarun.errors import ConfigError, check_choice, check_int
 from metarun.evaluate import Evaluator, HeldOutTasks, build_evaluator
 from metarun.evaluate.common import encode_examples, evaluating
 from metarun.evaluate.feature_cache import FeatureCache
+from metarun.evaluate.out_of_scope import OOS, with_out_of_scope
 from metarun.callbacks import Callback, build_callbacks, default_callbacks
 from metarun.learners.base import Learner
 from metarun.learners.objectives import build_objectives
@@ -83,6 +84,27 @@ def check_nota(cfg: DictConfig, learner: Learner) -> None:
                           f"learner: a threshold on its largest class probability, chosen on validation episodes).")
 
 
+NA_SOURCES = ("classes", "oos_train")
+
+
+def training_sampler(cfg: DictConfig, data: DataSplits):
+    """The training episodes; `sampler.na_source=oos_train` draws their none-of-the-above queries from
+    the data's training out-of-scope pool (CLINC150's oos_train) instead of classes outside the episode."""
+    params = OmegaConf.to_container(cfg.sampler, resolve=True)
+    source = params.pop("na_source", "classes")
+    check_choice("sampler.na_source", source, NA_SOURCES)
+    dataset, extra = data.train, {}
+    if source == "oos_train" and params.get("na_rate", 0):
+        if "train" not in data.oos or not len(data.oos["train"]):
+            raise ConfigError(f"sampler.na_source=oos_train draws none-of-the-above queries from the training "
+                              f"out-of-scope pool, but data {data.name!r} has none (data=clinc_oos has oos_train; "
+                              f"data.oos_label=<label> splits a table's); use sampler.na_source=classes.")
+        dataset, extra = with_out_of_scope(data.train, data.oos["train"]), {"na_class": OOS}
+        log.info("training none-of-the-above queries: %d out-of-scope examples (%s)", len(data.oos["train"]),
+                 data.oos["train"].source)
+    return build(params, "sampler", dataset=dataset, seed=cfg.seed, role="training", **extra)
+
+
 @dataclass
 class Components:
     """Everything a run is made of, built from its config."""
@@ -117,7 +139,7 @@ def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist
         raise ConfigError(f"learner={learner.name} with encoder.freeze=true has no parameter to train; test the frozen "
                           f"encoder with trainer.max_steps=0, or train it (encoder.freeze=false), or pick a learner "
                           f"with a head of its own (relation, snail, siamese, induction, anil).")
-    sampler = build(cfg.sampler, "sampler", dataset=data.train, seed=cfg.seed, role="training")
+    sampler = training_sampler(cfg, data)
     cache = open_feature_cache(cfg, encoder, trainer)
     val = build_evaluator(cfg.eval, "val", data, trainer.progress, dist, cache)
     tests = [build_evaluator(cfg.eval, "test", data, trainer.progress, dist, cache)]

@@ -1,8 +1,8 @@
 """CLINC150's out-of-scope evaluation file (`data=clinc_oos`): `data_full.json` of Larson et al.,
 "An Evaluation Dataset for Intent Classification and Out-of-Scope Prediction" (EMNLP 2019; CC BY 3.0,
-https://github.com/clinc/oos-eval, data/data_full.json). metarun ships no copy: point data.root at the
-folder holding the files (data.condition picks one of Larson et al.'s four data conditions: full,
-small, imbalanced, oos_plus -> data_<condition>.json) or data.path at one file.
+https://github.com/clinc/oos-eval, data/data_full.json). metarun ships no copy: put the files in
+$METARUN_DATA_DIR/clinc150 (data.condition picks one of Larson et al.'s four data conditions: full,
+small, imbalanced, oos_plus -> data_<condition>.json) or point data.path at one file.
 
 The file holds {"train", "val", "test"}: [text, intent] rows of the 150 in-scope intents (100 / 20 / 30
 per intent) and {"oos_train", "oos_val", "oos_test"}: 100 / 100 / 1,000 out-of-scope utterances.
@@ -39,7 +39,7 @@ def read_clinc_oos(path: str | Path) -> dict[str, list[Example]]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"data.path={str(path)!r}: no such file. data=clinc_oos reads CLINC150's data_<condition>.json "
-                        f"files from {SOURCE}; download them and set data.root to their folder (or data.path to "
+                        f"files from {SOURCE}; download them into $METARUN_DATA_DIR/clinc150 (or set data.path to "
                         f"one file).")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -70,11 +70,10 @@ def load_clinc_oos(
     train_per_class: int | None = None,
     subsample_seed: int = 0,
     dedupe: bool = False,
-    root: str | None = None,
     condition: str = "full",
 ) -> DataSplits:
-    """In-scope rows split by class; out-of-scope pools: oos_train, oos_val and oos_test. `root` and
-    `condition` name the file (`path`, data_<condition>.json in root, unless given on its own)."""
+    """In-scope rows split by class; out-of-scope pools: oos_train, oos_val and oos_test. `condition`
+    names the file in the config's default `path` (data_<condition>.json), checked here."""
     check_condition(condition)
     parts = read_clinc_oos(path)
     source = f"{Path(path).expanduser()}"

@@ -59,3 +59,21 @@ def test_clinc_oos_runs_episodes_and_the_per_intent_protocol(clinc_oos_file, tmp
     balanced = run_in_process([*FAST, *data, "eval=clinc_oos_per_class", "eval.test.shots=[2]", "eval.test.draws=2",
                                "trainer.max_steps=0", "eval.test.threshold_rule=balanced"], tmp_path / "balanced")
     assert balanced["results"]["test/clinc_oos_2per_class"]["threshold_rule"] == "balanced"
+
+
+def test_training_draws_none_of_the_above_queries_from_oos_train(clinc_oos_file, tmp_path, caplog):
+    """sampler.na_source=oos_train: NOTA training queries are the data's training out-of-scope utterances."""
+    import logging
+
+    data = ["data=clinc_oos", f"data.path={clinc_oos_file}", "data.split_file=null",
+            "data.classes={train: [i0, i1, i2], val: [i3, i4, i5], test: [i6, i7, i8]}",
+            "sampler.n_way=3", "eval.val.n_way=3", "eval.test.n_way=3", "learner.nota=true", "eval.test.oos_rate=1"]
+    with caplog.at_level(logging.INFO, logger="metarun"):
+        results = run_in_process([*FAST, *data, "sampler.na_rate=1", "sampler.n_query=2", "sampler.na_source=oos_train"],
+                                 tmp_path / "run")
+    assert "training none-of-the-above queries: 6 out-of-scope examples" in caplog.text
+    assert "oos_recall" in results["results"]["test/3way_1shot_oos1"]
+    with pytest.raises(ConfigError, match="sampler.na_source=oos_train .* data 'banking77' has none"):
+        run_in_process([*FAST, "learner.nota=true", "sampler.na_rate=1", "sampler.na_source=oos_train"], tmp_path / "b")
+    with pytest.raises(ConfigError, match="sampler.na_source='pool' is not valid; choose one of: classes, oos_train"):
+        run_in_process([*FAST, "sampler.na_source=pool"], tmp_path / "c")

@@ -63,7 +63,8 @@ ADDED_LATER = {"data.dedupe": False, "data.encoding": "utf-8", "data.quoting": "
                                                                 "attention.self.value", "attention.output.dense",
                                                                 "intermediate.dense", "output.dense"],
                "eval.test.rectify": False, "data.class_descriptions": None, "train_on_features": True,
-               "data.test_all_classes": False, "eval.test.data.test_all_classes": False}
+               "data.test_all_classes": False, "eval.test.data.test_all_classes": False, "data.condition": "full",
+               "sampler.na_source": "classes", "eval.test.oos_score": "maxprob", "eval.test.reject_target": 0.9}
 # Modules that moved after runs were made: a saved `_target_` under the old path names the new one.
 MOVED = {f"metarun.learners.{module}.": f"metarun.learners.{family}.{module}."
          for family, modules in {"gradient": ("maml", "lstm_meta", "hypernet"),
