@@ -69,8 +69,8 @@ def test_training_draws_none_of_the_above_queries_from_oos_train(clinc_oos_file,
             "data.classes={train: [i0, i1, i2], val: [i3, i4, i5], test: [i6, i7, i8]}",
             "sampler.n_way=3", "eval.val.n_way=3", "eval.test.n_way=3", "learner.nota=true", "eval.test.oos_rate=1"]
     with caplog.at_level(logging.INFO, logger="metarun"):
-        results = run_in_process([*FAST, *data, "sampler.na_rate=1", "sampler.n_query=2", "sampler.na_source=oos_train"],
-                                 tmp_path / "run")
+        results = run_in_process([*FAST, *data, "sampler.na_rate=1", "sampler.n_query=2",
+                                  "sampler.na_source=oos_train"], tmp_path / "run")
     assert "training none-of-the-above queries: 6 out-of-scope examples" in caplog.text
     assert "oos_recall" in results["results"]["test/3way_1shot_oos1"]
     with pytest.raises(ConfigError, match="sampler.na_source=oos_train .* data 'banking77' has none"):
