@@ -159,8 +159,8 @@ class Trainer:
             if dist.main:
                 tqdm.write(f"step 0 (before training): {_brief(scores)}")
         loader = self._loader(episodes, state.step)
-        bar = tqdm(total=self.max_steps, initial=state.step, desc="train", disable=not (self.progress and dist.main),
-                   unit="step")
+        bar = tqdm(total=self.max_steps, initial=state.step, desc="train", unit="step",
+                   disable=not (self.progress and dist.main) or self.max_steps == 0)  # max_steps=0: no training, no bar
         while state.step < self.max_steps and not state.finished:
             metrics = self._train_step(learner, loader, opt, sched, scaler, state.step)
             state.step += 1
@@ -283,4 +283,5 @@ class Trainer:
 
 
 def _brief(scores: dict[str, dict]) -> str:
-    return ", ".join(f"{k} {v['acc']:.2f} ± {v['ci95']}" for k, v in scores.items())
+    ci = lambda v: "" if v.get("ci95") is None else f" ± {v['ci95']:.2f}"  # noqa: E731  (two decimals, as results)
+    return ", ".join(f"{k} {v['acc']:.2f}{ci(v)}" for k, v in scores.items())

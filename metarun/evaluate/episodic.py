@@ -11,7 +11,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -240,8 +239,7 @@ class EpisodicEvaluator(Evaluator):
                 correct.append(record_accuracy(records[-1]))
                 if kept is not None and len(mistakes) < MISTAKES:
                     mistakes += self._mistakes(records[-1], spec, s, q)[: MISTAKES - len(mistakes)]
-                if i % 50 == 0:
-                    bar.set_postfix(acc=f"{100 * np.mean(correct):.1f}", refresh=False)  # drawn with the next count
+                bar.set_postfix(acc=f"{100 * sum(correct) / len(correct):.1f}", refresh=False)  # drawn with the count
         if kept is not None:
             kept[f"{self.prefix}/{proto.key}"] = mistakes
         return self.dist.gather(records, proto.episodes)
@@ -277,8 +275,7 @@ class EpisodicEvaluator(Evaluator):
             spec = sampler[i]
             records.append(self._record(i, spec, ep.query_labels.tolist(), logits, rule))
             correct.append(record_accuracy(records[-1]))
-            if i % 20 == 0:
-                bar.set_postfix(acc=f"{100 * np.mean(correct):.1f}", refresh=False)  # drawn with the next count
+            bar.set_postfix(acc=f"{100 * sum(correct) / len(correct):.1f}", refresh=False)  # drawn with the count
         return self.dist.gather(records, proto.episodes)
 
 

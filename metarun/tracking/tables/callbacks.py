@@ -93,7 +93,7 @@ class SweepSummary(Callback):
         md = write_tables(runs, sweep, rows, self.cols, self.agg)
         if md:
             log.info("sweep results (%s/table.md):\n%s", sweep, md)
-            plot_sweep(runs, sweep, lines=rows)
+            plot_sweep(runs, sweep, lines=rows, agg=self.agg)
         failed = sorted(p.parent.name for p in sweep.glob("*/FAILED"))
         failed_jobs[:] = failed
         if failed:

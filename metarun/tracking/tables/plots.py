@@ -38,7 +38,7 @@ def plot_run(run_dir: str | Path) -> Path | None:
             loss.append((row["step"], row["train/loss"]))
         for k, v in row.items():
             if k.startswith("val/") and k.endswith("/acc") and v is not None:
-                val[k[4:-4]].append((row["step"], v))
+                val[k[4:-4]].append((row["step"], v, row.get(f"{k[:-4]}/ci95") or 0.0))
     if not loss and not val:
         return None
     plt = pyplot()
@@ -47,10 +47,16 @@ def plot_run(run_dir: str | Path) -> Path | None:
         a.plot(*zip(*loss), lw=1)
     a.set(xlabel="step", ylabel="training loss", title="training loss")
     for key, points in val.items():
-        b.plot(*zip(*points), marker="o", ms=3, label=key)
-    b.set(xlabel="step", ylabel="accuracy (%)", title="validation accuracy")
+        steps, acc, ci = zip(*points)
+        b.plot(steps, acc, marker="o", ms=3, label=key)
+        b.fill_between(steps, [a_ - c for a_, c in zip(acc, ci)], [a_ + c for a_, c in zip(acc, ci)], alpha=0.2)
+    b.set(xlabel="step", ylabel="accuracy (%)", title="validation accuracy (95% CI band)")
     if val:
         b.legend(fontsize=8)
+        low, high = b.get_ylim()
+        if high - low < 5:  # never zoom a flat curve into a range smaller than a few points
+            middle = (high + low) / 2
+            b.set_ylim(middle - 2.5, middle + 2.5)
     fig.tight_layout()
     out = run_dir / "curves.png"
     fig.savefig(out, dpi=120)
@@ -58,10 +64,11 @@ def plot_run(run_dir: str | Path) -> Path | None:
     return out
 
 
-def plot_sweep(runs: list[dict], out: str | Path, lines: Sequence[str] = ("learner",)) -> Path | None:
-    """Test accuracy against K (from `test/<N>way_<K>shot` keys), CI bands, a panel per test data and N,
-    a line per value of the `lines` keys (table keys, as `metarun-table --rows`); runs that share all
-    of these are averaged (their CIs pooled)."""
+def plot_sweep(runs: list[dict], out: str | Path, lines: Sequence[str] = ("learner",), agg: str = "ci"
+               ) -> Path | None:
+    """Test accuracy against K (from `test/<N>way_<K>shot` keys), a panel per test data and N, a line
+    per value of the `lines` keys (table keys, as `metarun-table --rows`); runs that share all of these
+    are averaged, the band as the table's `agg`: their pooled 95% CI (ci) or the std over runs (std)."""
 
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
@@ -77,12 +84,15 @@ def plot_sweep(runs: list[dict], out: str | Path, lines: Sequence[str] = ("learn
     for ax, (data, n) in zip(axes[0], panels):
         for learner in sorted({lr for d, nn, lr, _ in cells if (d, nn) == (data, n)}):
             ks = sorted(k for d, nn, lr, k in cells if (d, nn, lr) == (data, n, learner))
-            stats = [aggregate(cells[data, n, learner, k], "ci") for k in ks]
+            stats = [aggregate(cells[data, n, learner, k], agg) for k in ks]
             mean = [s[0] for s in stats]
+            # the band the label names: a one-run cell has no std over runs (no band), a missing CI neither
+            spread = [(s[1] or 0.0) if agg == "ci" or s[2] > 1 else 0.0 for s in stats]
             ax.plot(ks, mean, marker="o", label=learner)
-            ax.fill_between(ks, [m - s[1] for m, s in zip(mean, stats)], [m + s[1] for m, s in zip(mean, stats)],
+            ax.fill_between(ks, [m - w for m, w in zip(mean, spread)], [m + w for m, w in zip(mean, spread)],
                             alpha=0.2)
-        ax.set(xlabel="K (shots)", ylabel="test accuracy (%)", title=f"{data}, {n}-way", xticks=sorted(
+        band = "95% CI" if agg == "ci" else "std over runs"
+        ax.set(xlabel="K (shots)", ylabel=f"test accuracy (%), band: {band}", title=f"{data}, {n}-way", xticks=sorted(
             {k for d, nn, _, k in cells if (d, nn) == (data, n)}))
         ax.legend(fontsize=8, title=" / ".join(lines), title_fontsize=8)
     fig.tight_layout()

@@ -99,9 +99,12 @@ def build(run_dir: str | Path) -> str:
         ci = results.get("results", {}).get(setting, {}).get("ci95")
         md.append(f"| {setting} | {shots_of(setting)} | {accs.mean():.2f} | {'n/a' if ci is None else f'{ci:.2f}'} "
                   f"| {ece:.2f} | {len(lines)} |")
-        ax.plot([t[0] for t in table], [t[1] for t in table], marker="o", label=f"{setting} (ECE {ece:.1f})")
-    ax.set(xlabel="confidence of the predicted class", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-           title="reliability")
+        line, = ax.plot([t[0] for t in table], [t[1] for t in table], marker="o", label=f"{setting} (ECE {ece:.1f})")
+        for conf, acc, n in table:  # each bin's number of queries beside its point
+            ax.annotate(str(n), (conf, acc), textcoords="offset points", xytext=(4, -9), fontsize=6,
+                        color=line.get_color())
+    ax.set(xlabel="confidence of the predicted class", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02),
+           title="reliability (numbers: queries per bin)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_dir / "reliability.png", dpi=110)

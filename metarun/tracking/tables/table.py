@@ -298,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     if args.plot:
-        plot_sweep(runs, out, lines=rows)
+        plot_sweep(runs, out, lines=rows, agg=how)
     if spec:
         md = render_published(rows, cols, build_table(runs, rows, cols, args.metric, how), spec, how)
         (Path(out) / "table_vs_published.md").write_text(md)
