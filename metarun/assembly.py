@@ -156,9 +156,11 @@ def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist
              if str(OmegaConf.to_container(cfg.data, resolve=False).get("name", "")).startswith("${stem:") else "")
     # the classes the test episodes come from: another dataset's in a cross-dataset run
     test = tests[0].data if isinstance(getattr(tests[0], "data", None), FewShotDataset) else data.test
-    log.info("data %s%s: %d train / %d val / %d test classes (%d / %d / %d examples)", data.name, named,
+    oos = (", out-of-scope pools " + " / ".join(f"{len(data.oos[r])} {r}" for r in ("train", "val", "test")
+                                                if r in data.oos)) if data.oos else ""
+    log.info("data %s%s: %d train / %d val / %d test classes (%d / %d / %d examples)%s", data.name, named,
              len(data.train.classes), len(data.val.classes), len(test.classes), len(data.train), len(data.val),
-             len(test))
+             len(test), oos)
     # training inputs: cached features where the encoder is frozen and nothing reads the text
     on_features = (cfg.get("train_on_features", True) and not learner.trains_on_text and encoder.frozen
                    and trainer.max_steps > 0)

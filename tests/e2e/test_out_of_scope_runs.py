@@ -72,6 +72,7 @@ def test_training_draws_none_of_the_above_queries_from_oos_train(clinc_oos_file,
         results = run_in_process([*FAST, *data, "sampler.na_rate=1", "sampler.n_query=2",
                                   "sampler.na_source=oos_train"], tmp_path / "run")
     assert "training none-of-the-above queries: 6 out-of-scope examples" in caplog.text
+    assert "out-of-scope pools 6 train / 12 val / 20 test" in caplog.text  # beside the class counts
     assert "oos_recall" in results["results"]["test/3way_1shot_oos1"]
     with pytest.raises(ConfigError, match="sampler.na_source=oos_train .* data 'banking77' has none"):
         run_in_process([*FAST, "learner.nota=true", "sampler.na_rate=1", "sampler.na_source=oos_train"], tmp_path / "b")
