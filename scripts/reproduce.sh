@@ -44,8 +44,9 @@ case $name in
     sweep=(objective=adversarial)
     out_sweep=$out/adversarial ;;
   clinc_oos)             # every score and rule at 5 / 10 per intent, oos_train as a class, and the full data
-    echo "reproduce.sh $name: 21 runs (5 scores x 3 rules and oos_train as a class at 5 and 10 per intent; 4 \
-threshold runs and oos_train at 100 per intent) on a 2-core CPU, about 15 minutes (frozen MiniLM, features cached \
+    echo "reproduce.sh $name: 27 runs (5 scores x 3 rules and oos_train as a class at 5 and 10 per intent; 4 \
+threshold runs and oos_train at 100 per intent; threshold and oos_train at 25 per intent in the small, imbalanced and \
+oos_plus data conditions) on a 2-core CPU, about 15 minutes (frozen MiniLM, features cached \
 after the first run: the others take seconds); results in $out (table_vs_published.md)" >&2
     metarun -m "experiment=$name" eval.test.oos_score=maxprob,energy,margin,mahalanobis,knn \
       eval.test.threshold_rule=accuracy,balanced,recall eval.test.reject_target=0.6 "hydra.sweep.dir=$out/scores" "$@"
@@ -54,6 +55,8 @@ after the first run: the others take seconds); results in $out (table_vs_publish
       eval.test.threshold_rule=accuracy,balanced "hydra.sweep.dir=$out/full" "$@"
     metarun -m "experiment=$name" 'eval.test.shots=[100]' eval.test.draws=1 eval.test.reject=oos_class \
       "hydra.sweep.dir=$out/full_oos_class" "$@"
+    metarun -m "experiment=$name" data.condition=small,imbalanced,oos_plus 'eval.test.shots=[25]' eval.test.draws=1 \
+      eval.test.reject=threshold,oos_class "hydra.sweep.dir=$out/conditions" "$@"
     python scripts/oos_table.py "$out" --published scripts/published/clinc_oos.yaml --out "$out/table_vs_published.md"
     exit 0 ;;
 esac
