@@ -87,7 +87,7 @@ def needs(argv: list[str]) -> str | None:
         return "FewRel's train_wiki.json is not on this machine (scripts/download_fewrel.sh)"
     if ("fewrel" in text) and not (SHARED / "data" / "fewrel" / "val_wiki.json").is_file():
         return "FewRel's val_wiki.json is not on this machine"
-    if str(CLINC_FULL) in text and not CLINC_FULL.is_file():
+    if (str(CLINC_FULL) in text or "clinc_oos" in text) and not CLINC_FULL.is_file():
         return "CLINC150's data_full.json is not on this machine"
     return None
 
