@@ -157,3 +157,20 @@ def test_hf_pair_columns_reach_the_examples(tmp_path):
         classes={"train": ["a"], "val": ["b"], "test": ["c"]},
     )
     assert data.train.examples == (Example("p0", "a", text_pair="h0"), Example("p1", "a", text_pair="h1"))
+
+
+def test_a_datasets_cache_that_cannot_be_made_is_named_not_the_data_file(monkeypatch, tmp_path):
+    """HOME on a read-only file system: datasets fails making ~/.cache; the message names the cache
+    (under HOME) and HF_DATASETS_CACHE, not the csv format."""
+    import errno
+
+    from metarun.data import hf
+
+    cache = tmp_path / "home" / ".cache" / "huggingface" / "datasets"
+    monkeypatch.setattr(hf, "_datasets_cache", lambda: str(cache))
+    error = OSError(errno.EROFS, "Read-only file system", str(tmp_path / "home" / ".cache"))
+    wrapped = RuntimeError("load_dataset failed")
+    wrapped.__cause__ = error
+    message = hf._explain(wrapped, "csv", ["x.tsv"], "utf-8", "\t")
+    assert f"the datasets cache {cache}" in message and "HF_DATASETS_CACHE" in message
+    assert "Read-only file system" in message and "csv files" not in message
