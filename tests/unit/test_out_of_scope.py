@@ -224,3 +224,20 @@ def test_a_nota_learners_own_probability_is_thresholded():
     assert torch.allclose(conf, torch.tensor([0.6, 0.5, 0.45]))
     kept, _, conf = decide(logits, 2, threshold=0.5)
     assert kept.argmax(-1).tolist() == [0, 1, 0] and torch.allclose(conf, torch.tensor([0.6, 0.3, 0.3]))
+
+
+def test_report_calibration_of_an_out_of_scope_run_matches_a_hand_computation():
+    """Threshold records (N = 2, class 2 = rejected, threshold 0.65): conf is each decision's
+    probability, so the report's calibration reads rejections as decisions. Queries: kept right at 0.9,
+    kept wrong at 0.7, rejected right (an out-of-scope query; largest p 0.6, so conf 1 - 0.6 = 0.4),
+    kept wrong at 0.8."""
+    from metarun.tracking.tables.report import calibration, queries
+
+    logits = torch.log(torch.tensor([[0.9, 0.1], [0.7, 0.3], [0.4, 0.6], [0.2, 0.8]]))
+    decided, _, conf = decide(logits, 2, threshold=0.65)
+    assert decided.argmax(-1).tolist() == [0, 0, 2, 1] and torch.allclose(conf, torch.tensor([0.9, 0.7, 0.4, 0.8]))
+    record = {"classes": ["a", "b"], "gold": [0, 1, 2, 0], "pred": decided.argmax(-1).tolist(),
+              "conf": conf.tolist()}
+    ece, table = calibration(queries([record]))
+    hand = (abs(0.4 - 1) + abs(0.7 - 0) + abs(0.8 - 0) + abs(0.9 - 1)) / 4  # four bins of one query each
+    assert ece == pytest.approx(100 * hand, abs=1e-4) and [n for *_, n in table] == [1, 1, 1, 1]
