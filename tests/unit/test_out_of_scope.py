@@ -227,17 +227,18 @@ def test_a_nota_learners_own_probability_is_thresholded():
 
 
 def test_report_calibration_of_an_out_of_scope_run_matches_a_hand_computation():
-    """Threshold records (N = 2, class 2 = rejected, threshold 0.65): conf is each decision's
-    probability, so the report's calibration reads rejections as decisions. Queries: kept right at 0.9,
-    kept wrong at 0.7, rejected right (an out-of-scope query; largest p 0.6, so conf 1 - 0.6 = 0.4),
-    kept wrong at 0.8."""
+    """Threshold records (N = 2, class 2 = rejected, threshold 0.7): conf is each decision's
+    probability, so the report's calibration reads rejections as decisions. Queries: kept right at
+    0.95, kept wrong at 0.75, rejected right (an out-of-scope query; largest p 0.65, so conf 0.35), kept
+    wrong at 0.85 (mid-bin values: no query on a bin edge)."""
     from metarun.tracking.tables.report import calibration, queries
 
-    logits = torch.log(torch.tensor([[0.9, 0.1], [0.7, 0.3], [0.4, 0.6], [0.2, 0.8]]))
-    decided, _, conf = decide(logits, 2, threshold=0.65)
-    assert decided.argmax(-1).tolist() == [0, 0, 2, 1] and torch.allclose(conf, torch.tensor([0.9, 0.7, 0.4, 0.8]))
+    logits = torch.log(torch.tensor([[0.95, 0.05], [0.75, 0.25], [0.35, 0.65], [0.15, 0.85]]))
+    decided, _, conf = decide(logits, 2, threshold=0.7)
+    assert decided.argmax(-1).tolist() == [0, 0, 2, 1]
+    assert torch.allclose(conf, torch.tensor([0.95, 0.75, 0.35, 0.85]))
     record = {"classes": ["a", "b"], "gold": [0, 1, 2, 0], "pred": decided.argmax(-1).tolist(),
               "conf": conf.tolist()}
     ece, table = calibration(queries([record]))
-    hand = (abs(0.4 - 1) + abs(0.7 - 0) + abs(0.8 - 0) + abs(0.9 - 1)) / 4  # four bins of one query each
+    hand = (abs(0.35 - 1) + abs(0.75 - 0) + abs(0.85 - 0) + abs(0.95 - 1)) / 4  # four bins of one query each
     assert ece == pytest.approx(100 * hand, abs=1e-4) and [n for *_, n in table] == [1, 1, 1, 1]
