@@ -180,6 +180,8 @@ def build_unlabelled(node, data: DataSplits, evaluators, learner: Learner) -> Un
                  "consistency with source=unlabelled); it is not loaded.")
         return None
     extra = {"data": build(node.data, "unlabelled.data")} if "data" in node else {}
+    if "run_data" in inspect.signature(import_target(node["_target_"], "unlabelled")).parameters:
+        extra["run_data"] = data  # a stream of the run's own data (unlabelled=oos_train)
     stream = build(without(node, "data"), "unlabelled", **extra)
     held = [e for part in (data.val, data.test) for e in part.examples]
     held += [e for ev in evaluators for e in getattr(getattr(ev, "data", None), "examples", ())]

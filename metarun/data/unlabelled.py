@@ -132,6 +132,22 @@ def from_data(data: DataSplits, max_examples: int | None = None, allow_eval_text
     return UnlabelledText(examples, f"{data.name} training split", bool(allow_eval_text))
 
 
+def from_oos_pool(run_data: DataSplits, max_examples: int | None = None, allow_eval_text: bool = False
+                  ) -> UnlabelledText:
+    """The run's own training out-of-scope utterances (`unlabelled=oos_train`: CLINC150's oos_train, or
+    a table's `data.oos_label` rows), for objectives that push out-of-scope text away (objective=outlier)."""
+    check_int("unlabelled.max_examples", max_examples, 1, null="all")
+    pool = run_data.oos.get("train")
+    if pool is None or not len(pool):
+        raise ConfigError(f"unlabelled=oos_train reads the run's training out-of-scope utterances, but data "
+                          f"{run_data.name!r} has none (data=clinc_oos has oos_train; a table gets them from "
+                          f"data.oos_label).")
+    examples = tuple(Example(e.text, LABEL, e.tokens, e.head, e.tail, e.text_pair) for e in pool.examples)
+    examples = examples[:max_examples] if max_examples else examples
+    log.info("unlabelled: %d out-of-scope training sentences of %s", len(examples), run_data.name)
+    return UnlabelledText(examples, f"{run_data.name} training out-of-scope pool", bool(allow_eval_text))
+
+
 def eval_texts(splits: Sequence[DataSplits | None]) -> set[str]:
     """Every validation and test sentence of the given data (the run's, and its test target's)."""
     return {e.text for d in splits if d is not None for part in (d.val, d.test) for e in part.examples}

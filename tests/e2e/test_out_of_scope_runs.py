@@ -78,3 +78,17 @@ def test_training_draws_none_of_the_above_queries_from_oos_train(clinc_oos_file,
         run_in_process([*FAST, "learner.nota=true", "sampler.na_rate=1", "sampler.na_source=oos_train"], tmp_path / "b")
     with pytest.raises(ConfigError, match="sampler.na_source='pool' is not valid; choose one of: classes, oos_train"):
         run_in_process([*FAST, "sampler.na_source=pool"], tmp_path / "c")
+
+
+def test_outlier_exposure_reads_the_runs_out_of_scope_pool(clinc_oos_file, tmp_path):
+    data = ["data=clinc_oos", f"data.path={clinc_oos_file}", "data.split_file=null",
+            "data.classes={train: [i0, i1, i2], val: [i3, i4, i5], test: [i6, i7, i8]}",
+            "sampler.n_way=3", "eval.val.n_way=3", "eval.test.n_way=3", "eval.test.oos_rate=1",
+            "eval.test.reject=threshold", "eval.test.threshold_episodes=5"]
+    results = run_in_process([*FAST, *data, "objective=[outlier]", "unlabelled=oos_train",
+                              "objective.outlier.batch_size=4"], tmp_path / "run")
+    assert results["unlabelled"]["examples"] == 6 and "oos_recall" in results["results"]["test/3way_1shot_oos1"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < r["train/outlier"] for r in rows if "train/outlier" in r) and any("train/outlier" in r for r in rows)
+    with pytest.raises(ConfigError, match="unlabelled=oos_train reads the run's training out-of-scope utterances"):
+        run_in_process([*FAST, "objective=[outlier]", "unlabelled=oos_train"], tmp_path / "b")

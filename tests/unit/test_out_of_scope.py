@@ -242,3 +242,25 @@ def test_report_calibration_of_an_out_of_scope_run_matches_a_hand_computation():
     ece, table = calibration(queries([record]))
     hand = (abs(0.35 - 1) + abs(0.75 - 0) + abs(0.85 - 0) + abs(0.95 - 1)) / 4  # four bins of one query each
     assert ece == pytest.approx(100 * hand, abs=1e-4) and [n for *_, n in table] == [1, 1, 1, 1]
+
+
+def test_outlier_exposure_is_the_cross_entropy_to_uniform_by_hand():
+    """Prototypes (0, 0) and (2, 0); an outlier at (1, 5) is as far from both: uniform, loss log 2.
+    One at (0, 1): distances 1 and 5, logits -1 and -5, loss -(log p0 + log p1) / 2."""
+    import math
+    from types import SimpleNamespace
+
+    from metarun.learners.base import Learner
+    from metarun.learners.objectives import OutlierExposure
+
+    term = OutlierExposure(weight=0.5, batch_size=1)
+    support = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    episode = SimpleNamespace(support_labels=torch.tensor([0, 1]), n_way=2, encoded=True, support=support, query=None)
+    for point, hand in (([1.0, 5.0], math.log(2)),
+                        ([0.0, 1.0], -(math.log(1 / (1 + math.exp(-4))) + math.log(math.exp(-4) / (1 + math.exp(-4))))
+                         / 2)):
+        learner = SimpleNamespace(embed=lambda batch, p=point: torch.tensor([p]),
+                                  logits=lambda q, protos: Learner.logits(None, q, protos))  # ProtoNet's scores
+        term.target_batch = lambda learner, n: {}
+        value, metrics = term.loss(episode, (support, None), learner)
+        assert value.item() == pytest.approx(hand, abs=1e-5) and 0.5 <= metrics["outlier_maxprob"] <= 1

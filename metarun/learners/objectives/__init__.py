@@ -131,6 +131,7 @@ from metarun.learners.objectives.contrastive import (  # noqa: E402
     SupervisedContrastive,
 )
 from metarun.learners.objectives.masked_lm import MaskedLM  # noqa: E402
+from metarun.learners.objectives.outlier import OutlierExposure  # noqa: E402
 
 __all__ = ["Adversarial", "Consistency", "InstanceContrastive", "MaskedLM", "NameContrastive", "Objective",
-           "SupervisedContrastive", "build_objectives"]
+           "OutlierExposure", "SupervisedContrastive", "build_objectives"]
