@@ -98,7 +98,8 @@ def training_sampler(cfg: DictConfig, data: DataSplits):
         if "train" not in data.oos or not len(data.oos["train"]):
             raise ConfigError(f"sampler.na_source=oos_train draws none-of-the-above queries from the training "
                               f"out-of-scope pool, but data {data.name!r} has none (data=clinc_oos has oos_train; "
-                              f"data.oos_label=<label> splits a table's); use sampler.na_source=classes.")
+                              f"a table's data.oos_label rows are split between validation and test); use "
+                              f"sampler.na_source=classes.")
         dataset, extra = with_out_of_scope(data.train, data.oos["train"]), {"na_class": OOS}
         log.info("training none-of-the-above queries: %d out-of-scope examples (%s)", len(data.oos["train"]),
                  data.oos["train"].source)

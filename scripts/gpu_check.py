@@ -34,6 +34,18 @@ SHRUNK_GPU = ["trainer=gpu", "debug=fast", "trainer.max_steps=3", "trainer.eval_
               "trainer.warmup_steps=1", "trainer.num_workers=0", "trainer.progress=false", "logger=jsonl"]
 # learner options that need their own data or sampler to run at all
 LEARNER_EXTRA = {"multitask": ["experiment=multitask_intents"]}
+# a small table with an out-of-scope label, written beside the runs
+OOS_TABLE = ["data=table", "data.path={folder}/oos.csv", "data.oos_label=oos",
+             "data.classes={train: [a, b, c], val: [d, e, f], test: [g, h, i]}", "sampler.n_way=3", "eval.val.n_way=3",
+             "eval.test.n_way=3", "eval.test.oos_rate=1"]
+# a small file in CLINC150's out-of-scope layout (with oos_train), written beside the runs
+OOS_FILE = ["data=clinc_oos", "data.path={folder}/clinc.json", "data.split_file=null",
+            "data.classes={train: [i0, i1, i2], val: [i3, i4, i5], test: [i6, i7, i8]}", "sampler.n_way=3",
+            "eval.val.n_way=3", "eval.test.n_way=3", "eval.test.oos_rate=1"]
+# objectives that read an unlabelled stream: a target text file written beside the runs, or the file's oos_train
+OBJECTIVE_EXTRA = {"adversarial": ["unlabelled=file", "unlabelled.path={folder}/target.txt"],
+                   "outlier": [*OOS_FILE, "unlabelled=oos_train", "eval.test.reject=threshold",
+                               "eval.test.threshold_episodes=10"]}
 
 
 def rows() -> dict[str, list[str]]:
@@ -43,17 +55,19 @@ def rows() -> dict[str, list[str]]:
     out = {f"learner_{p.stem}": [f"learner={p.stem}", *LEARNER_EXTRA.get(p.stem, [])]
            for p in sorted((config_dir() / "learner").glob("*.yaml"))}
     for p in sorted((config_dir() / "objective").glob("*.yaml")):
-        out[f"objective_{p.stem}"] = [f"objective=[{p.stem}]"]
+        out[f"objective_{p.stem}"] = [f"objective=[{p.stem}]", *OBJECTIVE_EXTRA.get(p.stem, [])]
+    out["objective_mlm_on_target_text"] = ["objective=[mlm]", "objective.mlm.source=unlabelled",
+                                           *OBJECTIVE_EXTRA["adversarial"]]
     out["objective_mlm_on_maml"] = ["learner=maml", "objective=[mlm]"]
     out["refiner_name_prior_learned"] = ["refiner=[name_prior]", "refiner.name_prior.learned=true"]
     out["query_refiner_soft_kmeans"] = ["eval.test.transductive_steps=3"]
     out["query_refiner_rectify"] = ["eval.test.rectify=true"]
     out["k0_names_alone"] = ["refiner=[name_prior]", "eval.test.shots=[0,1]"]
     out["nota_training"] = ["learner.nota=true", "sampler.na_rate=1", "eval.test.na_rate=1"]
-    out["out_of_scope_threshold"] = [  # a small table with an out-of-scope label, written beside the runs
-        "data=table", "data.path={folder}/oos.csv", "data.oos_label=oos",
-        "data.classes={train: [a, b, c], val: [d, e, f], test: [g, h, i]}", "sampler.n_way=3", "eval.val.n_way=3",
-        "eval.test.n_way=3", "eval.test.oos_rate=1", "eval.test.reject=threshold", "eval.test.threshold_episodes=10"]
+    out["out_of_scope_threshold"] = [*OOS_TABLE, "eval.test.reject=threshold", "eval.test.threshold_episodes=10"]
+    out["out_of_scope_nota_threshold"] = [*OOS_FILE, "learner.nota=true", "sampler.na_rate=1",
+                                          "sampler.na_source=oos_train", "eval.test.reject=threshold",
+                                          "eval.test.threshold_episodes=10"]
     out["cross_dataset"] = ["+data@eval.test.data=hwu64"]
     out["maml_vmap_tasks"] = ["learner=maml", "learner.vmap_tasks=true"]
     out["anil_lora"] = ["learner=maml", "learner.adapt=lora", "learner.top_k=1"]
@@ -120,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         rows_text = "".join(f"a sentence about topic {c} number {i},{c}\n" for c in "abcdefghi" for i in range(12))
         (folder / "oos.csv").write_text("text,label\n" + rows_text
                                         + "".join(f"nothing we do {i},oos\n" for i in range(40)))
+        (folder / "target.txt").write_text("".join(f"a target domain sentence {i}\n" for i in range(60)))
+        clinc = {part: [[f"request number {j} of intent {c}", f"i{c}"] for c in range(9) for j in range(n)]
+                 for part, n in (("train", 12), ("val", 6), ("test", 6))}
+        clinc |= {f"oos_{part}": [[f"something else {j} {part}", "oos"] for j in range(n)]
+                  for part, n in (("train", 20), ("val", 20), ("test", 20))}
+        (folder / "clinc.json").write_text(json.dumps(clinc))
         results = []
         for name in chosen:
             row = check(name, matrix[name], device, folder)

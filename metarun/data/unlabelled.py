@@ -134,14 +134,14 @@ def from_data(data: DataSplits, max_examples: int | None = None, allow_eval_text
 
 def from_oos_pool(run_data: DataSplits, max_examples: int | None = None, allow_eval_text: bool = False
                   ) -> UnlabelledText:
-    """The run's own training out-of-scope utterances (`unlabelled=oos_train`: CLINC150's oos_train, or
-    a table's `data.oos_label` rows), for objectives that push out-of-scope text away (objective=outlier)."""
+    """The run's own training out-of-scope utterances (`unlabelled=oos_train`: CLINC150's oos_train), for
+    objectives that push out-of-scope text away (objective=outlier)."""
     check_int("unlabelled.max_examples", max_examples, 1, null="all")
     pool = run_data.oos.get("train")
     if pool is None or not len(pool):
         raise ConfigError(f"unlabelled=oos_train reads the run's training out-of-scope utterances, but data "
-                          f"{run_data.name!r} has none (data=clinc_oos has oos_train; a table gets them from "
-                          f"data.oos_label).")
+                          f"{run_data.name!r} has none (data=clinc_oos has oos_train; a table's data.oos_label rows "
+                          f"are split between validation and test).")
     examples = tuple(Example(e.text, LABEL, e.tokens, e.head, e.tail, e.text_pair) for e in pool.examples)
     examples = examples[:max_examples] if max_examples else examples
     log.info("unlabelled: %d out-of-scope training sentences of %s", len(examples), run_data.name)
