@@ -192,7 +192,7 @@ class EpisodicEvaluator(Evaluator):
                 out[key], out.records[key] = {**summary(accs), "episodes": len(accs)}, records
                 if rule is not None:
                     out[key] |= oos_metrics(records) | ({} if rule == "nota" else {
-                        "threshold": round(rule, 4), "threshold_rule": self.threshold_rule,
+                        "threshold": rule, "threshold_rule": self.threshold_rule,
                         "threshold_chosen_on": f"{self.threshold_episodes} validation episodes, same protocol"})
             out.mistakes = mistakes
             return out
@@ -209,10 +209,15 @@ class EpisodicEvaluator(Evaluator):
         """The episode's record; with a rejection `rule` ("nota" or a threshold, out_of_scope.decide), its
         decisions and each query's rejection score (`oos`); "calibrate": the N-way prediction with the
         in-scope score a threshold is chosen on as `conf` (a NOTA learner's 1 - p(NOTA))."""
-        if rule == "calibrate" and logits.shape[-1] == spec.n_way + 1:  # a NOTA learner's in-scope score: 1 - p0
-            return episode_record(i, spec.classes, spec.query_idx, gold, logits[:, :spec.n_way],
-                                  1 - logits.float().softmax(-1)[:, spec.n_way])
-        if rule in (None, "calibrate"):
+        if rule == "calibrate":  # the N-way prediction and the log in-scope probability a threshold is chosen on
+            logp = logits.detach().float().log_softmax(-1)
+            if logits.shape[-1] == spec.n_way + 1:  # a NOTA learner's: log(1 - p0)
+                score = logp[:, :spec.n_way].logsumexp(-1)
+                record = episode_record(i, spec.classes, spec.query_idx, gold, logits[:, :spec.n_way], score.exp())
+            else:
+                score, record = logp.amax(-1), episode_record(i, spec.classes, spec.query_idx, gold, logits)
+            return record | {"score": score.cpu().tolist()}
+        if rule is None:
             return episode_record(i, spec.classes, spec.query_idx, gold, logits)
         decided, score, conf = decide(logits, spec.n_way, None if rule == "nota" else rule)
         return episode_record(i, spec.classes, spec.query_idx, gold, decided, conf) | {

@@ -51,7 +51,8 @@ def decide(logits: torch.Tensor, n_way: int, threshold: float | None
     if logits.shape[-1] == n_way + 1:  # a NOTA learner's own probability, thresholded: reject when 1 - p(NOTA) < t
         probs = logits.softmax(-1)
         nota, top = probs[:, n_way], probs[:, :n_way].amax(-1)
-        rejected = 1 - nota < threshold
+        in_scope = logits.log_softmax(-1)[:, :n_way].logsumexp(-1)  # log(1 - p(NOTA)), exact near 1
+        rejected = in_scope < (float(np.log(threshold)) if threshold > 0 else -float("inf"))
         column = torch.where(rejected, 1.0, -float("inf"))[:, None]
         return (torch.cat([logits[:, :n_way].log_softmax(-1), column], -1), nota,
                 torch.where(rejected, nota, top))
@@ -78,14 +79,18 @@ THRESHOLD_RULES = ("accuracy", "balanced", "recall")
 
 
 def choose_threshold(records: list[dict], rule: str = "accuracy", target: float = 0.9) -> float:
-    """The threshold on the largest class probability over `records` of N-way predictions (`conf` is
-    that probability) by `rule` (choose_cut). 2.0 rejects everything (probabilities never exceed 1)."""
-    conf = np.concatenate([r["conf"] for r in records]).astype(np.float64)
+    """The threshold on the in-scope probability (the largest class probability, or a NOTA learner's
+    1 - p(NOTA)) over `records` of N-way predictions, by `rule` (choose_cut). It is chosen on each
+    record's `score`, the log of that probability at full precision (a trained learner's probabilities
+    sit within 1e-4 of 1, where the records' 4-decimal `conf` ties them), else on log(`conf`). 2.0
+    rejects everything (probabilities never exceed 1)."""
+    score = np.concatenate([r["score"] if "score" in r else np.log(np.maximum(r["conf"], 1e-300))
+                            for r in records]).astype(np.float64)
     gold = np.concatenate([r["gold"] for r in records])
     pred = np.concatenate([r["pred"] for r in records])
     n_way = np.concatenate([[len(r["classes"])] * len(r["gold"]) for r in records])
-    cut = choose_cut(conf, gold == n_way, (pred == gold) & (gold != n_way), rule, target)
-    return 2.0 if cut == float("inf") else cut
+    cut = choose_cut(score, gold == n_way, (pred == gold) & (gold != n_way), rule, target)
+    return 2.0 if cut == float("inf") else float(np.exp(cut))
 
 
 def choose_cut(score: np.ndarray, oos: np.ndarray, right: np.ndarray, rule: str = "accuracy",

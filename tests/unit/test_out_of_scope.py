@@ -222,7 +222,7 @@ def test_a_nota_learners_own_probability_is_thresholded():
     assert decided.argmax(-1).tolist() == [0, 2, 2]  # 1 - p0 = 0.7 kept; 0.5 and 0.55 rejected
     assert torch.allclose(rejection, torch.tensor([0.3, 0.5, 0.45]))
     assert torch.allclose(conf, torch.tensor([0.6, 0.5, 0.45]))
-    kept, _, conf = decide(logits, 2, threshold=0.5)
+    kept, _, conf = decide(logits, 2, threshold=0.45)
     assert kept.argmax(-1).tolist() == [0, 1, 0] and torch.allclose(conf, torch.tensor([0.6, 0.3, 0.3]))
 
 
@@ -264,3 +264,17 @@ def test_outlier_exposure_is_the_cross_entropy_to_uniform_by_hand():
         term.target_batch = lambda learner, n: {}
         value, metrics = term.loss(episode, (support, None), learner)
         assert value.item() == pytest.approx(hand, abs=1e-5) and 0.5 <= metrics["outlier_maxprob"] <= 1
+
+
+def test_the_threshold_is_chosen_at_full_precision_where_probabilities_saturate():
+    """A trained learner's largest probabilities sit within 1e-5 of 1: every record's 4-decimal conf is
+    1.0, so only the full-precision log probability (`score`) tells the out-of-scope query (log p -5e-6)
+    from the two right in-scope ones (-1e-7, -2e-7); the cut rejects it and keeps them."""
+    records = [{"classes": ["a", "b"], "gold": [0, 1, 2], "pred": [0, 1, 0], "conf": [1.0, 1.0, 1.0],
+                "score": [-1e-7, -2e-7, -5e-6]}]
+    threshold = choose_threshold(records)
+    assert np.log(threshold) == pytest.approx(-2e-7, rel=1e-9)  # the smallest kept score
+    assert choose_threshold([{k: v for k, v in records[0].items() if k != "score"}]) == 1.0  # rounded: no cut
+    logits = torch.tensor([[17.0, 0.0], [0.0, 15.0], [12.0, 0.0]], dtype=torch.float64).float()
+    decided, _, _ = decide(logits, 2, float(np.exp(logits.log_softmax(-1).amax(-1)[1].item())))
+    assert decided.argmax(-1).tolist() == [0, 1, 2]  # decided in log space: the 12-logit gap is rejected
