@@ -104,7 +104,7 @@ CASES = {
     "lora rank above the layers": (["learner=maml", "learner.adapt=lora", "learner.lora_rank=100000"], MetarunError,
                                    ["learner.lora_rank=100000", "give at most 32"]),
     "lstm_meta with lora": (["learner=lstm_meta", "learner.adapt=lora"], MetarunError,
-                            ["learner.adapt='lora'", "head, top_k, all"]),
+                            ["learner.adapt='lora'", "all, head, top_k"]),
     "class descriptions not text": (["data.class_descriptions={files}/names_bad.json"], MetarunError,
                                     ["names_bad.json is not UTF-8", "save it as UTF-8"]),
     "step size unknown": (["learner=maml", "learner.step_size=adam"], MetarunError, ["scalar, per_step, per_param"]),

@@ -100,7 +100,7 @@ class LSTMOptimizer(nn.Module):
         return update
 
 
-ADAPT = ("head", "top_k", "all")
+ADAPT = ("all", "head", "top_k")
 
 
 class LSTMMeta(MAML):
