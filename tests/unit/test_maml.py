@@ -354,8 +354,11 @@ def test_lora_meta_gradient_reaches_down_projections(first_order):
 
 def test_bad_lora_options_are_named():
     enc = four_layer_encoder()
-    with pytest.raises(ConfigError, match="learner.top_k=5: encoder=tiny4 has 4 transformer layers"):
+    with pytest.raises(ConfigError, match="learner.top_k=5 is not valid with learner.adapt=lora: encoder=tiny4 has 4 "
+                                          "transformer layers, so give 1 to 4"):
         MAML(enc, adapt="lora", top_k=5)
+    with pytest.raises(ConfigError, match="learner.lora_rank=1000 is larger than the adapted layers allow"):
+        MAML(enc, adapt="lora", lora_rank=1000)
     with pytest.raises(ConfigError, match=r"targets \['attention.query'\] must name linear layers .* intermediate"):
         MAML(enc, adapt="lora", lora_targets=["attention.query"])
     with pytest.raises(ConfigError, match="learner.lora_rank=0 is not valid"):
