@@ -186,7 +186,8 @@ class PerClassEvaluator(Evaluator):
 
     def _logreg_draws(self, learner, draws, device, amp) -> dict:
         """Encode every pool example any draw uses, and the test (and validation) set, once; one
-        regression per draw. {draw: (validation logits or None, test logits)}."""
+        regression per draw (with reject=oos_class, oos_train as one more class). {draw: (validation
+        logits or None, test logits, and for a feature score its validation and test scores, else None)}."""
         needed = sorted({i for idx in draws.values() for i in idx})
         pool = FewShotDataset(tuple(self.data.pool[i] for i in needed), self.data.pool.source)
         oos_train = self.data.oos["train"] if self.reject == "oos_class" and self.val is not None else None
