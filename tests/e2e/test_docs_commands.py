@@ -106,12 +106,13 @@ def first_job(overrides: list[str]) -> list[str]:
     return job
 
 
-def shrunk(overrides: list[str]) -> list[str]:
-    """The command's overrides made seconds long: the tiny encoder (the CNN kept), 2 steps."""
+def shrunk(overrides: list[str], trains: bool) -> list[str]:
+    """The command's overrides made seconds long: the tiny encoder (the CNN kept), 2 steps (none where
+    the command does not train: `trainer.max_steps=0`, given or set by its preset)."""
     keep_cnn = [o for o in overrides if o == "encoder=cnn"]
     args = [o for o in overrides if not o.startswith(("encoder=", "trainer=gpu", "hydra/", "hydra."))]
-    steps = [] if "trainer.max_steps=0" in overrides else ["trainer.max_steps=2", "trainer.eval_every=2",
-                                                           "trainer.checkpoint_every=2"]
+    steps = ["trainer.max_steps=2", "trainer.eval_every=2", "trainer.checkpoint_every=2"] if trains else [
+        "trainer.max_steps=0"]  # debug=fast would set 6
     return [*args, *FAST, *keep_cnn, *steps]
 
 
@@ -133,10 +134,10 @@ def run_shown(where: str, text: str, places: dict[str, str], tmp_path: Path, mon
             assert res.returncode == 0 and "Traceback" not in res.stderr, f"{where}: {res.stderr[-1500:]}"
             return
         overrides = first_job(args[1:]) if args[:1] == ["-m"] else args
-        compose_cfg(overrides)  # the shown command composes as written
+        cfg = compose_cfg(overrides)  # the shown command composes as written
         if os.environ.get("METARUN_DOCS_COMPOSE_ONLY"):
             return
-        results = run_in_process(shrunk(overrides), tmp_path / "run")
+        results = run_in_process(shrunk(overrides, cfg.trainer.max_steps > 0), tmp_path / "run")
         assert any(k.startswith("test/") for k in results["results"]), f"{where}: no test results"
         return
     from metarun.eval_cli import main as eval_main
