@@ -41,26 +41,23 @@ def decide(logits: torch.Tensor, n_way: int, threshold: float | None
     """(scores whose argmax is the decision, the rejection score of each query, the confidence of each
     decision): a NOTA learner's (Q, N+1) logits as they are (confidence: the decided class's
     probability), or with a threshold its own none-of-the-above probability p0 thresholded (rejected
-    when 1 - p0 < threshold; confidence: the class's probability, or p0), or (Q, N) logits with a last
-    column log(threshold) beside their log probabilities, so a query goes to N exactly when its largest
-    probability p is below the threshold (confidence: p for a class, 1 - p for a rejection)."""
+    when 1 - p0 < threshold; confidence: the class's probability, or p0), or (Q, N) logits whose
+    largest probability p is thresholded (rejected when p < threshold; confidence: p for a class, 1 - p
+    for a rejection). Both thresholds are compared in log space (decide_by_score), exact near 1."""
     logits = logits.detach().float()
     if threshold is None:  # the learner predicts NOTA as class N
         probs = logits.softmax(-1)
         return logits, probs[:, n_way], probs.gather(-1, logits.argmax(-1, keepdim=True))[:, 0]
+    cut = float(np.log(threshold)) if threshold > 0 else -float("inf")
     if logits.shape[-1] == n_way + 1:  # a NOTA learner's own probability, thresholded: reject when 1 - p(NOTA) < t
         probs = logits.softmax(-1)
-        nota, top = probs[:, n_way], probs[:, :n_way].amax(-1)
         in_scope = logits.log_softmax(-1)[:, :n_way].logsumexp(-1)  # log(1 - p(NOTA)), exact near 1
-        rejected = in_scope < (float(np.log(threshold)) if threshold > 0 else -float("inf"))
-        column = torch.where(rejected, 1.0, -float("inf"))[:, None]
-        return (torch.cat([logits[:, :n_way].log_softmax(-1), column], -1), nota,
-                torch.where(rejected, nota, top))
-    logp = logits[:, :n_way].log_softmax(-1)
-    column = torch.full_like(logp[:, :1], float(np.log(threshold)) if threshold > 0 else -float("inf"))
-    decided, top = torch.cat([logp, column], -1), logp.exp().amax(-1)
-    rejected = decided.argmax(-1) == n_way
-    return decided, 1 - top, torch.where(rejected, 1 - top, top)
+        decided, _ = decide_by_score(logits[:, :n_way], n_way, in_scope, cut)
+        rejected = decided.argmax(-1) == n_way
+        return decided, probs[:, n_way], torch.where(rejected, probs[:, n_way], probs[:, :n_way].amax(-1))
+    logp = logits[:, :n_way].log_softmax(-1)  # the largest log probability, thresholded at log(t)
+    decided, conf = decide_by_score(logits, n_way, logp.amax(-1), cut)
+    return decided, 1 - logp.exp().amax(-1), conf
 
 
 def decide_by_score(logits: torch.Tensor, n_way: int, score: torch.Tensor, cut: float
