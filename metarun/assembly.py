@@ -159,9 +159,11 @@ def build_components(cfg: DictConfig, config: dict, trainer: Trainer, dist: Dist
     test = tests[0].data if isinstance(getattr(tests[0], "data", None), FewShotDataset) else data.test
     oos = (", out-of-scope pools " + " / ".join(f"{len(data.oos[r])} {r}" for r in ("train", "val", "test")
                                                 if r in data.oos)) if data.oos else ""
+    # an out-of-scope test evaluator's data holds the test pool as one more class: counted in `oos`, not here
+    n_oos = test.count(OOS) if OOS in test.classes else 0
     log.info("data %s%s: %d train / %d val / %d test classes (%d / %d / %d examples)%s", data.name, named,
-             len(data.train.classes), len(data.val.classes), len(test.classes), len(data.train), len(data.val),
-             len(test), oos)
+             len(data.train.classes), len(data.val.classes), len(test.classes) - bool(n_oos), len(data.train),
+             len(data.val), len(test) - n_oos, oos)
     # training inputs: cached features where the encoder is frozen and nothing reads the text
     on_features = (cfg.get("train_on_features", True) and not learner.trains_on_text and encoder.frozen
                    and trainer.max_steps > 0)

@@ -1,6 +1,7 @@
 """The out-of-scope table of runs of `eval=clinc_oos_per_class` (scripts/reproduce.sh clinc_oos): one row
-per (data condition, rejection, score, rule) and K, with in-scope accuracy, out-of-scope recall,
-precision, F1 and AUROC (means over draws), beside the published rows of scripts/published/clinc_oos.yaml.
+per (data condition, model, rejection, score, rule) and K, with in-scope accuracy, out-of-scope recall,
+precision, F1, AUROC and closed-set accuracy (in-scope test queries, nothing rejected; means over draws),
+beside the published rows of scripts/published/clinc_oos.yaml.
 
     python scripts/oos_table.py outputs/reproduce/clinc_oos [--published scripts/published/clinc_oos.yaml]
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-METRICS = ("in_scope_acc", "oos_recall", "oos_precision", "oos_f1", "oos_auroc")
+METRICS = ("in_scope_acc", "oos_recall", "oos_precision", "oos_f1", "oos_auroc", "closed_set_acc")
 
 
 def rows_of(folder: Path) -> list[dict]:
@@ -25,26 +26,30 @@ def rows_of(folder: Path) -> list[dict]:
         config = yaml.safe_load((file.parent / ".hydra" / "config.yaml").read_text())
         condition = config["data"].get("condition", "full")
         for key, value in results["results"].items():
-            if not key.startswith("test/") or "in_scope_acc" not in value:
+            per_class = re.search(r"^test/.*_(\d+)per_class$", key)
+            if not per_class or "in_scope_acc" not in value:  # episodic runs: metarun-table reads those
                 continue
-            k = re.search(r"_(\d+)per_class$", key).group(1)
+            k = per_class.group(1)
             how = ("oos_train as a class" if value.get("reject") == "oos_class" else
                    f"threshold on {value.get('oos_score', 'maxprob')}, rule {value.get('threshold_rule')}"
                    + (f" {value['reject_target']}" if value.get("threshold_rule") == "recall" else ""))
-            rows.append({"condition": condition, "K": k, "method": how, "regime": results.get("regime", ""),
+            head = config["eval"]["test"].get("head", "logreg")
+            model = ("MiniLM fine-tuned per draw" if head == "finetune" else "MiniLM frozen + logistic regression")
+            rows.append({"condition": condition, "K": k, "model": model, "method": how,
+                         "regime": results.get("regime", ""),
                          "draws": value.get("draws"), **{m: value.get(m) for m in METRICS}})
     return rows
 
 
 def render(rows: list[dict], published: dict | None) -> str:
     fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
-    lines = ["| data, K per intent | method | in-scope | OOS recall | precision | F1 | AUROC | regime |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| data, K per intent | method | in-scope | OOS recall | precision | F1 | AUROC | closed-set | regime |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["condition"], int(r["K"]), r["method"])):
-        lines.append(f"| {r['condition']}, {r['K']} | MiniLM frozen + logistic regression, {r['method']} "
+        lines.append(f"| {r['condition']}, {r['K']} | {r['model']}, {r['method']} "
                      f"({r['draws']} draws) | " + " | ".join(fmt(r[m]) for m in METRICS) + f" | {r['regime']} |")
     for row in (published or {}).get("rows", []):
-        lines.append(f"| {row['data']} | {row['method']} (published: {published['source']}) | "
+        lines.append(f"| {row['data']} | {row['method']} (published: {row.get('source', published['source'])}) | "
                      + " | ".join(fmt(row.get(m)) for m in METRICS) + f" | {row['regime']} |")
     return "\n".join(lines) + "\n"
 

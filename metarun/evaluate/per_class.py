@@ -168,10 +168,14 @@ class PerClassEvaluator(Evaluator):
         if val_logits is None:
             return {"acc": (test_logits.argmax(-1) == test_y).float().mean().item()}
         n, query, gold = len(self.classes), range(len(test_y)), test_y.tolist()
+        # in-scope accuracy with nothing rejected (the few-shot tables that score no out-of-scope queries)
+        in_scope = test_y != n
+        closed = {"closed_set_acc": round(100 * (test_logits[in_scope, :n].argmax(-1) == test_y[in_scope])
+                                          .float().mean().item(), 2)}
         if self.reject == "oos_class":  # the classifier's own (C+1)-th class, as a NOTA learner's
             decided, rejection, conf = decide(test_logits, n, None)
             test = episode_record(0, self.classes, query, gold, decided, conf) | {"oos": rejection.tolist()}
-            return {"acc": float(np.mean(np.equal(test["gold"], test["pred"]))), **oos_metrics([test])}
+            return {"acc": float(np.mean(np.equal(test["gold"], test["pred"]))), **oos_metrics([test]), **closed}
         val_scores = logit_score(self.oos_score, val_logits) if val_scores is None else val_scores
         test_scores = logit_score(self.oos_score, test_logits) if test_scores is None else test_scores
         val_oos = (val_y == n).cpu().numpy()
@@ -181,7 +185,7 @@ class PerClassEvaluator(Evaluator):
         rejection = 1 - test_scores if self.oos_score == "maxprob" else -test_scores  # higher: more out-of-scope
         test = episode_record(0, self.classes, query, gold, decided, conf) | {"oos": rejection.tolist()}
         threshold = 2.0 if cut == float("inf") and self.oos_score == "maxprob" else cut
-        return {"acc": float(np.mean(np.equal(test["gold"], test["pred"]))), **oos_metrics([test]),
+        return {"acc": float(np.mean(np.equal(test["gold"], test["pred"]))), **oos_metrics([test]), **closed,
                 "threshold": threshold if math.isfinite(threshold) else None}
 
     def _logreg_draws(self, learner, draws, device, amp) -> dict:
@@ -229,7 +233,8 @@ class PerClassEvaluator(Evaluator):
         batch_size = min(spec.batch_size, len(draw))
         steps = math.ceil(spec.epochs * len(draw) / batch_size)
         batches = EpisodeDataset(BatchSampler(draw, batch_size, seed), learner.encoder.tokenize, steps)
-        for step in range(steps):
+        for step in tqdm(range(steps), desc=f"{self.prefix}: fine-tuning draw {kd[1] + 1} ({kd[0]} per class)",
+                         disable=not self.progress, leave=False):
             with amp:
                 loss = model.training_loss(batches[step].to(device)).loss
             opt.zero_grad(set_to_none=True)

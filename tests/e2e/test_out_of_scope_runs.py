@@ -59,6 +59,20 @@ def test_clinc_oos_runs_episodes_and_the_per_intent_protocol(clinc_oos_file, tmp
     balanced = run_in_process([*FAST, *data, "eval=clinc_oos_per_class", "eval.test.shots=[2]", "eval.test.draws=2",
                                "trainer.max_steps=0", "eval.test.threshold_rule=balanced"], tmp_path / "balanced")
     assert balanced["results"]["test/clinc_oos_2per_class"]["threshold_rule"] == "balanced"
+    # scripts/oos_table.py: one row per run, beside the published rows (closed-set: nothing rejected)
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    table = subprocess.run([sys.executable, str(REPO / "scripts" / "oos_table.py"), str(tmp_path), "--published",
+                            str(REPO / "scripts" / "published" / "clinc_oos.yaml")], capture_output=True, text=True)
+    assert table.returncode == 0, table.stderr
+    ours = [line for line in table.stdout.splitlines() if "MiniLM frozen" in line]
+    assert len(ours) == 2 and any("rule balanced" in line for line in ours)
+    closed = scores["closed_set_acc"]
+    assert closed >= scores["in_scope_acc"] and f"| {closed:.2f} |" in ours[0]
+    assert "DNNC" in table.stdout and "96.20" in table.stdout  # DNNC's and Larson's published rows
 
 
 def test_training_draws_none_of_the_above_queries_from_oos_train(clinc_oos_file, tmp_path, caplog):
@@ -73,6 +87,7 @@ def test_training_draws_none_of_the_above_queries_from_oos_train(clinc_oos_file,
                                   "sampler.na_source=oos_train"], tmp_path / "run")
     assert "training none-of-the-above queries: 6 out-of-scope examples" in caplog.text
     assert "out-of-scope pools 6 train / 12 val / 20 test" in caplog.text  # beside the class counts
+    assert "/ 3 test classes" in caplog.text  # the test pool is not counted as a class
     assert "oos_recall" in results["results"]["test/3way_1shot_oos1"]
     with pytest.raises(ConfigError, match="sampler.na_source=oos_train .* data 'banking77' has none"):
         run_in_process([*FAST, "learner.nota=true", "sampler.na_rate=1", "sampler.na_source=oos_train"], tmp_path / "b")

@@ -123,9 +123,32 @@ def test_per_class_scores_out_of_scope_queries_by_threshold(clinc_oos_file):
     out = ev(tiny_protonet(), CPU)["test/clinc_oos_2per_class"]
     assert out["draws"] == 2 and set(out) >= {"in_scope_acc", "oos_recall", "oos_f1", "oos_auroc", "threshold"}
     assert 0 <= out["oos_auroc"] <= 100 and 0 < out["threshold"] <= 2
+    assert out["closed_set_acc"] >= out["in_scope_acc"]  # a rejection can only turn a right answer wrong
     plain = PerClassEvaluator(target.__class__(target.name, target.pool, target.test), [2], draws=2, seed=0,
                               progress=False)
     assert "oos_recall" not in plain(tiny_protonet(), CPU)["test/clinc_oos_2per_class"]
+
+
+def test_closed_set_accuracy_ignores_rejection_and_out_of_scope_queries(clinc_oos_file):
+    """Closed-set accuracy: the argmax over the in-scope classes of the in-scope test queries, nothing
+    rejected. Three in-scope queries (two right) and one out-of-scope query; the cut rejects everything
+    below 0.9, so in-scope accuracy is 1/3 (one right answer kept) and closed-set accuracy 2/3."""
+    target = load_clinc_oos_labelled("clinc_oos", str(clinc_oos_file))
+    ev = PerClassEvaluator(target, [2], draws=1, seed=0, progress=False)
+    n = len(ev.classes)
+    def logits(rows):  # rows of (class, probability of that class) over n classes
+        out = torch.full((len(rows), n), -20.0)
+        for i, (c, p) in enumerate(rows):
+            out[i, c] = 0.0
+            out[i, (c + 1) % n] = float(np.log((1 - p) / p))  # the rest of the mass on one other class
+        return out
+    val_y, test_y = torch.tensor([0, 1, n]), torch.tensor([0, 1, 2, n])
+    val = logits([(0, 0.95), (1, 0.95), (0, 0.6)])           # the out-of-scope query is the least sure
+    test = logits([(0, 0.95), (1, 0.7), (0, 0.8), (1, 0.5)])  # query 2 (class 2) answered 0: wrong
+    ev.threshold_rule = "balanced"
+    out = ev._score(val, test, None, None, val_y, test_y)
+    assert out["closed_set_acc"] == round(100 * 2 / 3, 2)
+    assert out["in_scope_acc"] == round(100 * 1 / 3, 2) and out["oos_recall"] == 100.0
 
 
 def test_the_balanced_rule_does_not_follow_the_share_of_out_of_scope_queries():
