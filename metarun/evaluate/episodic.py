@@ -89,6 +89,13 @@ class EpisodicEvaluator(Evaluator):
             check_int(f"eval.{prefix}.{key}", value, low)
         check_choice(f"eval.{prefix}.reject", reject, REJECT)
         check_choice(f"eval.{prefix}.threshold_rule", threshold_rule, THRESHOLD_RULES)
+        if reject == "threshold" and not oos_rate:  # it would be ignored: nothing to reject
+            raise ConfigError(f"eval.{prefix}.reject=threshold rejects the out-of-scope queries eval.{prefix}.oos_rate "
+                              f"adds, and eval.{prefix}.oos_rate is 0" + (
+                                  f"; eval.{prefix}.na_rate's none-of-the-above queries are predicted by a NOTA "
+                                  f"learner (learner.nota=true), not thresholded" if na_rate else "")
+                              + f". Set eval.{prefix}.oos_rate=1 (data with out-of-scope examples: data=clinc_oos "
+                                f"or data.oos_label), or drop eval.{prefix}.reject.")
         self.threshold_rule = threshold_rule
         check_int(f"eval.{prefix}.max_per_class", max_per_class, 1, null="all")
         for key, values, low in (("n_way", _as_list(n_way), 1), ("shots", _as_list(shots), 0)):

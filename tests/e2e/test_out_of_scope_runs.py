@@ -42,6 +42,11 @@ def test_out_of_scope_options_are_refused_with_what_to_do(tmp_path):
         run_in_process(oos_args(path), tmp_path / "a")
     with pytest.raises(DataError, match="data 'banking77' has no test out-of-scope examples. Set data.oos_label"):
         run_in_process([*FAST, "learner.nota=true", "eval.test.oos_rate=1"], tmp_path / "c")
+    # a threshold with nothing to reject was ignored without a word (FewRel's na_rate queries)
+    with pytest.raises(ConfigError, match=r"eval.test.reject=threshold rejects .*oos_rate is 0; eval.test.na_rate's "
+                                          r"none-of-the-above queries are predicted by a NOTA learner"):
+        run_in_process([*FAST, "learner.nota=true", "eval.test.na_rate=1", "eval.test.reject=threshold"],
+                       tmp_path / "d")
 
 
 def test_clinc_oos_runs_episodes_and_the_per_intent_protocol(clinc_oos_file, tmp_path):
