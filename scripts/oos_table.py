@@ -33,8 +33,10 @@ def rows_of(folder: Path) -> list[dict]:
             how = ("oos_train as a class" if value.get("reject") == "oos_class" else
                    f"threshold on {value.get('oos_score', 'maxprob')}, rule {value.get('threshold_rule')}"
                    + (f" {value['reject_target']}" if value.get("threshold_rule") == "recall" else ""))
-            head = config["eval"]["test"].get("head", "logreg")
-            model = ("MiniLM fine-tuned per draw" if head == "finetune" else "MiniLM frozen + logistic regression")
+            encoder = config["encoder"].get("name", "encoder")  # the run's, e.g. minilm (tests: tiny)
+            frozen = config["encoder"].get("freeze") or not config["trainer"].get("max_steps")
+            model = (f"{encoder} fine-tuned per draw" if config["eval"]["test"].get("head") == "finetune"
+                     else f"{encoder} {'frozen' if frozen else 'meta-trained'} + logistic regression")
             rows.append({"condition": condition, "K": k, "model": model, "method": how,
                          "regime": results.get("regime", ""),
                          "draws": value.get("draws"), **{m: value.get(m) for m in METRICS}})
